@@ -1,0 +1,182 @@
+"""`quanta`: the seed's command line for QUANTA transfer experiments.
+
+Options, defaults and checks are the seed's (`quanta.py -h`). Bad input exits with
+code 2 and a one-line reason; a problem found while running (a missing dataset, weights
+that do not fit) exits 2 as well, since it is the user's to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from quanta_spec import BUILTIN_TASKS
+
+TASK_HELP = f"one of {', '.join(BUILTIN_TASKS)}, or npz:PATH for a user dataset"
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be strictly positive, got {value}")
+    return value
+
+
+def existing_file(*suffixes: str) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        if not text.endswith(suffixes):
+            raise argparse.ArgumentTypeError(f"'{text}' must be a {' or '.join(suffixes)} file")
+        if not Path(text).is_file():
+            raise argparse.ArgumentTypeError(f"'{text}' does not exist")
+        return text
+
+    return check
+
+
+def add_common_options(parser: argparse.ArgumentParser, *, output_default: str = "./expe") -> None:
+    """Options shared by the transfer and source-training command lines."""
+    parser.add_argument(
+        "-o", "--output_dir", "--outdir", dest="output_dir", default=output_default,
+        help="output directory, created if missing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None,
+        help="seed for determinism; a value >= 0 seeds every generator, otherwise no seed",
+    )
+    parser.add_argument("--augment_data", action="store_true", help="train on augmented data")
+    parser.add_argument(
+        "--train_from_previous_training", type=existing_file(".keras"), default=None,
+        metavar="MODEL.keras", help="continue training from this saved model",
+    )
+    parser.add_argument(
+        "--show_only_build", action="store_true",
+        help="only build and compile the models and display their summaries",
+    )
+    parser.add_argument(
+        "--data_dir", default=None,
+        help="folder of the dataset archives (default: $QUANTA_DATA_DIR or ~/.keras/datasets)",
+    )
+    parser.add_argument(
+        "--width_multiplier", type=float, default=1.0,
+        help="scale the network's filters and units (default: %(default)s, the paper's network)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quanta",
+        description="QUANTA: measure the transferability of a source model's layer by "
+        "training a target model with a 2-parameter QUANTA layer at that depth.",
+    )
+    parser.add_argument(
+        "-s", "--source_task", required=True, help=f"task of the source model: {TASK_HELP}"
+    )
+    parser.add_argument(
+        "-sw", "--source_weights", required=True, type=existing_file(".h5"),
+        help="weights of the pre-trained source model (.h5 file)",
+    )
+    parser.add_argument(
+        "-t", "--target_task", required=True, help=f"task of the target model: {TASK_HELP}"
+    )
+    parser.add_argument(
+        "-l", "--layer_to_transfer", required=True, type=int,
+        help="layer whose transferability is assessed (0-5: Conv2D layers, 6: Dense(1024)); "
+        "a negative value transfers all layers at once",
+    )
+    parser.add_argument(
+        "-r", "--nb_of_runs", type=positive_int, default=1, help="number of runs (default: 1)"
+    )
+    parser.add_argument(
+        "--nb_of_target_epochs", type=positive_int, default=1,
+        help="epochs to train the target model (default: 1)",
+    )
+    parser.add_argument(
+        "--nb_of_target_samples", type=positive_int, default=None,
+        help="keep the first N samples of the training and test splits (default: all)",
+    )
+    parser.add_argument(
+        "--quanta_gradient_multiplier", type=float, default=1.0,
+        help="multiply the quanta weights' gradient (default: %(default)s)",
+    )
+    add_common_options(parser)
+    return parser
+
+
+def make_spec(
+    parser: argparse.ArgumentParser, model: type[BaseModel], args: argparse.Namespace,
+    exclude: Sequence[str] = ("output_dir", "data_dir"),
+) -> Any:
+    """Validates the options with the spec model; a failure is a usage error (exit 2)."""
+    values = {k: v for k, v in vars(args).items() if k not in exclude}
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"][:1])
+        parser.error(f"argument --{field}: {first['msg']}")
+
+
+def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], None],
+            argv: Sequence[str] | None) -> int:
+    """Parses, runs, and turns the user's problems into one line and exit code 2."""
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from quanta.errors import Cancelled, QuantaError
+
+    try:
+        main(args)
+    except Cancelled as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    except QuantaError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _transfer(args: argparse.Namespace, spec: Any) -> None:
+    from quanta.experiment import run_transfer
+    from quanta.progress import EpochProgressBar
+
+    result = run_transfer(
+        spec, args.output_dir, data_dir=args.data_dir,
+        callbacks=[EpochProgressBar(spec.nb_of_runs)],
+    )
+    if spec.show_only_build:
+        for name, text in result.summaries.items():
+            print(f"== {name} ==\n{text}")
+        return
+    print(f"\nResults in {result.experiment_dir}")
+    for run in result.runs:
+        lam = ", ".join(f"{k}: {v['source']:.4f}" for k, v in run.quantas.items())
+        print(
+            f"run {run.run}: source accuracy {run.source_metrics['categorical_accuracy']:.4f}, "
+            f"target accuracy {run.target_metrics['categorical_accuracy']:.4f}, "
+            f"final λ_s by layer {{{lam}}}"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    from quanta_spec import TransferSpec
+
+    def go(args: argparse.Namespace) -> None:
+        _transfer(args, make_spec(parser, TransferSpec, args))
+
+    return run_cli(parser, go, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

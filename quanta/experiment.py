@@ -1,0 +1,294 @@
+"""Whole experiments: training a source, and QUANTA transfers over several runs.
+
+These are the functions the command line and the service's workers call. They take
+a spec from `quanta_spec`, write the seed's files under `output_dir`, and report
+progress through `on_epoch` and stop early when `should_cancel` says so.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+
+from quanta import export, training
+from quanta.datasets import Dataset, load_dataset
+from quanta.errors import Cancelled, QuantaError
+from quanta.layer import QuantaLayer, quanta_layers
+from quanta.models import build_model, freeze
+from quanta_spec import SourceSpec, TransferSpec
+
+__all__ = [
+    "Cancelled",
+    "EpochEvent",
+    "RunResult",
+    "SourceResult",
+    "TransferResult",
+    "run_transfer",
+    "train_source",
+]
+
+
+@dataclass
+class EpochEvent:
+    """Progress after one epoch; `epoch` counts finished epochs (1-based)."""
+
+    run: int
+    nb_of_runs: int
+    epoch: int
+    nb_of_epochs: int
+    metrics: dict[str, float]
+    quantas: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+ProgressHook = Callable[[EpochEvent], None]
+
+
+@dataclass
+class RunResult:
+    run: int
+    target_metrics: dict[str, float]
+    source_metrics: dict[str, float]
+    #: Final quantas by transferred layer number: `{"0": {"source": λ_s, "target": λ_t}}`.
+    quantas: dict[str, dict[str, float]]
+    files: list[Path]
+
+
+@dataclass
+class TransferResult:
+    experiment_dir: Path
+    runs: list[RunResult] = field(default_factory=list)
+    #: Model summaries (`show_only_build`), by model name.
+    summaries: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class SourceResult:
+    training_dir: Path
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+    summary: str = ""
+
+
+def summary(model: keras.Model) -> str:
+    lines = io.StringIO()
+    model.summary(print_fn=lambda line, **_: lines.write(line + "\n"))
+    return lines.getvalue()
+
+
+def _seed_for_run(seed: int | None, run: int) -> int | None:
+    # Each run gets its own seed so any run can be reproduced (or resumed) on its own.
+    return seed + run if seed is not None and seed >= 0 else None
+
+
+def _load_previous(path: str | Path) -> keras.Model:
+    path = Path(path)
+    if not path.is_file():
+        raise QuantaError(f"previous training '{path}' does not exist")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as exc:
+        raise QuantaError(f"cannot load previous training '{path}': {exc}") from exc
+
+
+def load_source(
+    weights: str | Path, data: Dataset, width_multiplier: float = 1.0
+) -> keras.Model:
+    """The frozen, compiled source: the shared network with the weights of `weights`."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise QuantaError(f"source weights '{weights}' do not exist")
+    model = build_model(
+        data.input_shape, data.nb_classes, width_multiplier=width_multiplier, name="source"
+    )
+    try:
+        model.load_weights(weights)
+    except Exception as exc:
+        raise QuantaError(
+            f"source weights '{weights}' do not fit a source network for images of shape "
+            f"{data.input_shape} with {data.nb_classes} classes and width multiplier "
+            f"{width_multiplier}: {exc}"
+        ) from exc
+    freeze(model)
+    return training.compile_model(model)
+
+
+def _check_previous_target(model: keras.Model, spec: TransferSpec, data: Dataset) -> None:
+    found = tuple(layer.transferred_layer for layer in quanta_layers(model))
+    if found != spec.transferred_layers:
+        raise QuantaError(
+            f"previous training has QUANTA layers at {list(found)}, but layer_to_transfer "
+            f"{spec.layer_to_transfer} asks for {list(spec.transferred_layers)}"
+        )
+    shape, classes = tuple(model.input_shape[1:]), model.output_shape[-1]
+    if shape != data.input_shape or classes != data.nb_classes:
+        raise QuantaError(
+            f"previous training takes images {shape} with {classes} classes; the target task "
+            f"has images {data.input_shape} with {data.nb_classes} classes"
+        )
+
+
+def run_transfer(
+    spec: TransferSpec,
+    output_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    on_epoch: ProgressHook | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> TransferResult:
+    """Runs `spec.nb_of_runs` QUANTA transfers and writes the seed's files for each."""
+    for name in ("source_weights", "train_from_previous_training"):
+        if not isinstance(getattr(spec, name), str | None):
+            raise QuantaError(f"{name} must be a local path here, not a reference")
+    target_data = load_dataset(spec.target_task, data_dir).take(spec.nb_of_target_samples)
+    source_data = load_dataset(spec.source_task, data_dir).take(spec.nb_of_target_samples)
+    result = TransferResult(
+        experiment_dir=export.experiment_dir(output_dir, spec.source_task, spec.target_task)
+    )
+    training.set_determinism(spec.seed)
+    source = load_source(spec.source_weights, source_data, spec.width_multiplier)
+    source_y = training.one_hot(source_data.y_test, source_data.nb_classes)
+    source_metrics: dict[str, float] | None = None
+    target_y_train = training.one_hot(target_data.y_train, target_data.nb_classes)
+    target_y_test = training.one_hot(target_data.y_test, target_data.nb_classes)
+
+    for run in range(spec.nb_of_runs):
+        training.set_determinism(_seed_for_run(spec.seed, run))
+        if spec.train_from_previous_training:
+            target = _load_previous(spec.train_from_previous_training)
+            _check_previous_target(target, spec, target_data)
+        else:
+            target = training.compile_model(
+                build_model(
+                    target_data.input_shape,
+                    target_data.nb_classes,
+                    source=source,
+                    transfer_layers=spec.transferred_layers,
+                    augment=spec.augment_data,
+                    width_multiplier=spec.width_multiplier,
+                    gradient_multiplier=spec.quanta_gradient_multiplier,
+                    name="target",
+                )
+            )
+        if spec.show_only_build:
+            result.summaries = {"source": summary(source), "target": summary(target)}
+            return result
+
+        def hook(epoch: int, metrics: dict, quantas: dict, run: int = run) -> None:
+            if on_epoch is not None:
+                on_epoch(
+                    EpochEvent(
+                        run, spec.nb_of_runs, epoch + 1, spec.nb_of_target_epochs, metrics, quantas
+                    )
+                )
+
+        fitted = training.fit(
+            target,
+            target_data.x_train,
+            target_y_train,
+            spec.nb_of_target_epochs,
+            on_epoch=hook,
+            should_cancel=should_cancel,
+            callbacks=callbacks,
+        )
+        target_metrics = training.evaluate(target, target_data.x_test, target_y_test)
+        if source_metrics is None:  # the frozen source scores the same in every run
+            source_metrics = training.evaluate(source, source_data.x_test, source_y)
+        result.runs.append(
+            _export_run(
+                result.experiment_dir, spec, run, source, target, fitted, target_metrics,
+                source_metrics,
+            )
+        )
+    return result
+
+
+def _export_run(
+    folder: Path,
+    spec: TransferSpec,
+    run: int,
+    source: keras.Model,
+    target: keras.Model,
+    fitted: training.FitResult,
+    target_metrics: dict[str, float],
+    source_metrics: dict[str, float],
+) -> RunResult:
+    names = export.run_file_names(run, spec.layer_label)
+    files = [
+        export.save_model(target, folder / names["target_model"]),
+        export.save_model(source, folder / names["source_model"]),
+        export.append_jsonl(
+            folder / names["target_training"], export.training_record(fitted.history)
+        ),
+        export.append_jsonl(folder / names["target_testing"], target_metrics),
+        export.append_jsonl(folder / names["source_testing"], source_metrics),
+        export.append_jsonl(folder / names["quantas"], export.quantas_record(fitted.quantas)),
+    ]
+    return RunResult(
+        run=run,
+        target_metrics=target_metrics,
+        source_metrics=source_metrics,
+        quantas=training.current_quantas(target),
+        files=files,
+    )
+
+
+def train_source(
+    spec: SourceSpec,
+    output_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    on_epoch: ProgressHook | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> SourceResult:
+    """Trains a source model and writes `{output_dir}/{source_task}_training/`."""
+    if not isinstance(spec.train_from_previous_training, str | None):
+        raise QuantaError("train_from_previous_training must be a local path here")
+    data = load_dataset(spec.source_task, data_dir).take(spec.nb_of_samples)
+    result = SourceResult(training_dir=export.source_training_dir(output_dir, spec.source_task))
+    training.set_determinism(spec.seed)
+    if spec.train_from_previous_training:
+        model = _load_previous(spec.train_from_previous_training)
+        if any(isinstance(layer, QuantaLayer) for layer in model.layers):
+            raise QuantaError("previous training is a QUANTA target, not a source model")
+    else:
+        model = training.compile_model(
+            build_model(
+                data.input_shape,
+                data.nb_classes,
+                augment=spec.augment_data,
+                width_multiplier=spec.width_multiplier,
+                name="source",
+            )
+        )
+    result.summary = summary(model)
+    if spec.show_only_build:
+        return result
+
+    def hook(epoch: int, metrics: dict, quantas: dict) -> None:
+        if on_epoch is not None:
+            on_epoch(EpochEvent(0, 1, epoch + 1, spec.nb_of_epochs, metrics))
+
+    y_train = training.one_hot(data.y_train, data.nb_classes)
+    fitted = training.fit(
+        model, data.x_train, y_train, spec.nb_of_epochs,
+        on_epoch=hook, should_cancel=should_cancel, callbacks=callbacks,
+    )
+    result.test_metrics = training.evaluate(
+        model, data.x_test, training.one_hot(data.y_test, data.nb_classes)
+    )
+    folder = result.training_dir
+    result.files = [
+        export.save_model(model, folder / export.SOURCE_FILE_NAMES["model"]),
+        export.save_weights(model, folder / export.SOURCE_FILE_NAMES["weights"]),
+        export.append_jsonl(
+            folder / export.SOURCE_FILE_NAMES["training"], export.training_record(fitted.history)
+        ),
+        export.append_jsonl(folder / export.SOURCE_FILE_NAMES["testing"], result.test_metrics),
+    ]
+    return result

@@ -1,0 +1,138 @@
+"""The network that source and target share, and the wiring of QUANTA layers into it.
+
+Three convolutional blocks and a dense head (see docs/method.md). The transferable
+layers are numbered in order: the six Conv2D layers are 0-5, the Dense(1024) is 6;
+the output layer is never transferred. Every layer has a fixed name (`conv_3`,
+`act_3`, `bn_3`, ...) so that weights files and tests can find layers by number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import keras
+
+from quanta.errors import QuantaError
+from quanta.layer import DEFAULT_INITIAL_WEIGHTS, QuantaLayer
+from quanta_spec import NB_TRANSFERABLE_LAYERS
+
+BLOCK_FILTERS = (64, 128, 256)
+DENSE_UNITS = 1024
+
+
+def _scaled(units: int, width_multiplier: float) -> int:
+    return max(1, round(units * width_multiplier))
+
+
+def transferable_layer_name(k: int) -> str:
+    """The name of transferable layer k: `conv_0`..`conv_5`, `dense_6`."""
+    if not 0 <= k < NB_TRANSFERABLE_LAYERS:
+        raise QuantaError(f"layer {k} is not transferable: layers are numbered 0-6")
+    return f"conv_{k}" if k < 6 else f"dense_{k}"
+
+
+def augmentation() -> keras.Sequential:
+    """The reference's augmentation, applied after rescaling (target only)."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal_and_vertical"),
+            keras.layers.RandomTranslation(0.1, 0.1),
+            keras.layers.RandomRotation(0.1),
+            keras.layers.RandomZoom(0.1),
+        ],
+        name="augmentation",
+    )
+
+
+def build_model(
+    input_shape: Sequence[int],
+    nb_classes: int,
+    *,
+    source: keras.Model | None = None,
+    transfer_layers: Iterable[int] = (),
+    augment: bool = False,
+    width_multiplier: float = 1.0,
+    gradient_multiplier: float = 1.0,
+    initial_weights: Sequence[float] = DEFAULT_INITIAL_WEIGHTS,
+    source_training: bool | None = None,
+    name: str = "model",
+) -> keras.Model:
+    """Builds a source, a witness (no `source`) or a QUANTA target (with `source`).
+
+    For a target, the frozen `source` is fed the same input images, and at each layer
+    of `transfer_layers` the plain ELU is replaced by a `QuantaLayer` fed with the
+    source's and the target's pre-activation outputs at that depth.
+
+    `source_training=None` lets the source's Dropout layers follow the target's
+    training mode, as in the reference (Keras does not turn Dropout off for a frozen
+    layer); `False` runs the source in inference mode.
+    """
+    transfer_layers = tuple(sorted(set(transfer_layers)))
+    for k in transfer_layers:
+        transferable_layer_name(k)  # validates k
+    if transfer_layers and source is None:
+        raise QuantaError("a target with QUANTA layers needs a source model")
+    input_shape = tuple(int(d) for d in input_shape)
+    if source is not None:
+        source_shape = tuple(source.input_shape[1:])
+        if source_shape != input_shape:
+            raise QuantaError(
+                f"source and target must have the same input shape: the source takes "
+                f"{source_shape}, the target task's images are {input_shape}"
+            )
+
+    inputs = keras.Input(shape=input_shape, dtype="uint8", name="images")
+    source_features: dict[int, keras.KerasTensor] = {}
+    if transfer_layers:
+        trunk = source_trunk(source, transfer_layers)
+        outputs = trunk(inputs, training=source_training)
+        outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
+        source_features = dict(zip(transfer_layers, outputs, strict=True))
+
+    def activation(k: int, z: keras.KerasTensor) -> keras.KerasTensor:
+        if k in source_features:
+            layer = QuantaLayer(
+                transferred_layer=k,
+                initial_weights=initial_weights,
+                gradient_multiplier=gradient_multiplier,
+                name=f"quanta_{k}",
+            )
+            return layer([source_features[k], z])
+        return keras.layers.ELU(name=f"act_{k}")(z)
+
+    x = keras.layers.Rescaling(1.0 / 255, name="rescaling")(inputs)
+    if augment:
+        x = augmentation()(x)
+    k = 0
+    for block, filters in enumerate(BLOCK_FILTERS):
+        for _ in range(2):
+            z = keras.layers.Conv2D(
+                _scaled(filters, width_multiplier), 3, padding="same", name=f"conv_{k}"
+            )(x)
+            x = activation(k, z)
+            x = keras.layers.BatchNormalization(name=f"bn_{k}")(x)
+            k += 1
+        x = keras.layers.MaxPooling2D(2, name=f"pool_{block}")(x)
+        x = keras.layers.Dropout(0.3, name=f"dropout_{block}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    z = keras.layers.Dense(_scaled(DENSE_UNITS, width_multiplier), name="dense_6")(x)
+    x = activation(6, z)
+    x = keras.layers.Dropout(0.5, name="dropout_head")(x)
+    outputs = keras.layers.Dense(nb_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def source_trunk(source: keras.Model, layers: Sequence[int]) -> keras.Model:
+    """The frozen part of `source` that yields its pre-activation outputs at `layers`."""
+    outputs = [source.get_layer(transferable_layer_name(k)).output for k in layers]
+    trunk = keras.Model(source.inputs, outputs, name="source_trunk")
+    trunk.trainable = False
+    return trunk
+
+
+def freeze(model: keras.Model) -> keras.Model:
+    """Makes every layer of `model` non-trainable (BatchNorm then runs in inference mode)."""
+    model.trainable = False
+    for layer in model.layers:
+        layer.trainable = False
+    return model

@@ -1,0 +1,177 @@
+"""Compiling, seeding, fitting and evaluating, as the reference does.
+
+Adam (learning rate 2e-4, weight decay 1e-6), categorical cross-entropy on one-hot
+labels, batch size 32, and the reference's eight metrics. The quantas are recorded
+when training starts and after every epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from quanta.errors import Cancelled
+from quanta.layer import quanta_layers
+
+BATCH_SIZE = 32
+LEARNING_RATE = 2e-4
+WEIGHT_DECAY = 1e-6
+
+#: Called after every epoch with (epoch index, metrics, current quantas by layer number).
+EpochHook = Callable[[int, dict[str, float], dict[str, dict[str, float]]], None]
+#: Asked between batches; returning True stops training (raises `Cancelled`).
+CancelCheck = Callable[[], bool]
+
+
+def metrics() -> list[keras.metrics.Metric]:
+    """The reference's metrics, fresh instances for one model."""
+    # Explicit names: Keras would otherwise number a second model's metrics ("precision_2").
+    return [
+        keras.metrics.CategoricalAccuracy(name="categorical_accuracy"),
+        keras.metrics.Precision(name="precision"),
+        keras.metrics.Recall(name="recall"),
+        keras.metrics.FalsePositives(name="false_positives"),
+        keras.metrics.FalseNegatives(name="false_negatives"),
+        keras.metrics.TruePositives(name="true_positives"),
+        keras.metrics.TrueNegatives(name="true_negatives"),
+        keras.metrics.TopKCategoricalAccuracy(k=3, name="top_k_categorical_accuracy"),
+    ]
+
+
+def compile_model(model: keras.Model) -> keras.Model:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY),
+        loss=keras.losses.CategoricalCrossentropy(),
+        metrics=metrics(),
+    )
+    return model
+
+
+def set_determinism(seed: int | None) -> None:
+    """Seeds Python, NumPy and TensorFlow and makes TensorFlow's ops deterministic.
+
+    Unlike the reference, TensorFlow keeps every CPU thread: op determinism alone makes
+    seeded runs repeat exactly. A negative or absent seed turns determinism off again,
+    which matters in a worker process that runs many jobs.
+    """
+    import tensorflow as tf
+
+    if seed is None or seed < 0:
+        tf.config.experimental.disable_op_determinism()
+        return
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def one_hot(labels: np.ndarray, nb_classes: int) -> np.ndarray:
+    return keras.utils.to_categorical(labels, nb_classes).astype("float32")
+
+
+def current_quantas(model: keras.Model) -> dict[str, dict[str, float]]:
+    """`{"k": {"source": λ_s, "target": λ_t}}` for every QUANTA layer of `model`."""
+    out = {}
+    for layer in quanta_layers(model):
+        lam_s, lam_t = layer.quantas()
+        out[str(layer.transferred_layer)] = {"source": lam_s, "target": lam_t}
+    return out
+
+
+@dataclass
+class QuantaHistory:
+    """The quanta weights and quantas of each QUANTA layer over training."""
+
+    keras_layer_index: dict[str, int] = field(default_factory=dict)
+    weights: dict[str, list[list[float]]] = field(default_factory=dict)
+    source: dict[str, list[float]] = field(default_factory=dict)
+    target: dict[str, list[float]] = field(default_factory=dict)
+
+    def record(self, model: keras.Model) -> None:
+        for layer in quanta_layers(model):
+            key = str(layer.transferred_layer)
+            self.keras_layer_index.setdefault(key, model.layers.index(layer))
+            w_s, w_t = layer.weights_pair()
+            lam_s, lam_t = layer.quantas()
+            self.weights.setdefault(key, []).append([w_s, w_t])
+            self.source.setdefault(key, []).append(lam_s)
+            self.target.setdefault(key, []).append(lam_t)
+
+
+@dataclass
+class FitResult:
+    #: Metrics of each finished epoch, by epoch index.
+    history: dict[int, dict[str, float]]
+    quantas: QuantaHistory
+
+
+class _Hooks(keras.callbacks.Callback):
+    def __init__(
+        self,
+        quantas: QuantaHistory,
+        history: dict[int, dict[str, float]],
+        on_epoch: EpochHook | None,
+        should_cancel: CancelCheck | None,
+    ) -> None:
+        super().__init__()
+        self.quantas = quantas
+        self.history = history
+        self.on_epoch = on_epoch
+        self.should_cancel = should_cancel
+        self.cancelled = False
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.quantas.record(self.model)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            self.cancelled = True
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.cancelled:
+            return
+        metrics_ = {name: float(value) for name, value in (logs or {}).items()}
+        self.history[epoch] = metrics_
+        self.quantas.record(self.model)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, metrics_, current_quantas(self.model))
+
+
+def fit(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    *,
+    on_epoch: EpochHook | None = None,
+    should_cancel: CancelCheck | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    verbose: int = 0,
+) -> FitResult:
+    """Trains `model` on one-hot labels `y`; raises `Cancelled` if `should_cancel` said so."""
+    history: dict[int, dict[str, float]] = {}
+    hooks = _Hooks(QuantaHistory(), history, on_epoch, should_cancel)
+    model.fit(
+        x,
+        y,
+        batch_size=BATCH_SIZE,
+        epochs=epochs,
+        callbacks=[hooks, *(callbacks or [])],
+        verbose=verbose,
+    )
+    if hooks.cancelled:
+        raise Cancelled(f"training cancelled during epoch {len(history) + 1} of {epochs}")
+    return FitResult(history=history, quantas=hooks.quantas)
+
+
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    results = model.evaluate(x, y, batch_size=BATCH_SIZE, verbose=0, return_dict=True)
+    return {name: float(value) for name, value in results.items()}

@@ -1,0 +1,37 @@
+"""Experiment specifications shared by the command line, the API and the workers.
+
+This package is deliberately free of TensorFlow: the API process imports it to
+validate requests, and must stay small and fast to start.
+"""
+
+from quanta_spec.specs import (
+    ALL_LAYERS_LABEL,
+    BUILTIN_TASKS,
+    NB_TRANSFERABLE_LAYERS,
+    FileRef,
+    JobRef,
+    RemoteSourceSpec,
+    RemoteTransferSpec,
+    SourceSpec,
+    TaskRef,
+    TransferSpec,
+    UploadRef,
+    layer_label,
+    task_label,
+)
+
+__all__ = [
+    "ALL_LAYERS_LABEL",
+    "BUILTIN_TASKS",
+    "NB_TRANSFERABLE_LAYERS",
+    "FileRef",
+    "JobRef",
+    "RemoteSourceSpec",
+    "RemoteTransferSpec",
+    "SourceSpec",
+    "TaskRef",
+    "TransferSpec",
+    "UploadRef",
+    "layer_label",
+    "task_label",
+]

@@ -1,0 +1,213 @@
+"""The pydantic models of a QUANTA experiment.
+
+One model per kind of experiment, used everywhere: the command line builds it from
+its options, the API validates request bodies with it, the worker reads it back
+from the database. Field names are the seed command line's option names, and the
+defaults and checks are the seed's.
+
+Local specs (`SourceSpec`, `TransferSpec`) may name files by path. Remote specs
+(`RemoteSourceSpec`, `RemoteTransferSpec`) are what the API accepts: files are
+named by reference to a finished job or an upload, never by a server path.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+
+#: Tasks that `quanta.datasets` knows by name; `npz:PATH` names a user file.
+BUILTIN_TASKS: tuple[str, ...] = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits")
+#: The six Conv2D layers (0-5) and the Dense(1024) layer (6).
+NB_TRANSFERABLE_LAYERS = 7
+#: The `{l}` of the file names when every layer is transferred at once.
+ALL_LAYERS_LABEL = "all"
+
+BuiltinTask = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "digits"]
+ObjectId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+def layer_label(layer_to_transfer: int) -> str:
+    """The `{l}` used in file names: the layer number, or `all` for a negative value."""
+    return ALL_LAYERS_LABEL if layer_to_transfer < 0 else str(layer_to_transfer)
+
+
+def task_label(task: str) -> str:
+    """The name a task takes in folder names: the task name, or a user file's stem."""
+    if task.startswith("npz:"):
+        name = task[4:].replace("\\", "/").rsplit("/", 1)[-1]
+        return name.removesuffix(".npz")
+    return task
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JobRef(_Strict):
+    """A file produced by an earlier job of this service."""
+
+    job: ObjectId = Field(description="Id of a finished job.")
+    run: int = Field(
+        default=0, ge=0, description="For a transfer job: which run's target model to use."
+    )
+
+
+class UploadRef(_Strict):
+    """A file uploaded through `POST /v1/uploads`."""
+
+    upload: ObjectId = Field(description="Id of an upload.")
+
+
+#: A file named by local path (command line) or by reference (service).
+FileRef = str | JobRef | UploadRef
+#: A task named by its name, `npz:PATH` (command line), or an uploaded `.npz` (service).
+TaskRef = str | UploadRef
+
+
+def _check_task(value: TaskRef) -> TaskRef:
+    if isinstance(value, UploadRef) or value in BUILTIN_TASKS:
+        return value
+    if value.startswith("npz:"):
+        if not value[4:].endswith(".npz"):
+            raise ValueError(f"'{value}': a user dataset must be a '.npz' file (npz:PATH.npz)")
+        return value
+    names = ", ".join(BUILTIN_TASKS)
+    raise ValueError(f"unknown task '{value}': expected one of {names} or npz:PATH")
+
+
+def _check_suffix(value: FileRef | None, suffixes: tuple[str, ...], what: str) -> FileRef | None:
+    if isinstance(value, str) and not value.endswith(suffixes):
+        raise ValueError(f"'{value}': {what} must be a {' or '.join(suffixes)} file")
+    return value
+
+
+class _CommonSpec(_Strict):
+    seed: int | None = Field(
+        default=None,
+        description="Seed for determinism: a value >= 0 seeds every generator; "
+        "negative or absent sets no seed.",
+    )
+    augment_data: bool = Field(default=False, description="Train on augmented data.")
+    show_only_build: bool = Field(
+        default=False, description="Only build and compile the models and report their summaries."
+    )
+    width_multiplier: float = Field(
+        default=1.0,
+        gt=0,
+        le=4,
+        description="Scales the number of filters and units of the network (1.0 is the "
+        "paper's network; small values give a narrow copy for quick checks).",
+    )
+
+    @property
+    def seeded(self) -> bool:
+        return self.seed is not None and self.seed >= 0
+
+
+class SourceSpec(_CommonSpec):
+    """Training of a source model (the reference's source-training script)."""
+
+    source_task: TaskRef = Field(description="Task the source model learns.")
+    nb_of_epochs: PositiveInt = Field(default=1, description="Number of training epochs.")
+    nb_of_samples: PositiveInt | None = Field(
+        default=None,
+        description="Keep the first N samples of the training split and of the test split "
+        "(all when absent).",
+    )
+    train_from_previous_training: FileRef | None = Field(
+        default=None, description="A saved source model (.keras) to continue training from."
+    )
+
+    _task = field_validator("source_task")(_check_task)
+
+    @field_validator("train_from_previous_training")
+    @classmethod
+    def _keras_file(cls, value: FileRef | None) -> FileRef | None:
+        return _check_suffix(value, (".keras",), "train_from_previous_training")
+
+
+class TransferSpec(_CommonSpec):
+    """A QUANTA transfer experiment (the seed's `quanta.py`)."""
+
+    source_task: TaskRef = Field(description="Task of the pre-trained source model.")
+    source_weights: FileRef = Field(description="Weights of the pre-trained source model (.h5).")
+    target_task: TaskRef = Field(description="Task of the target model to train.")
+    layer_to_transfer: int = Field(
+        le=NB_TRANSFERABLE_LAYERS - 1,
+        description="Layer whose transferability is assessed: 0-5 are the Conv2D layers, "
+        "6 the Dense(1024) layer; a negative value transfers all seven at once.",
+    )
+    nb_of_runs: PositiveInt = Field(default=1, description="Number of runs.")
+    nb_of_target_epochs: PositiveInt = Field(
+        default=1, description="Number of epochs to train the target model."
+    )
+    nb_of_target_samples: PositiveInt | None = Field(
+        default=None,
+        description="Keep the first N samples of the training and test splits; also the "
+        "number of test samples the source is evaluated on (all when absent).",
+    )
+    train_from_previous_training: FileRef | None = Field(
+        default=None, description="A saved target model (.keras) to continue training from."
+    )
+    quanta_gradient_multiplier: float = Field(
+        default=1.0,
+        gt=0,
+        le=1000,
+        description="Multiplies the gradient of the quanta weights (the 2020 version's "
+        "learning-rate modifier); 1.0 leaves it unchanged.",
+    )
+
+    _tasks = field_validator("source_task", "target_task")(_check_task)
+
+    @field_validator("source_weights")
+    @classmethod
+    def _h5_file(cls, value: FileRef) -> FileRef:
+        return _check_suffix(value, (".h5",), "source_weights")
+
+    @field_validator("train_from_previous_training")
+    @classmethod
+    def _keras_file(cls, value: FileRef | None) -> FileRef | None:
+        return _check_suffix(value, (".keras",), "train_from_previous_training")
+
+    @property
+    def transferred_layers(self) -> tuple[int, ...]:
+        """The layer numbers that get a QUANTA layer."""
+        if self.layer_to_transfer < 0:
+            return tuple(range(NB_TRANSFERABLE_LAYERS))
+        return (self.layer_to_transfer,)
+
+    @property
+    def layer_label(self) -> str:
+        return layer_label(self.layer_to_transfer)
+
+
+class RemoteSourceSpec(SourceSpec):
+    """A `SourceSpec` as the API accepts it: no server paths."""
+
+    source_task: BuiltinTask | UploadRef = Field(
+        description="A task name, or an uploaded .npz dataset as {\"upload\": ID}."
+    )
+    train_from_previous_training: JobRef | UploadRef | None = Field(
+        default=None,
+        description="A finished source job ({\"job\": ID}) or an uploaded .keras model.",
+    )
+
+
+class RemoteTransferSpec(TransferSpec):
+    """A `TransferSpec` as the API accepts it: no server paths."""
+
+    source_task: BuiltinTask | UploadRef = Field(
+        description="A task name, or an uploaded .npz dataset as {\"upload\": ID}."
+    )
+    target_task: BuiltinTask | UploadRef = Field(
+        description="A task name, or an uploaded .npz dataset as {\"upload\": ID}."
+    )
+    source_weights: JobRef | UploadRef = Field(
+        description="A finished source job ({\"job\": ID}) or an uploaded .weights.h5 file."
+    )
+    train_from_previous_training: JobRef | UploadRef | None = Field(
+        default=None,
+        description="A run of a finished transfer job ({\"job\": ID, \"run\": R}) or an "
+        "uploaded .keras model.",
+    )
