@@ -1,13 +1,10 @@
-"""Errors that are the user's to fix.
+"""Errors that are the user's to fix (see `quanta_spec.errors`)."""
 
-Anything raised as a `QuantaError` is shown to the user as it is (one line on the
-command line, the `error` of a failed job in the service); anything else is a bug.
-"""
-
-
-class QuantaError(Exception):
-    """A problem with the user's input, files or environment, stated so they can fix it."""
+from quanta_spec.errors import QuantaError
 
 
 class Cancelled(QuantaError):
     """Training stopped because the caller asked for it (cooperative cancel)."""
+
+
+__all__ = ["Cancelled", "QuantaError"]

@@ -73,8 +73,9 @@ class QuantaLayer(keras.layers.Layer):
         if self.gradient_multiplier == 1.0:
             return w
         m = self.gradient_multiplier
-        # Same value as w; gradient scaled by m.
-        return w * m + ops.stop_gradient(w * (1.0 - m))
+        # (w - stop_gradient(w)) is exactly zero, so the value is w to the bit, while
+        # the gradient is 1 + (m - 1) = m.
+        return w + (m - 1.0) * (w - ops.stop_gradient(w))
 
     def call(self, inputs: Sequence[Any]) -> Any:
         z_source, z_target = inputs

@@ -1,0 +1,93 @@
+"""Training behaviour: a frozen source, progress hooks, cancellation, determinism."""
+
+import json
+
+import numpy as np
+import pytest
+
+from quanta import training
+from quanta.datasets import load_dataset
+from quanta.errors import Cancelled
+from quanta.experiment import run_transfer, train_source
+from quanta.models import build_model, freeze
+from quanta_spec import SourceSpec, TransferSpec
+
+WIDTH = 0.0625
+
+
+@pytest.fixture(scope="module")
+def source_weights(tmp_path_factory):
+    out = tmp_path_factory.mktemp("source")
+    spec = SourceSpec(source_task="digits", nb_of_epochs=1, nb_of_samples=128, seed=0,
+                      width_multiplier=WIDTH)
+    return train_source(spec, out).training_dir / "source.weights.h5"
+
+
+def _spec(weights, **overrides):
+    values = dict(source_task="digits", source_weights=str(weights), target_task="digits",
+                  layer_to_transfer=2, nb_of_target_epochs=2, nb_of_target_samples=96,
+                  seed=7, width_multiplier=WIDTH)
+    values.update(overrides)
+    return TransferSpec(**values)
+
+
+def _read(folder):
+    return {p.name: p.read_text() for p in sorted(folder.glob("*.jsonl"))}
+
+
+def test_source_weights_never_change_while_the_target_trains():
+    data = load_dataset("digits").take(64)
+    source = freeze(build_model(data.input_shape, 10, width_multiplier=WIDTH, name="source"))
+    before = [w.numpy().copy() for w in source.weights]  # includes BatchNorm statistics
+    target = training.compile_model(
+        build_model(data.input_shape, 10, source=source, transfer_layers=range(7),
+                    width_multiplier=WIDTH)
+    )
+    quanta_before = [q.weights_pair() for q in target.layers if q.name.startswith("quanta_")]
+    training.fit(target, data.x_train, training.one_hot(data.y_train, 10), 2)
+    for old, new in zip(before, source.weights, strict=True):
+        np.testing.assert_array_equal(old, new.numpy(), err_msg=new.path)
+    quanta_after = [q.weights_pair() for q in target.layers if q.name.startswith("quanta_")]
+    assert quanta_after != quanta_before  # while the target's own parameters did train
+
+
+def test_progress_hook_reports_every_epoch_of_every_run(source_weights, tmp_path):
+    events = []
+    result = run_transfer(_spec(source_weights, nb_of_runs=2), tmp_path, on_epoch=events.append)
+    assert [(e.run, e.epoch) for e in events] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert all(e.nb_of_runs == 2 and e.nb_of_epochs == 2 for e in events)
+    assert all(set(e.quantas) == {"2"} for e in events)
+    assert all("loss" in e.metrics and "categorical_accuracy" in e.metrics for e in events)
+    last = json.loads((result.experiment_dir / "quantas_r_1_l_2.jsonl").read_text())
+    assert events[-1].quantas["2"]["source"] == pytest.approx(last["2"]["quantas"]["source"][-1])
+    # The frozen source scores the same in every run.
+    assert result.runs[0].source_metrics == result.runs[1].source_metrics
+
+
+def test_cancel_stops_within_one_batch_and_writes_nothing(source_weights, tmp_path):
+    calls = []
+
+    def should_cancel():
+        calls.append(1)
+        return len(calls) >= 2
+
+    with pytest.raises(Cancelled, match="epoch 1 of 2"):
+        run_transfer(_spec(source_weights), tmp_path, should_cancel=should_cancel)
+    assert len(calls) == 2  # asked after each batch, stopped right after the second
+    assert not list(tmp_path.rglob("*.jsonl")) and not list(tmp_path.rglob("*.keras"))
+
+
+def test_seeded_runs_are_identical_and_use_every_core(source_weights, tmp_path):
+    import tensorflow as tf
+
+    first = run_transfer(_spec(source_weights, nb_of_runs=2), tmp_path / "a")
+    second = run_transfer(_spec(source_weights, nb_of_runs=2), tmp_path / "b")
+    assert _read(first.experiment_dir) == _read(second.experiment_dir)
+    # Runs differ from each other, and another seed gives other results.
+    files = _read(first.experiment_dir)
+    assert files["quantas_r_0_l_2.jsonl"] != files["quantas_r_1_l_2.jsonl"]
+    other = run_transfer(_spec(source_weights, seed=8), tmp_path / "c")
+    assert _read(other.experiment_dir)["quantas_r_0_l_2.jsonl"] != files["quantas_r_0_l_2.jsonl"]
+    # Determinism comes from op determinism, not from a single thread.
+    assert tf.config.threading.get_intra_op_parallelism_threads() != 1
+    assert tf.config.threading.get_inter_op_parallelism_threads() != 1
