@@ -63,7 +63,11 @@ def set_determinism(seed: int | None) -> None:
     import tensorflow as tf
 
     if seed is None or seed < 0:
-        tf.config.experimental.disable_op_determinism()
+        # TensorFlow exports no way back; its own config module has one.
+        from tensorflow.python.framework import config as tf_config
+
+        if tf_config.is_op_determinism_enabled():
+            tf_config.disable_op_determinism()
         return
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
