@@ -92,6 +92,7 @@ def test_train_from_previous_training_resumes(expe):
         assert _transfer(expe, 0) == 0
     before = keras.saving.load_model(previous)
     (q_before,) = quanta_layers(before)
+    assert int(before.optimizer.iterations.numpy()) > 0  # the optimizer state is saved too
     last = q_before.weights_pair()
     assert _transfer(expe, 0, "--train_from_previous_training", str(previous)) == 0
     # Appended: a second line whose quanta history starts where the saved model stopped.

@@ -1,0 +1,109 @@
+"""Training throughput of the full-size network on synthetic CIFAR-shaped data.
+
+Prints milliseconds per step and samples per second for source training and for
+QUANTA transfers, seeded (op determinism) and unseeded, batch 32, after a warm-up
+epoch that absorbs tracing. Compare with the reference's figures in the README.
+
+    python bench/train_throughput.py [--samples 1024] [--layers 0 6] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from quanta import training  # noqa: E402
+from quanta.models import build_model, freeze  # noqa: E402
+
+
+class StepTimer(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.durations: list[float] = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.durations.append(time.perf_counter() - self._start)
+
+
+def measure(kind: str, layer: int | None, seeded: bool, samples: int, width: float) -> dict:
+    training.set_determinism(0 if seeded else None)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(samples, 32, 32, 3), dtype=np.uint8)
+    y = training.one_hot(rng.integers(0, 10, size=samples), 10)
+    source = build_model((32, 32, 3), 10, width_multiplier=width, name="source")
+    if kind == "source":
+        model = source
+    else:
+        layers = range(7) if layer is None else [layer]
+        model = build_model((32, 32, 3), 10, source=freeze(source), transfer_layers=layers,
+                            width_multiplier=width, name="target")
+    training.compile_model(model)
+    model.fit(x[:256], y[:256], batch_size=training.BATCH_SIZE, epochs=1, verbose=0)  # warm-up
+    timer = StepTimer()
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=training.BATCH_SIZE, epochs=1, verbose=0, callbacks=[timer])
+    wall = time.perf_counter() - start
+    step = statistics.median(timer.durations)
+    return {
+        "kind": kind,
+        "layer": "all" if kind == "transfer" and layer is None else layer,
+        "seeded": seeded,
+        "ms_per_step": round(step * 1000, 1),
+        "samples_per_s": round(training.BATCH_SIZE / step, 1),
+        "epoch_samples_per_s": round(samples / wall, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=1024)
+    parser.add_argument("--layers", nargs="*", default=["0", "6"],
+                        help="transferred layers to measure; 'all' for all at once")
+    parser.add_argument("--width_multiplier", type=float, default=1.0)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+
+    cases = [("source", None)] + [
+        ("transfer", None if layer == "all" else int(layer)) for layer in args.layers
+    ]
+    rows = []
+    for seeded in (True, False):
+        for kind, layer in cases:
+            rows.append(measure(kind, layer, seeded, args.samples, args.width_multiplier))
+            r = rows[-1]
+            print(f"{r['kind']:8} layer {r['layer']!s:4} seeded={r['seeded']!s:5} "
+                  f"{r['ms_per_step']:7.1f} ms/step {r['samples_per_s']:8.1f} samples/s",
+                  flush=True)
+    import tensorflow as tf
+
+    machine = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "tensorflow": tf.__version__,
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+    }
+    print(f"\n{machine}")
+    print("| run | layer | seeded | ms/step | samples/s |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['kind']} | {r['layer'] if r['layer'] is not None else '-'} | "
+              f"{'yes' if r['seeded'] else 'no'} | {r['ms_per_step']} | {r['samples_per_s']} |")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"machine": machine, "batch_size": training.BATCH_SIZE,
+                       "samples": args.samples, "results": rows}, out, indent=2)
+
+
+if __name__ == "__main__":
+    main()
