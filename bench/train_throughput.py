@@ -18,11 +18,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from quanta import training  # noqa: E402
-from quanta.models import build_model, freeze  # noqa: E402
+from quanta import training
+from quanta.models import build_model, freeze
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -66,6 +66,18 @@ def measure(kind: str, layer: int | None, seeded: bool, samples: int, width: flo
     }
 
 
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """The machine's float32 matrix-product speed, to compare figures across machines."""
+    import tensorflow as tf
+
+    a = tf.random.uniform((n, n))
+    tf.matmul(a, a).numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        tf.matmul(a, a).numpy()
+    return round(2 * n**3 * repeats / (time.perf_counter() - start) / 1e9, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1024)
@@ -93,6 +105,7 @@ def main() -> None:
         "platform": platform.platform(),
         "tensorflow": tf.__version__,
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "matmul_2048_gflops": matmul_gflops(),
     }
     print(f"\n{machine}")
     print("| run | layer | seeded | ms/step | samples/s |\n|---|---|---|---|---|")

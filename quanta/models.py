@@ -1,6 +1,7 @@
 """The network that source and target share, and the wiring of QUANTA layers into it.
 
-Three convolutional blocks and a dense head (see docs/method.md). The transferable
+Three blocks of [Conv2D → ELU → BatchNorm] × 2 → MaxPool → Dropout(0.3), with 64, 128
+and 256 filters, then Flatten → Dense(1024) → ELU → Dropout(0.5) → Dense(softmax). The transferable
 layers are numbered in order: the six Conv2D layers are 0-5, the Dense(1024) is 6;
 the output layer is never transferred. Every layer has a fixed name (`conv_3`,
 `act_3`, `bn_3`, ...) so that weights files and tests can find layers by number.
