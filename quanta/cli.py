@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the first N samples of the training and test splits (default: all)",
     )
     parser.add_argument(
+        "--witness", action="store_true",
+        help="also train a witness (the target architecture from scratch, no transfer) in "
+        "each run and report the transfer gain",
+    )
+    parser.add_argument(
         "--quanta_gradient_multiplier", type=float, default=1.0,
         help="multiply the quanta weights' gradient (default: %(default)s)",
     )
@@ -166,6 +171,11 @@ def _transfer(args: argparse.Namespace, spec: Any) -> None:
             f"target accuracy {run.target_metrics['categorical_accuracy']:.4f}, "
             f"final λ_s by layer {{{lam}}}"
         )
+        if run.witness_metrics is not None:
+            print(
+                f"       witness accuracy {run.witness_metrics['categorical_accuracy']:.4f}, "
+                f"transfer gain {run.transfer_gain:+.4f}"
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,6 +55,18 @@ class RunResult:
     #: Final quantas by transferred layer number: `{"0": {"source": λ_s, "target": λ_t}}`.
     quantas: dict[str, dict[str, float]]
     files: list[Path]
+    #: Test metrics of the witness (trained from scratch), with the `witness` option.
+    witness_metrics: dict[str, float] | None = None
+
+    @property
+    def transfer_gain(self) -> float | None:
+        """Target test accuracy minus witness test accuracy."""
+        if self.witness_metrics is None:
+            return None
+        return (
+            self.target_metrics["categorical_accuracy"]
+            - self.witness_metrics["categorical_accuracy"]
+        )
 
 
 @dataclass
@@ -198,13 +210,46 @@ def run_transfer(
         target_metrics = training.evaluate(target, target_data.x_test, target_y_test)
         if source_metrics is None:  # the frozen source scores the same in every run
             source_metrics = training.evaluate(source, source_data.x_test, source_y)
-        result.runs.append(
-            _export_run(
-                result.experiment_dir, spec, run, source, target, fitted, target_metrics,
-                source_metrics,
-            )
+        run_result = _export_run(
+            result.experiment_dir, spec, run, source, target, fitted, target_metrics,
+            source_metrics,
         )
+        if spec.witness:
+            _train_witness(spec, run, target_data, result.experiment_dir, run_result,
+                           should_cancel, callbacks)
+        result.runs.append(run_result)
     return result
+
+
+def _train_witness(
+    spec: TransferSpec,
+    run: int,
+    data: Dataset,
+    folder: Path,
+    run_result: RunResult,
+    should_cancel: Callable[[], bool] | None,
+    callbacks: list[keras.callbacks.Callback] | None,
+) -> None:
+    """The baseline without transfer: same architecture, data, seed and epochs."""
+    training.set_determinism(_seed_for_run(spec.seed, run))
+    witness = training.compile_model(
+        build_model(data.input_shape, data.nb_classes, augment=spec.augment_data,
+                    width_multiplier=spec.width_multiplier, name="witness")
+    )
+    fitted = training.fit(
+        witness, data.x_train, training.one_hot(data.y_train, data.nb_classes),
+        spec.nb_of_target_epochs, should_cancel=should_cancel, callbacks=callbacks,
+    )
+    metrics = training.evaluate(
+        witness, data.x_test, training.one_hot(data.y_test, data.nb_classes)
+    )
+    names = export.run_file_names(run, spec.layer_label)
+    run_result.files += [
+        export.append_jsonl(folder / names["witness_training"],
+                            export.training_record(fitted.history)),
+        export.append_jsonl(folder / names["witness_testing"], metrics),
+    ]
+    run_result.witness_metrics = metrics
 
 
 def _export_run(

@@ -41,6 +41,9 @@ def run_file_names(run: int, layer: str) -> dict[str, str]:
         "source_testing": f"testing_metrics_of_source_{suffix}.jsonl",
         "target_testing": f"testing_metrics_of_target_{suffix}.jsonl",
         "target_training": f"training_metrics_of_target_{suffix}.jsonl",
+        # Only with the witness option; not part of the seed's layout.
+        "witness_testing": f"testing_metrics_of_witness_{suffix}.jsonl",
+        "witness_training": f"training_metrics_of_witness_{suffix}.jsonl",
     }
 
 

@@ -150,6 +150,12 @@ class TransferSpec(_CommonSpec):
     train_from_previous_training: FileRef | None = Field(
         default=None, description="A saved target model (.keras) to continue training from."
     )
+    witness: bool = Field(
+        default=False,
+        description="Also train a witness in each run: the target architecture from scratch, "
+        "on the same data, seed and epochs, without transfer. Its test metrics give the "
+        "transfer gain (target accuracy minus witness accuracy).",
+    )
     quanta_gradient_multiplier: float = Field(
         default=1.0,
         gt=0,

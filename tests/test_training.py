@@ -91,3 +91,22 @@ def test_seeded_runs_are_identical_and_use_every_core(source_weights, tmp_path):
     # Determinism comes from op determinism, not from a single thread.
     assert tf.config.threading.get_intra_op_parallelism_threads() != 1
     assert tf.config.threading.get_inter_op_parallelism_threads() != 1
+
+
+def test_witness_is_trained_from_scratch_and_gives_the_transfer_gain(source_weights, tmp_path):
+    result = run_transfer(_spec(source_weights, witness=True, nb_of_target_epochs=1), tmp_path)
+    (run,) = result.runs
+    folder = result.experiment_dir
+    (witness,) = [json.loads(line) for line in
+                  (folder / "testing_metrics_of_witness_r_0_l_2.jsonl").read_text().splitlines()]
+    assert witness == run.witness_metrics
+    (history,) = [json.loads(line) for line in
+                  (folder / "training_metrics_of_witness_r_0_l_2.jsonl").read_text().splitlines()]
+    assert list(history) == ["0"]
+    assert run.transfer_gain == pytest.approx(
+        run.target_metrics["categorical_accuracy"] - witness["categorical_accuracy"]
+    )
+    # Without the option, no witness files.
+    plain = run_transfer(_spec(source_weights, nb_of_target_epochs=1), tmp_path / "plain")
+    assert plain.runs[0].witness_metrics is None
+    assert not list(plain.experiment_dir.glob("*witness*"))
