@@ -1,0 +1,124 @@
+"""Statistics over runs: what a study reports per transferred layer.
+
+For every entry of a study (a layer number, or `all` when every layer is transferred at
+once) and every QUANTA layer in it: the final λ_s over runs (mean, standard deviation,
+95% confidence interval from Student's t), the mean λ_s curve over epochs, and the test
+accuracy of the target, of the witness and their difference (the transfer gain).
+Runs whose results are missing are listed, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+ACCURACY = "categorical_accuracy"
+
+
+@dataclass
+class RunRecord:
+    """The results of one run of one entry, as read from its JSONL files."""
+
+    entry: str  # "0".."6" or "all"
+    run: int
+    quantas: dict[str, Any]  # one line of quantas_*.jsonl
+    target_metrics: dict[str, float]
+    witness_metrics: dict[str, float] | None = None
+
+
+@dataclass
+class Missing:
+    entry: str
+    run: int
+    reason: str
+
+
+def describe(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation and 95% confidence interval of the mean."""
+    x = np.asarray(values, dtype=np.float64)
+    n = len(x)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "ci95": None, "values": []}
+    mean = float(x.mean())
+    std = float(x.std(ddof=1)) if n > 1 else 0.0
+    if n > 1:
+        half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+        ci = [mean - half, mean + half]
+    else:
+        ci = [mean, mean]
+    return {"n": n, "mean": mean, "std": std, "ci95": ci, "values": x.tolist()}
+
+
+@dataclass
+class Summary:
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    missing: list[Missing] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "entries": self.entries,
+            "missing": [m.__dict__ for m in self.missing],
+            "complete": not self.missing,
+        }
+
+    def as_csv(self) -> str:
+        """One row per (entry, QUANTA layer)."""
+        out = io.StringIO()
+        writer = csv.writer(out)
+        columns = ["entry", "quanta_layer", "runs", "lambda_s_mean", "lambda_s_std",
+                   "lambda_s_ci95_low", "lambda_s_ci95_high"]
+        for metric in ("target_accuracy", "witness_accuracy", "transfer_gain"):
+            columns += [f"{metric}_mean", f"{metric}_std", f"{metric}_ci95_low",
+                        f"{metric}_ci95_high"]
+        writer.writerow(columns)
+        for entry, data in self.entries.items():
+            for layer, lam in data["lambda_s"].items():
+                row = [entry, layer, lam["n"], lam["mean"], lam["std"], *(lam["ci95"] or ["", ""])]
+                for metric in ("target_accuracy", "witness_accuracy", "transfer_gain"):
+                    d = data.get(metric)
+                    if d and d["n"]:
+                        row += [d["mean"], d["std"], *d["ci95"]]
+                    else:
+                        row += ["", "", "", ""]
+                writer.writerow(row)
+        return out.getvalue()
+
+
+def _entry_order(entry: str) -> tuple[int, int]:
+    return (1, 0) if entry == "all" else (0, int(entry))
+
+
+def summarise(records: Iterable[RunRecord], missing: Iterable[Missing] = ()) -> Summary:
+    by_entry: dict[str, list[RunRecord]] = {}
+    for record in records:
+        by_entry.setdefault(record.entry, []).append(record)
+    summary = Summary(missing=list(missing))
+    for entry in sorted(by_entry, key=_entry_order):
+        runs = sorted(by_entry[entry], key=lambda r: r.run)
+        layers = sorted({k for r in runs for k in r.quantas}, key=int)
+        lambda_s, curves = {}, {}
+        for layer in layers:
+            histories = [r.quantas[layer]["quantas"]["source"] for r in runs if layer in r.quantas]
+            lambda_s[layer] = describe([h[-1] for h in histories])
+            length = min(len(h) for h in histories)
+            curves[layer] = np.mean([h[:length] for h in histories], axis=0).tolist()
+        target = [r.target_metrics[ACCURACY] for r in runs]
+        witnessed = [r for r in runs if r.witness_metrics is not None]
+        witness = [r.witness_metrics[ACCURACY] for r in witnessed]
+        gain = [r.target_metrics[ACCURACY] - r.witness_metrics[ACCURACY] for r in witnessed]
+        summary.entries[entry] = {
+            "runs": [r.run for r in runs],
+            "lambda_s": lambda_s,
+            "lambda_s_per_epoch": curves,
+            "target_accuracy": describe(target),
+            "witness_accuracy": describe(witness) if witnessed else None,
+            "transfer_gain": describe(gain) if witnessed else None,
+        }
+    return summary
