@@ -1,0 +1,156 @@
+"""Database reads and writes of jobs, uploads and artifacts (no HTTP, no Celery).
+
+Status changes are not here: they go through `api.job_state`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from api.errors import Conflict, NotFound
+from api.job_state import TERMINAL, ConcurrentChange, JobStatus, transition
+from api.models import Artifact, Job, Upload, utcnow
+
+
+def create_job(session: Session, kind: str, spec: dict[str, Any]) -> Job:
+    """Insert a queued job; the caller commits, then enqueues (never the other way)."""
+    job = Job(kind=kind, status=JobStatus.QUEUED.value, spec=spec)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job with id '{job_id}'")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: str | None = None,
+    kind: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Job], int]:
+    """Jobs newest first (ties broken by id so pages never overlap), and the total count."""
+    query = select(Job)
+    count = select(func.count()).select_from(Job)
+    if status is not None:
+        query, count = query.where(Job.status == status), count.where(Job.status == status)
+    if kind is not None:
+        query, count = query.where(Job.kind == kind), count.where(Job.kind == kind)
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
+    return list(session.scalars(query)), int(session.scalar(count) or 0)
+
+
+def cancel_job(session: Session, job: Job) -> Job:
+    """Cancel a queued job at once, or flag a running one for the worker's cooperative check."""
+    if job.status == JobStatus.QUEUED:
+        try:
+            return transition(session, job, JobStatus.CANCELLED)
+        except ConcurrentChange:  # a worker started it meanwhile: cancel it as running
+            job = get_job(session, job.id)
+            session.refresh(job)
+    if job.status == JobStatus.RUNNING:
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == JobStatus.RUNNING.value)
+            .values(cancel_requested=True, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        session.refresh(job)
+        if job.status in TERMINAL:  # it finished meanwhile
+            raise Conflict(f"job '{job.id}' already {job.status}; nothing to cancel")
+        return job
+    raise Conflict(f"job '{job.id}' already {job.status}; nothing to cancel")
+
+
+def jobs_to_enqueue(session: Session, *, older_than: datetime, limit: int = 100) -> list[str]:
+    """Ids of queued jobs whose message never reached the broker (broker was down)."""
+    query = (
+        select(Job.id)
+        .where(
+            Job.status == JobStatus.QUEUED.value,
+            Job.enqueued_at.is_(None),
+            Job.created_at < older_than,
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def mark_enqueued(session: Session, job_id: str) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(enqueued_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def create_upload(
+    session: Session, *, upload_id: str, kind: str, filename: str, path: str, size: int, sha256: str
+) -> Upload:
+    upload = Upload(
+        id=upload_id, kind=kind, filename=filename, path=path, size=size, sha256=sha256
+    )
+    session.add(upload)
+    session.flush()
+    return upload
+
+
+def get_upload(session: Session, upload_id: str) -> Upload:
+    upload = session.get(Upload, upload_id)
+    if upload is None:
+        raise NotFound(f"no upload with id '{upload_id}'")
+    return upload
+
+
+def list_uploads(
+    session: Session, *, kind: str | None = None, limit: int = 50, offset: int = 0
+) -> tuple[list[Upload], int]:
+    query = select(Upload)
+    count = select(func.count()).select_from(Upload)
+    if kind is not None:
+        query, count = query.where(Upload.kind == kind), count.where(Upload.kind == kind)
+    query = query.order_by(Upload.created_at.desc(), Upload.id.desc()).limit(limit).offset(offset)
+    return list(session.scalars(query)), int(session.scalar(count) or 0)
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    path: str
+    size: int
+    sha256: str
+
+
+def list_artifacts(session: Session, job_id: str) -> list[Artifact]:
+    return list(
+        session.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.path))
+    )
+
+
+def get_artifact(session: Session, job_id: str, path: str) -> Artifact | None:
+    return session.scalar(
+        select(Artifact).where(Artifact.job_id == job_id, Artifact.path == path)
+    )
+
+
+def replace_artifacts(session: Session, job_id: str, files: Iterable[ArtifactInfo]) -> None:
+    """Record what a job's folder holds now (a retry rewrites the folder, so start over)."""
+    for old in list_artifacts(session, job_id):
+        session.delete(old)
+    session.flush()
+    for info in files:
+        session.add(Artifact(job_id=job_id, path=info.path, size=info.size, sha256=info.sha256))
+    session.flush()

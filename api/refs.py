@@ -1,0 +1,145 @@
+"""Turn a remote spec (files named by job or upload id) into a local one (file paths).
+
+The API calls this to validate a request before queuing it (does the job exist, is
+it the right kind, has it succeeded, is the file there?) and the worker calls it
+again to get the paths it trains from, so both apply the same rules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.errors import Conflict, Invalid
+from api.job_state import JobStatus
+from api.models import Artifact, Job, Upload
+from api.settings import Settings
+from quanta_spec import (
+    JobRef,
+    RemoteSourceSpec,
+    RemoteTransferSpec,
+    SourceSpec,
+    TransferSpec,
+    UploadRef,
+    layer_label,
+)
+
+#: Which upload kind each field accepts.
+UPLOAD_KIND_OF_FIELD = {
+    "source_weights": "weights",
+    "train_from_previous_training": "model",
+    "source_task": "dataset",
+    "target_task": "dataset",
+}
+LOC = ("body", "spec")
+
+
+def _find_artifact(session: Session, job: Job, suffix: str) -> Artifact | None:
+    rows = session.scalars(
+        select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.path)
+    )
+    return next((a for a in rows if a.path == suffix or a.path.endswith("/" + suffix)), None)
+
+
+def _existing(path: Path, field: str, what: str) -> Path:
+    if not path.is_file():
+        raise Invalid(f"{what} is missing on the server ({path.name}); it may have been deleted",
+                      loc=(*LOC, field))
+    return path
+
+
+def _upload_path(session: Session, settings: Settings, ref: UploadRef, field: str) -> Path:
+    upload = session.get(Upload, ref.upload)
+    if upload is None:
+        raise Invalid(f"no upload with id '{ref.upload}'", loc=(*LOC, field, "upload"))
+    wanted = UPLOAD_KIND_OF_FIELD[field]
+    if upload.kind != wanted:
+        raise Invalid(
+            f"upload '{ref.upload}' is a {upload.kind} file; {field} needs a {wanted} upload",
+            loc=(*LOC, field, "upload"),
+        )
+    return _existing(settings.uploads_path / upload.path, field, f"upload '{ref.upload}'")
+
+
+def _finished_job(session: Session, ref: JobRef, field: str, kind: str) -> Job:
+    job = session.get(Job, ref.job)
+    if job is None:
+        raise Invalid(f"no job with id '{ref.job}'", loc=(*LOC, field, "job"))
+    if job.kind != kind:
+        raise Invalid(f"job '{ref.job}' is a {job.kind} job; {field} needs a {kind} job",
+                      loc=(*LOC, field, "job"))
+    if job.status != JobStatus.SUCCEEDED:
+        raise Conflict(
+            f"job '{ref.job}' is {job.status}; {field} needs a {kind} job that has succeeded",
+            loc=(*LOC, field, "job"),
+        )
+    return job
+
+
+def _job_file(session: Session, settings: Settings, ref: JobRef, field: str, kind: str) -> Path:
+    job = _finished_job(session, ref, field, kind)
+    if kind == "source":
+        if ref.run != 0:
+            raise Invalid("a source job has no runs; leave 'run' out",
+                          loc=(*LOC, field, "run"))
+        name = "source.weights.h5" if field == "source_weights" else "source.keras"
+    else:
+        nb_of_runs = int(job.spec.get("nb_of_runs", 1))
+        if ref.run >= nb_of_runs:
+            raise Invalid(f"job '{ref.job}' has runs 0 to {nb_of_runs - 1}, not {ref.run}",
+                          loc=(*LOC, field, "run"))
+        layer = layer_label(int(job.spec["layer_to_transfer"]))
+        name = f"target_r_{ref.run}_l_{layer}.keras"
+    artifact = _find_artifact(session, job, name)
+    if artifact is None:
+        raise Invalid(f"job '{ref.job}' produced no {name} (was it a show_only_build job?)",
+                      loc=(*LOC, field, "job"))
+    path = settings.artifacts_dir / job.id / artifact.path
+    return _existing(path, field, f"{name} of job '{job.id}'")
+
+
+def _file(
+    session: Session, settings: Settings, ref: JobRef | UploadRef | None, field: str, kind: str
+) -> str | None:
+    if ref is None:
+        return None
+    if isinstance(ref, UploadRef):
+        return str(_upload_path(session, settings, ref, field))
+    return str(_job_file(session, settings, ref, field, kind))
+
+
+def _task(session: Session, settings: Settings, task: str | UploadRef, field: str) -> str:
+    if isinstance(task, UploadRef):
+        return f"npz:{_upload_path(session, settings, task, field)}"
+    return task
+
+
+def resolve_spec(
+    session: Session, settings: Settings, spec: RemoteSourceSpec | RemoteTransferSpec
+) -> SourceSpec | TransferSpec:
+    """The local spec the library runs; raises `Invalid`/`Conflict` naming the bad field."""
+    values: dict[str, Any] = spec.model_dump()
+    values["source_task"] = _task(session, settings, spec.source_task, "source_task")
+    if isinstance(spec, RemoteTransferSpec):
+        values["target_task"] = _task(session, settings, spec.target_task, "target_task")
+        values["source_weights"] = _file(session, settings, spec.source_weights,
+                                         "source_weights", "source")
+        values["train_from_previous_training"] = _file(
+            session, settings, spec.train_from_previous_training,
+            "train_from_previous_training", "transfer",
+        )
+        return TransferSpec.model_validate(values)
+    values["train_from_previous_training"] = _file(
+        session, settings, spec.train_from_previous_training,
+        "train_from_previous_training", "source",
+    )
+    return SourceSpec.model_validate(values)
+
+
+def remote_spec(kind: str, spec: dict[str, Any]) -> RemoteSourceSpec | RemoteTransferSpec:
+    """Parse a stored spec back into its model (the database holds it as JSON)."""
+    model = RemoteSourceSpec if kind == "source" else RemoteTransferSpec
+    return model.model_validate(spec)

@@ -1,0 +1,44 @@
+"""Liveness and readiness probes for orchestrators (Docker, Kubernetes)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api.deps import CeleryDep, SessionDep
+from api.schemas import Health, Readiness
+from worker.celery_app import ping_broker
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="The process is up")
+def healthz() -> Health:
+    """Answers as long as the process serves requests; checks nothing else."""
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="The database and the broker are reachable",
+    responses={503: {"model": Readiness, "description": "A dependency is unreachable."}},
+)
+def readyz(session: SessionDep, celery: CeleryDep) -> Readiness | JSONResponse:
+    """Ready when both the database and the broker answer; 503 names the one that failed."""
+    checks: dict[str, str] = {}
+    try:
+        session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unreachable: {type(exc).__name__}: {exc}"[:500]
+    try:
+        ping_broker(celery)
+        checks["broker"] = "ok"
+    except Exception as exc:
+        checks["broker"] = f"unreachable: {type(exc).__name__}: {exc}"[:500]
+    if all(value == "ok" for value in checks.values()):
+        return Readiness(status="ready", checks=checks)
+    body = Readiness(status="unavailable", checks=checks)
+    return JSONResponse(status_code=503, content=body.model_dump())

@@ -1,0 +1,222 @@
+"""Jobs: submit, list, inspect, cancel, and fetch what they produced."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi.responses import FileResponse, StreamingResponse
+
+from api import crud
+from api.artifacts import content_type, safe_file, zip_stream
+from api.deps import CeleryDep, SessionDep, SettingsDep
+from api.errors import Conflict, NotFound
+from api.job_state import TERMINAL
+from api.models import Job
+from api.refs import resolve_spec
+from api.schemas import (
+    MAX_OFFSET,
+    ArtifactList,
+    ArtifactOut,
+    ErrorBody,
+    JobCreate,
+    JobKind,
+    JobLinks,
+    JobOut,
+    JobPage,
+    JobStatusName,
+    Progress,
+)
+from worker.celery_app import send_run_job
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+PREFIX = "/v1/jobs"
+
+NOT_FOUND = {404: {"model": ErrorBody, "description": "No such job (or file)."}}
+CONFLICT = {409: {"model": ErrorBody, "description": "The job's state forbids it."}}
+INVALID = {422: {"model": ErrorBody, "description": "Invalid field; `loc` names it."}}
+
+
+def job_out(job: Job) -> JobOut:
+    base = f"{PREFIX}/{job.id}"
+    return JobOut(
+        id=job.id,
+        kind=job.kind,  # type: ignore[arg-type]
+        status=job.status,  # type: ignore[arg-type]
+        spec=job.spec,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        updated_at=job.updated_at,
+        attempts=job.attempts,
+        cancel_requested=job.cancel_requested,
+        worker=job.worker,
+        progress=Progress.model_validate(job.progress) if job.progress else None,
+        result=job.result,
+        error=job.error,
+        links=JobLinks(self=base, cancel=f"{base}/cancel", artifacts=f"{base}/artifacts",
+                       archive=f"{base}/archive"),
+    )
+
+
+def enqueue(celery: CeleryDep, session: SessionDep, job_id: str) -> bool:
+    """Send the job to the broker; if it is down, the job stays queued for a later resend."""
+    try:
+        send_run_job(celery, job_id)
+    except Exception as exc:
+        log.warning("job %s stays queued: broker unreachable (%s: %s)", job_id,
+                    type(exc).__name__, exc)
+        return False
+    crud.mark_enqueued(session, job_id)
+    session.commit()
+    return True
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobOut,
+    summary="Submit a job",
+    responses={**INVALID, **CONFLICT},
+)
+def create_job(
+    body: Annotated[JobCreate, Body(discriminator="kind")],
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+) -> JobOut:
+    """Queue a source training or a transfer experiment.
+
+    Files are named by reference: `{"job": ID}` (a succeeded job of the right kind) or
+    `{"upload": ID}` (an upload of the right kind); a bad reference is a 422 naming
+    the field, a job that has not succeeded yet a 409.
+    """
+    resolve_spec(session, settings, body.spec)
+    job = crud.create_job(session, body.kind, body.spec.model_dump(mode="json"))
+    session.commit()
+    enqueue(celery, session, job.id)
+    response.headers["Location"] = f"{PREFIX}/{job.id}"
+    return job_out(job)
+
+
+@router.get("", response_model=JobPage, summary="List jobs, newest first")
+def list_jobs(
+    session: SessionDep,
+    status: Annotated[JobStatusName | None, Query(description="Only jobs in this status.")] = None,
+    kind: Annotated[JobKind | None, Query(description="Only jobs of this kind.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> JobPage:
+    """A page of jobs; `next` is the URL of the following page (absent on the last one)."""
+    jobs, total = crud.list_jobs(session, status=status, kind=kind, limit=limit, offset=offset)
+    following = None
+    if offset + len(jobs) < total:
+        query = {k: v for k, v in (("status", status), ("kind", kind)) if v is not None}
+        query |= {"limit": limit, "offset": offset + limit}
+        following = f"{PREFIX}?{urlencode(query)}"
+    return JobPage(items=[job_out(j) for j in jobs], total=total, limit=limit, offset=offset,
+                   next=following)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="A job", responses=NOT_FOUND)
+def get_job(job_id: str, session: SessionDep) -> JobOut:
+    """Status, progress (run r of R, epoch e of E, latest quantas and metrics), timestamps,
+    attempts, and for a failed job the `error`."""
+    return job_out(crud.get_job(session, job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    summary="Cancel a job",
+    responses={**NOT_FOUND, **CONFLICT},
+)
+def cancel_job(job_id: str, session: SessionDep) -> JobOut:
+    """A queued job is cancelled at once; a running one gets `cancel_requested` and stops
+    at the worker's next check (between batches); a finished one is a 409."""
+    job = crud.cancel_job(session, crud.get_job(session, job_id))
+    session.commit()
+    return job_out(job)
+
+
+@router.get(
+    "/{job_id}/artifacts",
+    response_model=ArtifactList,
+    summary="The files a job produced",
+    responses=NOT_FOUND,
+)
+def list_artifacts(job_id: str, session: SessionDep) -> ArtifactList:
+    """Paths are relative to the job's output folder, in the seed's layout."""
+    crud.get_job(session, job_id)
+    items = [
+        ArtifactOut(path=a.path, size=a.size, sha256=a.sha256,
+                    url=f"{PREFIX}/{job_id}/artifacts/{a.path}")
+        for a in crud.list_artifacts(session, job_id)
+    ]
+    return ArtifactList(job_id=job_id, items=items)
+
+
+@router.get(
+    "/{job_id}/artifacts/{path:path}",
+    summary="Download one file",
+    response_class=FileResponse,
+    responses={
+        200: {"description": "The file.", "content": {
+            "application/jsonl": {}, "application/zip": {}, "application/x-hdf5": {},
+            "image/png": {}, "application/octet-stream": {}}},
+        304: {"description": "Not modified (If-None-Match matched the ETag, its SHA-256)."},
+        **NOT_FOUND,
+    },
+)
+def download_artifact(
+    job_id: str,
+    path: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The `ETag` is the file's SHA-256; a matching `If-None-Match` gets a 304."""
+    crud.get_job(session, job_id)
+    artifact = crud.get_artifact(session, job_id, path)
+    file = safe_file(settings.artifacts_dir / job_id, path) if artifact is not None else None
+    if artifact is None or file is None:
+        raise NotFound(f"job '{job_id}' has no file '{path}'")
+    etag = f'"{artifact.sha256}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if if_none_match is not None:
+        tags = {t.strip().removeprefix("W/").strip('"') for t in if_none_match.split(",")}
+        if "*" in tags or artifact.sha256 in tags:
+            return Response(status_code=304, headers=headers)
+    return FileResponse(file, media_type=content_type(path), headers=headers,
+                        filename=file.name)
+
+
+@router.get(
+    "/{job_id}/archive",
+    summary="Download all files as one zip",
+    response_class=StreamingResponse,
+    responses={200: {"description": "A zip of the output folder.",
+                     "content": {"application/zip": {}}}, **NOT_FOUND, **CONFLICT},
+)
+def download_archive(job_id: str, session: SessionDep, settings: SettingsDep) -> Response:
+    """The whole output folder, streamed as a zip as it is built (never held in memory)."""
+    job = crud.get_job(session, job_id)
+    if job.status not in TERMINAL:
+        raise Conflict(f"job '{job_id}' is {job.status}; its files are recorded when it ends")
+    root = settings.artifacts_dir / job_id
+    files = []
+    for artifact in crud.list_artifacts(session, job_id):
+        file = safe_file(root, artifact.path)
+        if file is not None:
+            files.append((artifact.path, file))
+    return StreamingResponse(
+        zip_stream(files),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="quanta-{job_id}.zip"'},
+    )
+
+

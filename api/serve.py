@@ -1,0 +1,122 @@
+"""`quanta-serve`: migrate the database, then run the API and N worker processes.
+
+    quanta-serve [--host 127.0.0.1] [--port 8000] [--workers 1] [--gpus 0,1]
+    quanta-serve migrate [REVISION]
+
+Workers are separate processes (`python -m worker.main`), because TensorFlow must
+not live in the API process; Ctrl-C or SIGTERM stops the API, then asks each worker
+to stop (a running job is handed back to the queue at its next batch), and kills
+those that do not exit in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from api.migrate import upgrade
+from api.settings import get_settings
+
+log = logging.getLogger("quanta.serve")
+
+
+def start_workers(count: int, gpus: list[str], log_level: str) -> list[subprocess.Popen[bytes]]:
+    """Start `count` workers; worker i gets GPU `gpus[i % len(gpus)]` when GPUs are given."""
+    processes = []
+    for index in range(count):
+        command = [sys.executable, "-m", "worker.main", "--name", f"worker{index}",
+                   "--loglevel", log_level]
+        if gpus:
+            command += ["--gpu", gpus[index % len(gpus)]]
+        processes.append(subprocess.Popen(command))
+        log.info("started worker%d (pid %d)", index, processes[-1].pid)
+    return processes
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM each process, wait up to `timeout` seconds in all, then SIGKILL the rest."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("worker pid %d did not stop in %.0fs; killing it", process.pid, timeout)
+            process.kill()
+            process.wait()
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn  # here: `quanta-serve migrate` does not need it
+
+    from api.main import create_app
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    upgrade(settings.database_url)
+    gpus = [g for g in (args.gpus or "").split(",") if g.strip()]
+    workers = start_workers(args.workers, gpus, args.log_level)
+    config = uvicorn.Config(create_app(settings), host=args.host, port=args.port,
+                            log_level=args.log_level.lower(), proxy_headers=True)
+    server = uvicorn.Server(config)
+    stopping = [False]
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # uvicorn restores this handler after its graceful shutdown and raises the signal
+        # again: we then stop the workers; a second signal while stopping kills them.
+        if stopping[0]:
+            for process in workers:
+                if process.poll() is None:
+                    process.kill()
+        stopping[0] = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    try:
+        server.run()
+    finally:
+        stopping[0] = True
+        stop_processes(workers, args.stop_timeout)
+    return 0 if server.started else 1
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="quanta-serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes to start (0: the API alone)")
+    parser.add_argument("--gpus", default=os.environ.get("QUANTA_GPUS", ""),
+                        help="comma-separated GPU ids, handed to the workers in turn")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--stop-timeout", type=float, default=60.0,
+                        help="seconds workers get to stop before being killed")
+    sub = parser.add_subparsers(dest="command")
+    migrate = sub.add_parser("migrate", help="apply the database migrations and exit")
+    migrate.add_argument("revision", nargs="?", default="head")
+    args = parser.parse_args(argv)
+    if args.workers < 0:
+        parser.error("--workers must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "migrate":
+        upgrade(revision=args.revision)
+        return 0
+    return serve(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

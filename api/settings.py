@@ -1,0 +1,112 @@
+"""Service configuration, read from `QUANTA_*` environment variables.
+
+One `Settings` object is shared by the API and the workers so that both agree on
+where the database, the broker and the files are. Relative paths (including those
+inside SQLite URLs) are resolved against the current directory once, at load time,
+so that a worker started from another directory still finds the same files.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GiB = 1024**3
+
+
+def _absolute_sqlite(url: str) -> str:
+    """Make the file path of a SQLite URL absolute (`sqlite:///./x.db` -> `sqlite:////cwd/x.db`)."""
+    for prefix in ("sqla+sqlite:///", "sqlalchemy+sqlite:///", "sqlite:///"):
+        if url.startswith(prefix):
+            rest = url[len(prefix):]
+            path, sep, query = rest.partition("?")
+            if not path or path == ":memory:" or path.startswith("/"):
+                return url
+            return f"{prefix}{Path(path).resolve()}{sep}{query}"
+    return url
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (with or without the kombu `sqla+` prefix)."""
+    for prefix in ("sqla+sqlite:///", "sqlalchemy+sqlite:///", "sqlite:///"):
+        if url.startswith(prefix):
+            path = url[len(prefix):].partition("?")[0]
+            return Path(path) if path and path != ":memory:" else None
+    return None
+
+
+class Settings(BaseSettings):
+    """Where things are and how big they may be; every field is `QUANTA_<NAME>` in the env."""
+
+    model_config = SettingsConfigDict(env_prefix="QUANTA_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///./var/quanta.db",
+        description="SQLAlchemy URL of the job database (SQLite or postgresql+psycopg).",
+    )
+    broker_url: str = Field(
+        default="sqla+sqlite:///./var/broker.db",
+        description="Celery broker: redis://HOST:6379/0, or kombu's SQLAlchemy transport.",
+    )
+    queue: str = Field(default="quanta", description="Name of the Celery queue of the jobs.")
+    artifacts_dir: Path = Field(default=Path("./var/artifacts"))
+    uploads_dir: Path | None = Field(default=None, description="Default: ARTIFACTS_DIR/../uploads.")
+    data_dir: Path | None = Field(default=None, description="Dataset cache; default: quanta's.")
+    max_upload_bytes: int = Field(default=GiB, gt=0)
+    migrate_on_start: bool = Field(
+        default=True, description="Apply the database migrations when the API starts."
+    )
+    requeue_interval_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How often the API re-sends queued jobs the broker never received "
+        "(0 disables the loop).",
+    )
+    heartbeat_s: float = Field(default=15.0, gt=0, description="Worker heartbeat period.")
+    stale_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A running job whose worker has not beaten for this long is taken over "
+        "when its message is delivered again.",
+    )
+    max_attempts: int = Field(default=3, ge=1, description="Attempts before a job is failed.")
+    cancel_poll_s: float = Field(
+        default=1.0, ge=0, description="Least time between two database reads of the cancel flag."
+    )
+    api_tokens: str = Field(default="", description="Reserved for a later auth feature.")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Settings:
+        self.database_url = _absolute_sqlite(self.database_url)
+        self.broker_url = _absolute_sqlite(self.broker_url)
+        self.artifacts_dir = self.artifacts_dir.expanduser().resolve()
+        if self.uploads_dir is None:
+            self.uploads_dir = self.artifacts_dir.parent / "uploads"
+        self.uploads_dir = self.uploads_dir.expanduser().resolve()
+        if self.data_dir is not None:
+            self.data_dir = self.data_dir.expanduser().resolve()
+        return self
+
+    @property
+    def uploads_path(self) -> Path:
+        """`uploads_dir`, never None after validation (typed for callers)."""
+        assert self.uploads_dir is not None
+        return self.uploads_dir
+
+    def ensure_dirs(self) -> None:
+        """Create the folders the service writes to, including SQLite files' folders."""
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        self.uploads_path.mkdir(parents=True, exist_ok=True)
+        for url in (self.database_url, self.broker_url):
+            path = sqlite_file(url)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

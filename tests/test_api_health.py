@@ -1,0 +1,143 @@
+"""Probes, the OpenAPI schema, migrations, and the rule that the API never loads TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from conftest import REPO, service_env
+
+
+def test_healthz(client: Any) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readyz_when_everything_answers(client: Any) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
+
+
+def test_readyz_names_the_broker_that_is_down(settings: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    app = create_app(settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"}))
+    with TestClient(app) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["database"] == "ok" and checks["broker"].startswith("unreachable")
+
+
+def test_readyz_names_the_database_that_is_down(settings: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    down = "postgresql+psycopg://postgres@127.0.0.1:1/nothing?connect_timeout=2"
+    app = create_app(settings.model_copy(update={"database_url": down}))
+    with TestClient(app) as client:
+        response = client.get("/readyz")
+        assert client.get("/healthz").status_code == 200
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["database"].startswith("unreachable") and checks["broker"] == "ok"
+
+
+def test_openapi_documents_every_endpoint(client: Any) -> None:
+    schema = client.get("/openapi.json").json()
+    expected = {
+        ("post", "/v1/jobs"), ("get", "/v1/jobs"), ("get", "/v1/jobs/{job_id}"),
+        ("post", "/v1/jobs/{job_id}/cancel"), ("get", "/v1/jobs/{job_id}/artifacts"),
+        ("get", "/v1/jobs/{job_id}/artifacts/{path}"), ("get", "/v1/jobs/{job_id}/archive"),
+        ("post", "/v1/uploads"), ("get", "/v1/uploads"), ("get", "/v1/uploads/{upload_id}"),
+        ("get", "/healthz"), ("get", "/readyz"),
+    }
+    found = {(method, path) for path, ops in schema["paths"].items() for method in ops}
+    assert expected <= found
+    for method, path in expected:
+        operation = schema["paths"][path][method]
+        assert operation.get("summary"), (method, path)
+        ok = next(code for code in operation["responses"] if code.startswith("2"))
+        assert operation["responses"][ok].get("content"), (method, path)
+    create = schema["paths"]["/v1/jobs"]["post"]
+    assert create["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/JobOut")
+    assert {"409", "422"} <= set(create["responses"])
+    upload = schema["paths"]["/v1/uploads"]["post"]
+    assert "multipart/form-data" in upload["requestBody"]["content"]
+    assert "413" in upload["responses"]
+    assert "RemoteTransferSpec" in schema["components"]["schemas"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_startup_applies_migrations(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+    from sqlalchemy import inspect
+
+    from api.db import make_engine
+    from api.main import create_app
+    from api.settings import Settings
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'new.db'}",
+                        broker_url=f"sqla+sqlite:///{tmp_path / 'b.db'}",
+                        artifacts_dir=tmp_path / "a", requeue_interval_s=0)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/jobs").json()["total"] == 0
+    engine = make_engine(settings.database_url)
+    assert {"jobs", "uploads", "artifacts", "alembic_version"} <= set(
+        inspect(engine).get_table_names())
+    engine.dispose()
+
+
+def test_migrate_command(tmp_path: Path) -> None:
+    env = service_env(database_url=f"sqlite:///{tmp_path / 'm.db'}",
+                      artifacts_dir=tmp_path / "artifacts")
+    for command in ([sys.executable, "-m", "api.migrate"],
+                    [sys.executable, "-m", "api.serve", "migrate"]):
+        done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+    assert (tmp_path / "m.db").is_file()
+
+
+def test_api_process_never_imports_tensorflow(tmp_path: Path) -> None:
+    """Start the app in a fresh interpreter, use it, and look at what it imported."""
+    script = textwrap.dedent("""
+        import io, json, sys
+        import numpy as np
+        from fastapi.testclient import TestClient
+        from api.main import app
+        buffer = io.BytesIO()
+        np.savez(buffer, x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.arange(4),
+                 x_test=np.zeros((2, 8, 8), np.uint8), y_test=np.arange(2))
+        with TestClient(app) as client:
+            codes = [
+                client.get("/healthz").status_code,
+                client.get("/readyz").status_code,
+                client.post("/v1/jobs", json={"kind": "source",
+                                              "spec": {"source_task": "digits"}}).status_code,
+                client.get("/v1/jobs").status_code,
+                client.post("/v1/uploads", files={"file": ("d.npz", buffer.getvalue())}
+                            ).status_code,
+                client.get("/openapi.json").status_code,
+            ]
+        loaded = [m for m in ("tensorflow", "keras", "quanta", "worker.tasks", "worker.runner")
+                  if m in sys.modules]
+        print(json.dumps({"codes": codes, "loaded": loaded}))
+    """)
+    env = service_env(database_url=f"sqlite:///{tmp_path / 'q.db'}",
+                      broker_url=f"sqla+sqlite:///{tmp_path / 'b.db'}",
+                      artifacts_dir=tmp_path / "artifacts")
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["codes"] == [200, 200, 201, 200, 201, 200]
+    assert result["loaded"] == []

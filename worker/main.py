@@ -1,0 +1,67 @@
+"""`quanta-worker`: one Celery worker process that runs QUANTA jobs one at a time.
+
+    quanta-worker [--gpu N] [--name NAME] [--loglevel INFO]
+
+The pool is `solo` with concurrency 1: TensorFlow is not fork-safe, and one job at a
+time keeps a GPU's memory for that job. Run one worker per GPU (`--gpu N` sets
+CUDA_VISIBLE_DEVICES before TensorFlow loads). Names must be unique per host: a
+worker that restarts under the same name takes back the job it was running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="quanta-worker", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", help="GPU id for this worker (sets CUDA_VISIBLE_DEVICES); "
+                        "'' or 'none' hides every GPU")
+    parser.add_argument("--name", help="node name (default: gpuN with --gpu, else worker-PID)")
+    parser.add_argument("--loglevel", default="INFO")
+    parser.add_argument("--no-preload", action="store_true",
+                        help="import TensorFlow at the first job instead of at start")
+    return parser.parse_args(argv)
+
+
+def configure_tensorflow() -> None:
+    """Let TensorFlow grow GPU memory as needed instead of taking it all at once."""
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError as exc:  # already initialised
+            logging.getLogger(__name__).warning("memory growth not set on %s: %s", gpu, exc)
+    import quanta.experiment  # noqa: F401 - the first job then starts without import delay
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = "" if args.gpu.lower() == "none" else args.gpu
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=args.loglevel.upper(),
+                        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
+    if not args.no_preload:
+        configure_tensorflow()
+    from worker.tasks import app
+
+    name = args.name or (f"gpu{args.gpu}" if args.gpu not in (None, "", "none")
+                         else f"worker-{os.getpid()}")
+    if "@" not in name:
+        name = f"{name}@{socket.gethostname()}"
+    app.worker_main(argv=[
+        "worker", "--pool=solo", "--concurrency=1", f"--hostname={name}",
+        f"--loglevel={args.loglevel}", "--without-gossip", "--without-mingle",
+        "--without-heartbeat", "-Q", app.conf.task_default_queue,
+    ])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

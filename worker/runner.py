@@ -1,0 +1,304 @@
+"""What a worker does with one job id: claim it, run the library, record the outcome.
+
+Everything here is idempotent, because a broker may deliver a message twice: a job
+is claimed with a compare-and-swap (queued -> running), so only one worker runs it;
+a copy delivered while it runs is dropped; a job whose worker died (it is `running`
+but its worker is us after a restart, or its heartbeat is stale) is put back to
+queued and started again, up to `max_attempts` times.
+
+TensorFlow and `quanta` are imported inside `_execute`, never at module level.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import crud
+from api.artifacts import scan
+from api.db import make_engine, make_sessionmaker
+from api.errors import ServiceError
+from api.job_state import ConcurrentChange, JobStatus, transition
+from api.models import Job, utcnow
+from api.recovery import is_stale, recover
+from api.refs import remote_spec, resolve_spec
+from api.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    status: str
+    detail: str = ""
+
+
+def _clean_number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def clean_metrics(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """JSON-safe metrics: floats, NaN/inf as null (PostgreSQL's JSON refuses NaN)."""
+    return {str(k): _clean_number(v) for k, v in metrics.items()}
+
+
+def clean_quantas(quantas: dict[str, dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    return {str(layer): clean_metrics(values) for layer, values in quantas.items()}
+
+
+class Heartbeat:
+    """A thread that stamps `heartbeat_at` while the job runs, so others know we live."""
+
+    def __init__(self, factory: sessionmaker[Session], job_id: str, worker: str,
+                 period: float) -> None:
+        self._factory, self._job_id, self._worker, self._period = factory, job_id, worker, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}",
+                                        daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._period):
+            try:
+                with self._factory() as session:
+                    session.execute(
+                        update(Job)
+                        .where(Job.id == self._job_id, Job.status == JobStatus.RUNNING.value,
+                               Job.worker == self._worker)
+                        .values(heartbeat_at=utcnow())
+                        .execution_options(synchronize_session=False)
+                    )
+                    session.commit()
+            except Exception:
+                log.warning("heartbeat of job %s failed", self._job_id, exc_info=True)
+
+
+class CancelCheck:
+    """The library's `should_cancel`: reads the job at most every `poll_s` seconds.
+
+    True when the user asked (`requested`), when the job is no longer ours (`lost`:
+    taken over after a stale heartbeat), or at once when the worker shuts down.
+    """
+
+    def __init__(self, runner: JobRunner, job_id: str, worker: str) -> None:
+        self.runner, self.job_id, self.worker = runner, job_id, worker
+        self.requested = False
+        self.lost = False
+        self._last_read = 0.0
+
+    def __call__(self) -> bool:
+        if self.runner.shutting_down.is_set():
+            return True
+        now = time.monotonic()
+        if now - self._last_read >= self.runner.settings.cancel_poll_s:
+            self._last_read = now
+            with self.runner.sessions() as session:
+                row = session.execute(
+                    select(Job.cancel_requested, Job.status, Job.worker)
+                    .where(Job.id == self.job_id)).one_or_none()
+            self.lost = row is None or row[1] != JobStatus.RUNNING or row[2] != self.worker
+            self.requested = bool(row is not None and row[0])
+        return self.requested or self.lost
+
+
+class JobRunner:
+    """Runs jobs for one worker process; `shutting_down` is set when the worker stops."""
+
+    def __init__(self, settings: Settings, *, resend: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.database_url)
+        self.sessions = make_sessionmaker(self.engine)
+        self.shutting_down = threading.Event()
+        self.resend = resend
+
+    def redact(self, message: str) -> str:
+        """Server folders in a message become `uploads/`, `artifacts/`, `data/`: clients
+        name files by id and have no business knowing the server's layout."""
+        folders = [(self.settings.uploads_path, "uploads"),
+                   (self.settings.artifacts_dir, "artifacts")]
+        if self.settings.data_dir is not None:
+            folders.append((self.settings.data_dir, "data"))
+        for folder, name in sorted(folders, key=lambda f: -len(str(f[0]))):
+            message = message.replace(str(folder), name)
+        return message
+
+    # -- claiming ---------------------------------------------------------------------
+    def _claim(self, session: Session, job_id: str, worker: str) -> Job | Outcome:
+        job = session.get(Job, job_id)
+        if job is None:
+            return Outcome("missing", f"no job {job_id} in the database")
+        if job.status == JobStatus.RUNNING:
+            # A copy of the message: drop it, unless the job's worker is lost (it is us,
+            # restarted under the same name, or its heartbeat is stale).
+            if job.worker != worker and not is_stale(job, self.settings):
+                return Outcome("skipped", f"job {job_id} is running on {job.worker}")
+            log.warning("job %s: taking over from lost worker %s", job_id, job.worker)
+            status = recover(session, job, self.settings)
+            session.commit()
+            if status is not JobStatus.QUEUED:
+                return Outcome(status.value, "lost worker")
+        if job.status != JobStatus.QUEUED:
+            return Outcome("skipped", f"job {job_id} is {job.status}")
+        transition(session, job, JobStatus.RUNNING, worker=worker, result=None)
+        session.commit()
+        return job
+
+    # -- running -------------------------------------------------------------------------
+    def run(self, job_id: str, worker: str) -> Outcome:
+        """Run job `job_id` if it is ours to run; returns what happened (for logs and tests)."""
+        with self.sessions() as session:
+            try:
+                claimed = self._claim(session, job_id, worker)
+            except ConcurrentChange as exc:
+                return Outcome("skipped", str(exc))
+            if isinstance(claimed, Outcome):
+                log.info("job %s: %s (%s)", job_id, claimed.status, claimed.detail)
+                return claimed
+            job = claimed
+            log.info("job %s: started (%s, attempt %d) on %s", job.id, job.kind, job.attempts,
+                     worker)
+            try:
+                local = resolve_spec(session, self.settings, remote_spec(job.kind, job.spec))
+            except ServiceError as exc:
+                return self._finish(session, job, JobStatus.FAILED, owner=worker,
+                                    error=exc.message)
+            except Exception as exc:  # a stored spec that no longer parses
+                return self._finish(session, job, JobStatus.FAILED, owner=worker,
+                                    error=f"invalid job spec: {exc}")
+        output = self.settings.artifacts_dir / job_id
+        shutil.rmtree(output, ignore_errors=True)  # a retry starts from an empty folder
+        output.mkdir(parents=True, exist_ok=True)
+        with Heartbeat(self.sessions, job_id, worker, self.settings.heartbeat_s):
+            status, fields = self._execute(job_id, worker, job.kind, local, output)
+        with self.sessions() as session:
+            job = crud.get_job(session, job_id)
+            return self._finish(session, job, status, owner=worker, **fields)
+
+    def _finish(self, session: Session, job: Job, status: JobStatus | None, *, owner: str,
+                **fields: Any) -> Outcome:
+        """Record the files and the final status (or the hand-back to the queue)."""
+        if status is None or job.status != JobStatus.RUNNING or job.worker != owner:
+            log.error("job %s was taken from us (now %s on %s); leaving it", job.id,
+                      job.status, job.worker)
+            return Outcome("lost")
+        if status is JobStatus.QUEUED:
+            fields.setdefault("enqueued_at", None)
+        try:
+            transition(session, job, status, owner=owner, **fields)
+            crud.replace_artifacts(session, job.id, scan(self.settings.artifacts_dir / job.id))
+            session.commit()
+        except ConcurrentChange:
+            log.error("job %s changed under us; not marking it %s", job.id, status)
+            session.rollback()
+            return Outcome("lost")
+        log.info("job %s: %s%s", job.id, status.value,
+                 f" ({fields['error']})" if fields.get("error") else "")
+        if status is JobStatus.QUEUED and self.resend is not None:
+            try:
+                self.resend(job.id)
+                with self.sessions() as again:
+                    crud.mark_enqueued(again, job.id)
+                    again.commit()
+            except Exception:
+                log.warning("job %s stays queued until the API re-sends it", job.id)
+        return Outcome(status.value, fields.get("error") or "")
+
+    def _progress_hook(self, job_id: str) -> Callable[[Any], None]:
+        def on_epoch(event: Any) -> None:
+            total = max(1, event.nb_of_runs * event.nb_of_epochs)
+            progress = {
+                "run": event.run, "nb_of_runs": event.nb_of_runs,
+                "epoch": event.epoch, "nb_of_epochs": event.nb_of_epochs,
+                "fraction": min(1.0, (event.run * event.nb_of_epochs + event.epoch) / total),
+                "metrics": clean_metrics(event.metrics),
+                "quantas": clean_quantas(event.quantas),
+            }
+            try:
+                with self.sessions() as session:
+                    session.execute(
+                        update(Job)
+                        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+                        .values(progress=progress, updated_at=utcnow(), heartbeat_at=utcnow())
+                        .execution_options(synchronize_session=False)
+                    )
+                    session.commit()
+            except Exception:  # progress is informative; never fail training for it
+                log.warning("progress of job %s not saved", job_id, exc_info=True)
+
+        return on_epoch
+
+    def _execute(self, job_id: str, worker: str, kind: str, spec: Any, output: Path
+                 ) -> tuple[JobStatus | None, dict[str, Any]]:
+        """Run the library; map its outcome to (status, fields). Imports TensorFlow."""
+        from quanta.datasets import DatasetError
+        from quanta.errors import Cancelled, QuantaError
+        from quanta.experiment import run_transfer, train_source
+
+        cancel_check = CancelCheck(self, job_id, worker)
+        hooks: dict[str, Any] = {
+            "data_dir": self.settings.data_dir,
+            "on_epoch": self._progress_hook(job_id),
+            "should_cancel": cancel_check,
+        }
+        try:
+            if kind == "source":
+                source = train_source(spec, output, **hooks)
+                result: dict[str, Any] = {
+                    "training_dir": _relative(source.training_dir, output),
+                    "test_metrics": clean_metrics(source.test_metrics),
+                    "summary": source.summary or None,
+                }
+            else:
+                transfer = run_transfer(spec, output, **hooks)
+                result = {
+                    "experiment_dir": _relative(transfer.experiment_dir, output),
+                    "runs": [
+                        {"run": r.run, "target_metrics": clean_metrics(r.target_metrics),
+                         "source_metrics": clean_metrics(r.source_metrics),
+                         "quantas": clean_quantas(r.quantas)}
+                        for r in transfer.runs
+                    ],
+                    "summaries": transfer.summaries or None,
+                }
+        except Cancelled as exc:
+            if cancel_check.lost:
+                return None, {}
+            if self.shutting_down.is_set() and not cancel_check.requested:
+                log.warning("job %s: worker stopping; handing the job back to the queue", job_id)
+                return JobStatus.QUEUED, {}
+            return JobStatus.CANCELLED, {"result": {"message": str(exc)}}
+        except (QuantaError, DatasetError) as exc:
+            return JobStatus.FAILED, {"error": self.redact(str(exc))}
+        except Exception as exc:
+            log.exception("job %s: internal error", job_id)
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            return JobStatus.FAILED, {"error": self.redact(message)}
+        return JobStatus.SUCCEEDED, {"result": result}
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
