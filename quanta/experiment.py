@@ -8,9 +8,11 @@ progress through `on_epoch` and stop early when `should_cancel` says so.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import keras
 
@@ -106,13 +108,48 @@ def _load_previous(path: str | Path) -> keras.Model:
         raise QuantaError(f"cannot load previous training '{path}': {exc}") from exc
 
 
+class _Cache:
+    """A few recent results kept for the life of the process (a worker runs many jobs)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        value = self.items[key] = make()
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return value
+
+
+_SOURCES = _Cache(size=4)
+_SOURCE_METRICS = _Cache(size=64)
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
 def load_source(
     weights: str | Path, data: Dataset, width_multiplier: float = 1.0
 ) -> keras.Model:
-    """The frozen, compiled source: the shared network with the weights of `weights`."""
+    """The frozen, compiled source: the shared network with the weights of `weights`.
+
+    Loaded once per weights file (and network shape) in a process: every run and every
+    layer of a study shares the same frozen model.
+    """
     weights = Path(weights)
     if not weights.is_file():
         raise QuantaError(f"source weights '{weights}' do not exist")
+    key = (_file_key(weights), data.input_shape, data.nb_classes, width_multiplier)
+    return _SOURCES.get(key, lambda: _load_source(weights, data, width_multiplier))
+
+
+def _load_source(weights: Path, data: Dataset, width_multiplier: float) -> keras.Model:
     model = build_model(
         data.input_shape, data.nb_classes, width_multiplier=width_multiplier, name="source"
     )
@@ -126,6 +163,18 @@ def load_source(
         ) from exc
     freeze(model)
     return training.compile_model(model)
+
+
+def source_test_metrics(spec: TransferSpec, source: keras.Model, data: Dataset,
+                        data_dir: str | Path | None) -> dict[str, float]:
+    """The frozen source's test metrics, computed once per (weights, task, samples)."""
+    task_key: Hashable = spec.source_task
+    if spec.source_task.startswith("npz:"):
+        task_key = _file_key(Path(spec.source_task[4:]))
+    key = (_file_key(Path(spec.source_weights)), spec.width_multiplier, task_key,
+           str(data_dir), spec.nb_of_target_samples)
+    return dict(_SOURCE_METRICS.get(key, lambda: training.evaluate(
+        source, data.x_test, training.one_hot(data.y_test, data.nb_classes))))
 
 
 def _check_previous_target(model: keras.Model, spec: TransferSpec, data: Dataset) -> None:
@@ -163,8 +212,6 @@ def run_transfer(
     )
     training.set_determinism(spec.seed)
     source = load_source(spec.source_weights, source_data, spec.width_multiplier)
-    source_y = training.one_hot(source_data.y_test, source_data.nb_classes)
-    source_metrics: dict[str, float] | None = None
     target_y_train = training.one_hot(target_data.y_train, target_data.nb_classes)
     target_y_test = training.one_hot(target_data.y_test, target_data.nb_classes)
 
@@ -208,8 +255,7 @@ def run_transfer(
             callbacks=callbacks,
         )
         target_metrics = training.evaluate(target, target_data.x_test, target_y_test)
-        if source_metrics is None:  # the frozen source scores the same in every run
-            source_metrics = training.evaluate(source, source_data.x_test, source_y)
+        source_metrics = source_test_metrics(spec, source, source_data, data_dir)
         run_result = _export_run(
             result.experiment_dir, spec, run, source, target, fitted, target_metrics,
             source_metrics,

@@ -110,3 +110,34 @@ def test_witness_is_trained_from_scratch_and_gives_the_transfer_gain(source_weig
     plain = run_transfer(_spec(source_weights, nb_of_target_epochs=1), tmp_path / "plain")
     assert plain.runs[0].witness_metrics is None
     assert not list(plain.experiment_dir.glob("*witness*"))
+
+
+def test_source_is_loaded_and_scored_once_per_weights_file(source_weights, tmp_path,
+                                                            monkeypatch):
+    import os
+
+    from quanta import experiment
+
+    experiment._SOURCES.items.clear()
+    experiment._SOURCE_METRICS.items.clear()
+    evaluated = []
+    real_evaluate = training.evaluate
+
+    def counting_evaluate(model, x, y):
+        evaluated.append(model.name)
+        return real_evaluate(model, x, y)
+
+    monkeypatch.setattr(training, "evaluate", counting_evaluate)
+    first = run_transfer(_spec(source_weights, layer_to_transfer=0, nb_of_target_epochs=1,
+                               nb_of_runs=2), tmp_path / "a")
+    second = run_transfer(_spec(source_weights, layer_to_transfer=6, nb_of_target_epochs=1),
+                          tmp_path / "b")
+    assert evaluated.count("source") == 1 and evaluated.count("target") == 3
+    assert first.runs[1].source_metrics == second.runs[0].source_metrics
+    assert len(experiment._SOURCES.items) == 1
+    # A weights file rewritten in place is loaded (and scored) again.
+    stat = source_weights.stat()
+    os.utime(source_weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    run_transfer(_spec(source_weights, nb_of_target_epochs=1), tmp_path / "c")
+    assert evaluated.count("source") == 2
+    assert len(experiment._SOURCES.items) == 2
