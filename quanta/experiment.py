@@ -10,13 +10,15 @@ from __future__ import annotations
 import io
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras
 
 from quanta import export, training
+from quanta.checkpoint import RunCheckpoint
+from quanta.checkpoint import clear as clear_checkpoints
 from quanta.datasets import Dataset, load_dataset
 from quanta.errors import Cancelled, QuantaError
 from quanta.layer import QuantaLayer, quanta_layers
@@ -59,6 +61,13 @@ class RunResult:
     files: list[Path]
     #: Test metrics of the witness (trained from scratch), with the `witness` option.
     witness_metrics: dict[str, float] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "files": [str(f) for f in self.files]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        return cls(**{**data, "files": [Path(f) for f in data["files"]]})
 
     @property
     def transfer_gain(self) -> float | None:
@@ -200,8 +209,15 @@ def run_transfer(
     on_epoch: ProgressHook | None = None,
     should_cancel: Callable[[], bool] | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> TransferResult:
-    """Runs `spec.nb_of_runs` QUANTA transfers and writes the seed's files for each."""
+    """Runs `spec.nb_of_runs` QUANTA transfers and writes the seed's files for each.
+
+    With `checkpoint_dir`, every run is saved after each epoch there, and a call that
+    finds checkpoints (an earlier attempt that died) resumes from them: finished runs
+    are not redone, an interrupted run goes on from its last finished epoch. The folder
+    is removed once every run is exported.
+    """
     for name in ("source_weights", "train_from_previous_training"):
         if not isinstance(getattr(spec, name), str | None):
             raise QuantaError(f"{name} must be a local path here, not a reference")
@@ -216,11 +232,21 @@ def run_transfer(
     target_y_test = training.one_hot(target_data.y_test, target_data.nb_classes)
 
     for run in range(spec.nb_of_runs):
-        training.set_determinism(_seed_for_run(spec.seed, run))
-        if spec.train_from_previous_training:
-            target = _load_previous(spec.train_from_previous_training)
+        ckpt = RunCheckpoint(Path(checkpoint_dir) / f"run_{run}") if checkpoint_dir else None
+        if ckpt is not None and (done := ckpt.exported()) is not None:
+            result.runs.append(RunResult.from_dict(done))  # finished by an earlier attempt
+            continue
+        seed = _seed_for_run(spec.seed, run)
+        training.set_determinism(seed)
+        training.reseed(source, seed)
+        resumed = ckpt.resume() if ckpt is not None else None
+        if resumed is not None:
+            target, so_far = resumed
+        elif spec.train_from_previous_training:
+            target, so_far = _load_previous(spec.train_from_previous_training), None
             _check_previous_target(target, spec, target_data)
         else:
+            so_far = None
             target = training.compile_model(
                 build_model(
                     target_data.input_shape,
@@ -250,52 +276,67 @@ def run_transfer(
             target_data.x_train,
             target_y_train,
             spec.nb_of_target_epochs,
+            seed=seed,
+            resume=so_far,
             on_epoch=hook,
             should_cancel=should_cancel,
+            after_epoch=ckpt.save_epoch if ckpt is not None else None,
             callbacks=callbacks,
         )
-        target_metrics = training.evaluate(target, target_data.x_test, target_y_test)
-        source_metrics = source_test_metrics(spec, source, source_data, data_dir)
-        run_result = _export_run(
-            result.experiment_dir, spec, run, source, target, fitted, target_metrics,
-            source_metrics,
+        outcome = _RunOutcome(
+            fitted=fitted,
+            target_metrics=training.evaluate(target, target_data.x_test, target_y_test),
+            source_metrics=source_test_metrics(spec, source, source_data, data_dir),
         )
         if spec.witness:
-            _train_witness(spec, run, target_data, result.experiment_dir, run_result,
-                           should_cancel, callbacks)
+            outcome.witness = _train_witness(spec, seed, target_data, should_cancel, callbacks)
+        if ckpt is not None:
+            ckpt.rollback_export()  # an earlier attempt may have died while exporting
+            ckpt.begin_export(_jsonl_files(result.experiment_dir, spec, run))
+        run_result = _export_run(result.experiment_dir, spec, run, source, target, outcome)
+        if ckpt is not None:
+            ckpt.finish_export(run_result.as_dict())
         result.runs.append(run_result)
+    if checkpoint_dir is not None:
+        clear_checkpoints(checkpoint_dir)
     return result
+
+
+@dataclass
+class _RunOutcome:
+    fitted: training.FitResult
+    target_metrics: dict[str, float]
+    source_metrics: dict[str, float]
+    witness: tuple[training.FitResult, dict[str, float]] | None = None
 
 
 def _train_witness(
     spec: TransferSpec,
-    run: int,
+    seed: int | None,
     data: Dataset,
-    folder: Path,
-    run_result: RunResult,
     should_cancel: Callable[[], bool] | None,
     callbacks: list[keras.callbacks.Callback] | None,
-) -> None:
+) -> tuple[training.FitResult, dict[str, float]]:
     """The baseline without transfer: same architecture, data, seed and epochs."""
-    training.set_determinism(_seed_for_run(spec.seed, run))
+    training.set_determinism(seed)
     witness = training.compile_model(
         build_model(data.input_shape, data.nb_classes, augment=spec.augment_data,
                     width_multiplier=spec.width_multiplier, name="witness")
     )
     fitted = training.fit(
         witness, data.x_train, training.one_hot(data.y_train, data.nb_classes),
-        spec.nb_of_target_epochs, should_cancel=should_cancel, callbacks=callbacks,
+        spec.nb_of_target_epochs, seed=seed, should_cancel=should_cancel, callbacks=callbacks,
     )
     metrics = training.evaluate(
         witness, data.x_test, training.one_hot(data.y_test, data.nb_classes)
     )
+    return fitted, metrics
+
+
+def _jsonl_files(folder: Path, spec: TransferSpec, run: int) -> list[Path]:
     names = export.run_file_names(run, spec.layer_label)
-    run_result.files += [
-        export.append_jsonl(folder / names["witness_training"],
-                            export.training_record(fitted.history)),
-        export.append_jsonl(folder / names["witness_testing"], metrics),
-    ]
-    run_result.witness_metrics = metrics
+    return [folder / name for key, name in names.items()
+            if name.endswith(".jsonl") and (spec.witness or not key.startswith("witness"))]
 
 
 def _export_run(
@@ -304,27 +345,35 @@ def _export_run(
     run: int,
     source: keras.Model,
     target: keras.Model,
-    fitted: training.FitResult,
-    target_metrics: dict[str, float],
-    source_metrics: dict[str, float],
+    outcome: _RunOutcome,
 ) -> RunResult:
     names = export.run_file_names(run, spec.layer_label)
+    fitted = outcome.fitted
     files = [
         export.save_model(target, folder / names["target_model"]),
         export.save_model(source, folder / names["source_model"]),
         export.append_jsonl(
             folder / names["target_training"], export.training_record(fitted.history)
         ),
-        export.append_jsonl(folder / names["target_testing"], target_metrics),
-        export.append_jsonl(folder / names["source_testing"], source_metrics),
+        export.append_jsonl(folder / names["target_testing"], outcome.target_metrics),
+        export.append_jsonl(folder / names["source_testing"], outcome.source_metrics),
         export.append_jsonl(folder / names["quantas"], export.quantas_record(fitted.quantas)),
     ]
+    witness_metrics = None
+    if outcome.witness is not None:
+        witness_fitted, witness_metrics = outcome.witness
+        files += [
+            export.append_jsonl(folder / names["witness_training"],
+                                export.training_record(witness_fitted.history)),
+            export.append_jsonl(folder / names["witness_testing"], witness_metrics),
+        ]
     return RunResult(
         run=run,
-        target_metrics=target_metrics,
-        source_metrics=source_metrics,
+        target_metrics=outcome.target_metrics,
+        source_metrics=outcome.source_metrics,
         quantas=training.current_quantas(target),
         files=files,
+        witness_metrics=witness_metrics,
     )
 
 
@@ -336,14 +385,29 @@ def train_source(
     on_epoch: ProgressHook | None = None,
     should_cancel: Callable[[], bool] | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> SourceResult:
-    """Trains a source model and writes `{output_dir}/{source_task}_training/`."""
+    """Trains a source model and writes `{output_dir}/{source_task}_training/`.
+
+    `checkpoint_dir` works as for `run_transfer`.
+    """
     if not isinstance(spec.train_from_previous_training, str | None):
         raise QuantaError("train_from_previous_training must be a local path here")
     data = load_dataset(spec.source_task, data_dir).take(spec.nb_of_samples)
     result = SourceResult(training_dir=export.source_training_dir(output_dir, spec.source_task))
+    folder = result.training_dir
+    names = export.SOURCE_FILE_NAMES
+    ckpt = RunCheckpoint(Path(checkpoint_dir) / "source") if checkpoint_dir else None
+    if ckpt is not None and (done := ckpt.exported()) is not None:
+        clear_checkpoints(checkpoint_dir)
+        return SourceResult(training_dir=folder, test_metrics=done["test_metrics"],
+                            files=[Path(f) for f in done["files"]], summary=done["summary"])
     training.set_determinism(spec.seed)
-    if spec.train_from_previous_training:
+    resumed = ckpt.resume() if ckpt is not None else None
+    so_far = None
+    if resumed is not None:
+        model, so_far = resumed
+    elif spec.train_from_previous_training:
         model = _load_previous(spec.train_from_previous_training)
         if any(isinstance(layer, QuantaLayer) for layer in model.layers):
             raise QuantaError("previous training is a QUANTA target, not a source model")
@@ -366,20 +430,27 @@ def train_source(
             on_epoch(EpochEvent(0, 1, epoch + 1, spec.nb_of_epochs, metrics))
 
     y_train = training.one_hot(data.y_train, data.nb_classes)
+    seed = spec.seed if spec.seeded else None
     fitted = training.fit(
-        model, data.x_train, y_train, spec.nb_of_epochs,
+        model, data.x_train, y_train, spec.nb_of_epochs, seed=seed, resume=so_far,
         on_epoch=hook, should_cancel=should_cancel, callbacks=callbacks,
+        after_epoch=ckpt.save_epoch if ckpt is not None else None,
     )
     result.test_metrics = training.evaluate(
         model, data.x_test, training.one_hot(data.y_test, data.nb_classes)
     )
-    folder = result.training_dir
+    jsonl = [folder / names["training"], folder / names["testing"]]
+    if ckpt is not None:
+        ckpt.rollback_export()
+        ckpt.begin_export(jsonl)
     result.files = [
-        export.save_model(model, folder / export.SOURCE_FILE_NAMES["model"]),
-        export.save_weights(model, folder / export.SOURCE_FILE_NAMES["weights"]),
-        export.append_jsonl(
-            folder / export.SOURCE_FILE_NAMES["training"], export.training_record(fitted.history)
-        ),
-        export.append_jsonl(folder / export.SOURCE_FILE_NAMES["testing"], result.test_metrics),
+        export.save_model(model, folder / names["model"]),
+        export.save_weights(model, folder / names["weights"]),
+        export.append_jsonl(jsonl[0], export.training_record(fitted.history)),
+        export.append_jsonl(jsonl[1], result.test_metrics),
     ]
+    if ckpt is not None:
+        ckpt.finish_export({"test_metrics": result.test_metrics, "summary": result.summary,
+                            "files": [str(f) for f in result.files]})
+        clear_checkpoints(checkpoint_dir)
     return result

@@ -69,17 +69,21 @@ def _replacing(path: Path, suffix: str) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-def append_jsonl(path: str | Path, record: dict[str, Any]) -> Path:
-    """Adds one JSON line to `path`, atomically (old content plus the line, then rename)."""
+def replace_bytes(path: str | Path, content: bytes) -> Path:
+    """Writes `content` to `path` atomically and durably."""
     path = Path(path)
-    line = json.dumps(record, sort_keys=False) + "\n"
-    with _replacing(path, ".jsonl") as tmp, open(tmp, "wb") as out:
-        if path.exists():
-            out.write(path.read_bytes())
-        out.write(line.encode())
+    with _replacing(path, path.suffix) as tmp, open(tmp, "wb") as out:
+        out.write(content)
         out.flush()
         os.fsync(out.fileno())
     return path
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> Path:
+    """Adds one JSON line to `path`, atomically (old content plus the line, then rename)."""
+    path = Path(path)
+    old = path.read_bytes() if path.exists() else b""
+    return replace_bytes(path, old + (json.dumps(record) + "\n").encode())
 
 
 def save_model(model: keras.Model, path: str | Path) -> Path:

@@ -85,6 +85,45 @@ def set_determinism(seed: int | None) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def seed_generators(model: keras.Model) -> list[keras.random.SeedGenerator]:
+    """The random generators of Dropout and augmentation layers, in a stable order.
+
+    Their states are not saved in `.keras` files, so checkpoints keep them aside.
+    """
+    found = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        for name in sorted(vars(layer)):
+            value = getattr(layer, name)
+            if isinstance(value, keras.random.SeedGenerator):
+                found.append(value)
+    return found
+
+
+def rng_states(model: keras.Model) -> list[list[int]]:
+    return [[int(v) for v in keras.ops.convert_to_numpy(g.state)] for g in seed_generators(model)]
+
+
+def set_rng_states(model: keras.Model, states: list[list[int]]) -> None:
+    generators = seed_generators(model)
+    if len(generators) != len(states):
+        raise ValueError(f"{len(states)} random states for {len(generators)} generators")
+    for generator, state in zip(generators, states, strict=True):
+        generator.state.assign(np.asarray(state, dtype=generator.state.dtype))
+
+
+def reseed(model: keras.Model, seed: int | None) -> None:
+    """Restarts the random generators of `model` from `seed` (nothing when unseeded).
+
+    The frozen source is shared by every run of a process, and its Dropout layers still
+    draw random numbers while a target trains: without this, a run's result would
+    depend on the runs before it.
+    """
+    if seed is None:
+        return
+    for i, generator in enumerate(seed_generators(model)):
+        generator.state.assign(np.asarray([seed * 1009 + i, 0], dtype=generator.state.dtype))
+
+
 def one_hot(labels: np.ndarray, nb_classes: int) -> np.ndarray:
     return keras.utils.to_categorical(labels, nb_classes).astype("float32")
 
@@ -121,27 +160,57 @@ class QuantaHistory:
 @dataclass
 class FitResult:
     #: Metrics of each finished epoch, by epoch index.
-    history: dict[int, dict[str, float]]
-    quantas: QuantaHistory
+    history: dict[int, dict[str, float]] = field(default_factory=dict)
+    quantas: QuantaHistory = field(default_factory=QuantaHistory)
+
+
+#: Called after every finished epoch, e.g. to save a checkpoint.
+AfterEpoch = Callable[[keras.Model, FitResult], None]
+
+
+class EpochBatches(keras.utils.PyDataset):
+    """Batches in an order fixed by (seed, epoch), so an interrupted run that resumes at
+    epoch k sees exactly the batches an uninterrupted run would have seen."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, seed: int | None, first_epoch: int) -> None:
+        super().__init__()
+        self.x, self.y, self.seed, self.epoch = x, y, seed, first_epoch
+        self._shuffle()
+
+    def _shuffle(self) -> None:
+        rng = np.random.default_rng(None if self.seed is None else [self.seed, self.epoch])
+        self.order = rng.permutation(len(self.x))
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // BATCH_SIZE)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.sort(self.order[index * BATCH_SIZE : (index + 1) * BATCH_SIZE])
+        return self.x[rows], self.y[rows]
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self._shuffle()
 
 
 class _Hooks(keras.callbacks.Callback):
     def __init__(
         self,
-        quantas: QuantaHistory,
-        history: dict[int, dict[str, float]],
+        result: FitResult,
         on_epoch: EpochHook | None,
         should_cancel: CancelCheck | None,
+        after_epoch: AfterEpoch | None,
     ) -> None:
         super().__init__()
-        self.quantas = quantas
-        self.history = history
+        self.result = result
         self.on_epoch = on_epoch
         self.should_cancel = should_cancel
+        self.after_epoch = after_epoch
         self.cancelled = False
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self.quantas.record(self.model)
+        if not self.result.history:  # a resumed run already has its starting point
+            self.result.quantas.record(self.model)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.should_cancel is not None and self.should_cancel():
@@ -152,8 +221,10 @@ class _Hooks(keras.callbacks.Callback):
         if self.cancelled:
             return
         metrics_ = {name: float(value) for name, value in (logs or {}).items()}
-        self.history[epoch] = metrics_
-        self.quantas.record(self.model)
+        self.result.history[epoch] = metrics_
+        self.result.quantas.record(self.model)
+        if self.after_epoch is not None:
+            self.after_epoch(self.model, self.result)
         if self.on_epoch is not None:
             self.on_epoch(epoch, metrics_, current_quantas(self.model))
 
@@ -164,25 +235,35 @@ def fit(
     y: np.ndarray,
     epochs: int,
     *,
+    seed: int | None = None,
+    resume: FitResult | None = None,
     on_epoch: EpochHook | None = None,
     should_cancel: CancelCheck | None = None,
+    after_epoch: AfterEpoch | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
     verbose: int = 0,
 ) -> FitResult:
-    """Trains `model` on one-hot labels `y`; raises `Cancelled` if `should_cancel` said so."""
-    history: dict[int, dict[str, float]] = {}
-    hooks = _Hooks(QuantaHistory(), history, on_epoch, should_cancel)
-    model.fit(
-        x,
-        y,
-        batch_size=BATCH_SIZE,
-        epochs=epochs,
-        callbacks=[hooks, *(callbacks or [])],
-        verbose=verbose,
-    )
-    if hooks.cancelled:
-        raise Cancelled(f"training cancelled during epoch {len(history) + 1} of {epochs}")
-    return FitResult(history=history, quantas=hooks.quantas)
+    """Trains `model` on one-hot labels `y` up to `epochs` epochs in all.
+
+    `resume` is what earlier epochs produced (from a checkpoint): training goes on from
+    the epoch after them. Raises `Cancelled` if `should_cancel` said so.
+    """
+    result = resume if resume is not None else FitResult()
+    done = len(result.history)
+    if done < epochs:
+        hooks = _Hooks(result, on_epoch, should_cancel, after_epoch)
+        model.fit(
+            EpochBatches(x, y, seed, first_epoch=done),
+            epochs=epochs,
+            initial_epoch=done,
+            callbacks=[hooks, *(callbacks or [])],
+            verbose=verbose,
+        )
+        if hooks.cancelled:
+            raise Cancelled(
+                f"training cancelled during epoch {len(result.history) + 1} of {epochs}"
+            )
+    return result
 
 
 def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict[str, float]:

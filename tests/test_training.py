@@ -141,3 +141,50 @@ def test_source_is_loaded_and_scored_once_per_weights_file(source_weights, tmp_p
     run_transfer(_spec(source_weights, nb_of_target_epochs=1), tmp_path / "c")
     assert evaluated.count("source") == 2
     assert len(experiment._SOURCES.items) == 2
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("crash_at", [("epoch", 2), ("export", 3)])
+def test_interrupted_run_resumes_to_the_same_files(source_weights, tmp_path, monkeypatch,
+                                                   crash_at):
+    spec = _spec(source_weights, nb_of_runs=2, nb_of_target_epochs=3, witness=True,
+                 augment_data=True)
+    plain = run_transfer(spec, tmp_path / "plain")
+
+    where, when = crash_at
+    events = []
+
+    def crash_in_epoch(event):
+        events.append((event.run, event.epoch))
+        if where == "epoch" and event.run == 1 and event.epoch == when:
+            raise _Crash  # as if the worker died after epoch 2 of run 1 was saved
+
+    from quanta import export
+
+    appended = []
+    real_append = export.append_jsonl
+
+    def crash_in_export(path, record):
+        appended.append(path)
+        if where == "export" and len(appended) == 6 + when:  # inside run 1's export
+            raise _Crash
+        return real_append(path, record)
+
+    monkeypatch.setattr(export, "append_jsonl", crash_in_export)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(_Crash):
+        run_transfer(spec, tmp_path / "resumed", on_epoch=crash_in_epoch, checkpoint_dir=ckpt)
+    assert (ckpt / "run_0" / "state.json").exists()
+    events.clear()
+    resumed = run_transfer(spec, tmp_path / "resumed", on_epoch=crash_in_epoch,
+                           checkpoint_dir=ckpt)
+    if where == "epoch":
+        assert events == [(1, 3)]  # run 0 not redone; run 1 goes on after epoch 2
+    else:
+        assert events == []  # training was over; only the export is redone
+    assert _read(resumed.experiment_dir) == _read(plain.experiment_dir)
+    assert [r.target_metrics for r in resumed.runs] == [r.target_metrics for r in plain.runs]
+    assert not ckpt.exists()  # checkpoints are removed once every run is exported
