@@ -46,8 +46,10 @@ class Progress(BaseModel):
     epoch: int = Field(description="Number of epochs finished in this run.")
     nb_of_epochs: int
     fraction: float = Field(ge=0, le=1, description="Share of all epochs of the job done.")
-    metrics: dict[str, float] = Field(default_factory=dict, description="Latest epoch's metrics.")
-    quantas: dict[str, dict[str, float]] = Field(
+    metrics: dict[str, float | None] = Field(
+        default_factory=dict, description="Latest epoch's metrics (null: not a finite number)."
+    )
+    quantas: dict[str, dict[str, float | None]] = Field(
         default_factory=dict,
         description="Latest quantas by transferred layer number: {\"0\": {\"source\": λs, "
         "\"target\": λt}} (empty for a source training).",

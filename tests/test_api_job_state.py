@@ -191,3 +191,20 @@ def test_api_sweeper_recovers_jobs_of_lost_workers(app: Any, finished_job: Any, 
     assert states[retry].enqueued_at is not None
     assert states[cancel].status == "cancelled" and "was lost" in states[cancel].result["message"]
     assert states[give_up].status == "failed" and "gave up" in states[give_up].error
+
+
+def test_progress_with_a_nan_metric_is_served(client: Any, finished_job: Any, db: Any) -> None:
+    """A diverging run reports NaN loss: stored as null (PostgreSQL JSON has no NaN)."""
+    from api.models import Job
+    from worker.runner import clean_metrics
+
+    metrics = clean_metrics({"loss": float("nan"), "categorical_accuracy": 0.5})
+    assert metrics == {"loss": None, "categorical_accuracy": 0.5}
+    job = finished_job("transfer", {"layer_to_transfer": 0}, status="running")
+    db.get(Job, job.id).progress = {
+        "run": 0, "nb_of_runs": 2, "epoch": 1, "nb_of_epochs": 3, "fraction": 1 / 6,
+        "metrics": metrics, "quantas": {"0": {"source": 0.9, "target": 0.1}}}
+    db.commit()
+    body = client.get(f"/v1/jobs/{job.id}").json()
+    assert body["progress"]["metrics"]["loss"] is None
+    assert body["progress"]["quantas"]["0"]["source"] == 0.9

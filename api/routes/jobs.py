@@ -6,8 +6,10 @@ import logging
 from typing import Annotated
 from urllib.parse import urlencode
 
+from celery import Celery
 from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import FileResponse, StreamingResponse
+from sqlalchemy.orm import Session
 
 from api import crud
 from api.artifacts import content_type, safe_file, zip_stream
@@ -62,7 +64,7 @@ def job_out(job: Job) -> JobOut:
     )
 
 
-def enqueue(celery: CeleryDep, session: SessionDep, job_id: str) -> bool:
+def enqueue(celery: Celery, session: Session, job_id: str) -> bool:
     """Send the job to the broker; if it is down, the job stays queued for a later resend."""
     try:
         send_run_job(celery, job_id)
