@@ -23,6 +23,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -64,6 +65,9 @@ class Job(Base):
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_kind_created_at", "kind", "created_at"),
         Index("ix_jobs_created_at", "created_at"),
+        Index("ix_jobs_owner_created_at", "owner", "created_at"),
+        Index("ix_jobs_parent_id", "parent_id"),
+        UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
@@ -82,6 +86,14 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    #: Name of the API token that created the job ("" when the service runs without tokens).
+    owner: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    #: The client's `Idempotency-Key`: a retried POST returns this job, never a second one.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    #: The study this job is a child of.
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE", name="fk_jobs_parent_id"), nullable=True
+    )
 
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="Artifact.path"
@@ -92,7 +104,10 @@ class Upload(Base):
     """A file a client uploaded: source weights, a saved model or a dataset."""
 
     __tablename__ = "uploads"
-    __table_args__ = (Index("ix_uploads_created_at", "created_at"),)
+    __table_args__ = (
+        Index("ix_uploads_created_at", "created_at"),
+        UniqueConstraint("owner", "idempotency_key", name="uq_uploads_owner_idempotency_key"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     kind: Mapped[str] = mapped_column(String(16))
@@ -101,6 +116,21 @@ class Upload(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    owner: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class ApiToken(Base):
+    """A bearer token stored as its SHA-256 (the token itself is shown once, at creation)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(255))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Artifact(Base):
