@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         "each run and report the transfer gain",
     )
     parser.add_argument(
+        "--source_inference_mode", action="store_true",
+        help="run the frozen source in inference mode (Dropout off) and compute its "
+        "activations once, reused by every epoch: faster, not the reference's behaviour",
+    )
+    parser.add_argument(
         "--quanta_gradient_multiplier", type=float, default=1.0,
         help="multiply the quanta weights' gradient (default: %(default)s)",
     )

@@ -8,13 +8,16 @@ progress through `on_epoch` and stop early when `should_cancel` says so.
 from __future__ import annotations
 
 import io
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from quanta import export, training
 from quanta.checkpoint import RunCheckpoint
@@ -22,7 +25,13 @@ from quanta.checkpoint import clear as clear_checkpoints
 from quanta.datasets import Dataset, load_dataset
 from quanta.errors import Cancelled, QuantaError
 from quanta.layer import QuantaLayer, quanta_layers
-from quanta.models import build_model, freeze
+from quanta.models import (
+    build_model,
+    freeze,
+    source_trunk,
+    with_source_inputs,
+    with_source_trunk,
+)
 from quanta_spec import SourceSpec, TransferSpec
 
 __all__ = [
@@ -34,6 +43,21 @@ __all__ = [
     "run_transfer",
     "train_source",
 ]
+
+
+class Timings(dict):
+    """Seconds spent per phase (data, source, build, train, evaluate, export), summed.
+
+    Kept with every result so that benchmarks and job results can say where time went.
+    """
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - start
 
 
 @dataclass
@@ -86,6 +110,7 @@ class TransferResult:
     runs: list[RunResult] = field(default_factory=list)
     #: Model summaries (`show_only_build`), by model name.
     summaries: dict[str, str] = field(default_factory=dict)
+    timings: Timings = field(default_factory=Timings)
 
 
 @dataclass
@@ -94,6 +119,7 @@ class SourceResult:
     test_metrics: dict[str, float] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     summary: str = ""
+    timings: Timings = field(default_factory=Timings)
 
 
 def summary(model: keras.Model) -> str:
@@ -135,6 +161,8 @@ class _Cache:
 
 
 _SOURCES = _Cache(size=4)
+#: Default memory budget for precomputed source features (`source_inference_mode`).
+SOURCE_CACHE_BYTES = 2 * 1024**3
 _SOURCE_METRICS = _Cache(size=64)
 
 
@@ -210,8 +238,12 @@ def run_transfer(
     should_cancel: Callable[[], bool] | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
     checkpoint_dir: str | Path | None = None,
+    source_cache_bytes: int = SOURCE_CACHE_BYTES,
 ) -> TransferResult:
     """Runs `spec.nb_of_runs` QUANTA transfers and writes the seed's files for each.
+
+    With `spec.source_inference_mode`, the frozen source's activations for the training
+    samples are computed once (if they fit in `source_cache_bytes`) and reused.
 
     With `checkpoint_dir`, every run is saved after each epoch there, and a call that
     finds checkpoints (an earlier attempt that died) resumes from them: finished runs
@@ -221,15 +253,22 @@ def run_transfer(
     for name in ("source_weights", "train_from_previous_training"):
         if not isinstance(getattr(spec, name), str | None):
             raise QuantaError(f"{name} must be a local path here, not a reference")
-    target_data = load_dataset(spec.target_task, data_dir).take(spec.nb_of_target_samples)
-    source_data = load_dataset(spec.source_task, data_dir).take(spec.nb_of_target_samples)
     result = TransferResult(
         experiment_dir=export.experiment_dir(output_dir, spec.source_task, spec.target_task)
     )
+    clock = result.timings
+    with clock.phase("data"):
+        target_data = load_dataset(spec.target_task, data_dir).take(spec.nb_of_target_samples)
+        source_data = load_dataset(spec.source_task, data_dir).take(spec.nb_of_target_samples)
     training.set_determinism(spec.seed)
-    source = load_source(spec.source_weights, source_data, spec.width_multiplier)
+    with clock.phase("source"):
+        source = load_source(spec.source_weights, source_data, spec.width_multiplier)
     target_y_train = training.one_hot(target_data.y_train, target_data.nb_classes)
     target_y_test = training.one_hot(target_data.y_test, target_data.nb_classes)
+    features = None
+    if spec.source_inference_mode and not spec.show_only_build:
+        with clock.phase("source"):
+            features = _source_features(spec, source, target_data.x_train, source_cache_bytes)
 
     for run in range(spec.nb_of_runs):
         ckpt = RunCheckpoint(Path(checkpoint_dir) / f"run_{run}") if checkpoint_dir else None
@@ -239,28 +278,10 @@ def run_transfer(
         seed = _seed_for_run(spec.seed, run)
         training.set_determinism(seed)
         training.reseed(source, seed)
-        resumed = ckpt.resume() if ckpt is not None else None
-        if resumed is not None:
-            target, so_far = resumed
-        elif spec.train_from_previous_training:
-            target, so_far = _load_previous(spec.train_from_previous_training), None
-            _check_previous_target(target, spec, target_data)
-        else:
-            so_far = None
-            target = training.compile_model(
-                build_model(
-                    target_data.input_shape,
-                    target_data.nb_classes,
-                    source=source,
-                    transfer_layers=spec.transferred_layers,
-                    augment=spec.augment_data,
-                    width_multiplier=spec.width_multiplier,
-                    gradient_multiplier=spec.quanta_gradient_multiplier,
-                    name="target",
-                )
-            )
+        with clock.phase("build"):
+            target = _target_for_run(spec, ckpt, source, target_data, features is not None)
         if spec.show_only_build:
-            result.summaries = {"source": summary(source), "target": summary(target)}
+            result.summaries = {"source": summary(source), "target": summary(target.model)}
             return result
 
         def hook(epoch: int, metrics: dict, quantas: dict, run: int = run) -> None:
@@ -271,35 +292,111 @@ def run_transfer(
                     )
                 )
 
-        fitted = training.fit(
-            target,
-            target_data.x_train,
-            target_y_train,
-            spec.nb_of_target_epochs,
-            seed=seed,
-            resume=so_far,
-            on_epoch=hook,
-            should_cancel=should_cancel,
-            after_epoch=ckpt.save_epoch if ckpt is not None else None,
-            callbacks=callbacks,
-        )
-        outcome = _RunOutcome(
-            fitted=fitted,
-            target_metrics=training.evaluate(target, target_data.x_test, target_y_test),
-            source_metrics=source_test_metrics(spec, source, source_data, data_dir),
-        )
+        with clock.phase("train"):
+            fitted = training.fit(
+                target.trainer,
+                target_data.x_train if features is None else (target_data.x_train, *features),
+                target_y_train,
+                spec.nb_of_target_epochs,
+                seed=seed,
+                resume=target.so_far,
+                on_epoch=hook,
+                should_cancel=should_cancel,
+                after_epoch=ckpt.save_epoch if ckpt is not None else None,
+                callbacks=callbacks,
+            )
+        with clock.phase("evaluate"):
+            outcome = _RunOutcome(
+                fitted=fitted,
+                target_metrics=training.evaluate(target.model, target_data.x_test,
+                                                 target_y_test),
+                source_metrics=source_test_metrics(spec, source, source_data, data_dir),
+            )
         if spec.witness:
-            outcome.witness = _train_witness(spec, seed, target_data, should_cancel, callbacks)
-        if ckpt is not None:
-            ckpt.rollback_export()  # an earlier attempt may have died while exporting
-            ckpt.begin_export(_jsonl_files(result.experiment_dir, spec, run))
-        run_result = _export_run(result.experiment_dir, spec, run, source, target, outcome)
-        if ckpt is not None:
-            ckpt.finish_export(run_result.as_dict())
+            with clock.phase("witness"):
+                outcome.witness = _train_witness(spec, seed, target_data, should_cancel,
+                                                 callbacks)
+        with clock.phase("export"):
+            if ckpt is not None:
+                ckpt.rollback_export()  # an earlier attempt may have died while exporting
+                ckpt.begin_export(_jsonl_files(result.experiment_dir, spec, run))
+            run_result = _export_run(result.experiment_dir, spec, run, source, target.model,
+                                     outcome)
+            if ckpt is not None:
+                ckpt.finish_export(run_result.as_dict())
         result.runs.append(run_result)
     if checkpoint_dir is not None:
         clear_checkpoints(checkpoint_dir)
     return result
+
+
+@dataclass
+class _Target:
+    """The model exported (`model`) and the one trained (`trainer`): the same model, or,
+    with precomputed source features, a copy that takes them as inputs and shares every
+    layer with `model`."""
+
+    model: keras.Model
+    trainer: keras.Model
+    so_far: training.FitResult | None = None
+
+
+def _target_for_run(
+    spec: TransferSpec, ckpt: RunCheckpoint | None, source: keras.Model, data: Dataset,
+    precomputed: bool,
+) -> _Target:
+    """The target to train: resumed from a checkpoint, a previous training, or new."""
+    resumed = ckpt.resume() if ckpt is not None else None
+    if resumed is not None:
+        trainer, so_far = resumed
+        if not precomputed:
+            return _Target(trainer, trainer, so_far)
+        model = training.compile_model(with_source_trunk(trainer, source))
+        model.optimizer = trainer.optimizer
+        return _Target(model, trainer, so_far)
+    if spec.train_from_previous_training:
+        model = _load_previous(spec.train_from_previous_training)
+        _check_previous_target(model, spec, data)
+    else:
+        model = training.compile_model(build_model(
+            data.input_shape,
+            data.nb_classes,
+            source=source,
+            transfer_layers=spec.transferred_layers,
+            augment=spec.augment_data,
+            width_multiplier=spec.width_multiplier,
+            gradient_multiplier=spec.quanta_gradient_multiplier,
+            source_inference=spec.source_inference_mode,
+            name="target",
+        ))
+    if not precomputed:
+        return _Target(model, model)
+    trainer = training.compile_model(with_source_inputs(model))
+    model.optimizer = trainer.optimizer  # saved with the target: training can continue
+    return _Target(model, trainer)
+
+
+_FEATURES = _Cache(size=2)
+
+
+def _source_features(
+    spec: TransferSpec, source: keras.Model, x: np.ndarray, budget: int
+) -> tuple[np.ndarray, ...] | None:
+    """The frozen source's pre-activations at the transferred layers for every training
+    sample, in inference mode; None if they do not fit in `budget` bytes."""
+    trunk = source_trunk(source, spec.transferred_layers, inference=True)
+    per_sample = sum(int(np.prod(out.shape[1:])) * 4 for out in trunk.outputs)
+    if per_sample * len(x) > budget:
+        return None
+
+    def compute() -> tuple[keras.Model, tuple[np.ndarray, ...]]:
+        # The training batch size: oneDNN's results depend slightly on it.
+        out = trunk.predict(x, batch_size=training.BATCH_SIZE, verbose=0)
+        # The source is kept with its features so that its id cannot be reused meanwhile.
+        return source, tuple(out) if isinstance(out, list | tuple) else (out,)
+
+    key = (id(source), spec.transferred_layers, x.__array_interface__["data"][0], x.shape)
+    return _FEATURES.get(key, compute)[1]
 
 
 @dataclass
@@ -393,8 +490,10 @@ def train_source(
     """
     if not isinstance(spec.train_from_previous_training, str | None):
         raise QuantaError("train_from_previous_training must be a local path here")
-    data = load_dataset(spec.source_task, data_dir).take(spec.nb_of_samples)
     result = SourceResult(training_dir=export.source_training_dir(output_dir, spec.source_task))
+    clock = result.timings
+    with clock.phase("data"):
+        data = load_dataset(spec.source_task, data_dir).take(spec.nb_of_samples)
     folder = result.training_dir
     names = export.SOURCE_FILE_NAMES
     ckpt = RunCheckpoint(Path(checkpoint_dir) / "source") if checkpoint_dir else None
@@ -431,24 +530,27 @@ def train_source(
 
     y_train = training.one_hot(data.y_train, data.nb_classes)
     seed = spec.seed if spec.seeded else None
-    fitted = training.fit(
-        model, data.x_train, y_train, spec.nb_of_epochs, seed=seed, resume=so_far,
-        on_epoch=hook, should_cancel=should_cancel, callbacks=callbacks,
-        after_epoch=ckpt.save_epoch if ckpt is not None else None,
-    )
-    result.test_metrics = training.evaluate(
-        model, data.x_test, training.one_hot(data.y_test, data.nb_classes)
-    )
+    with clock.phase("train"):
+        fitted = training.fit(
+            model, data.x_train, y_train, spec.nb_of_epochs, seed=seed, resume=so_far,
+            on_epoch=hook, should_cancel=should_cancel, callbacks=callbacks,
+            after_epoch=ckpt.save_epoch if ckpt is not None else None,
+        )
+    with clock.phase("evaluate"):
+        result.test_metrics = training.evaluate(
+            model, data.x_test, training.one_hot(data.y_test, data.nb_classes)
+        )
     jsonl = [folder / names["training"], folder / names["testing"]]
-    if ckpt is not None:
-        ckpt.rollback_export()
-        ckpt.begin_export(jsonl)
-    result.files = [
-        export.save_model(model, folder / names["model"]),
-        export.save_weights(model, folder / names["weights"]),
-        export.append_jsonl(jsonl[0], export.training_record(fitted.history)),
-        export.append_jsonl(jsonl[1], result.test_metrics),
-    ]
+    with clock.phase("export"):
+        if ckpt is not None:
+            ckpt.rollback_export()
+            ckpt.begin_export(jsonl)
+        result.files = [
+            export.save_model(model, folder / names["model"]),
+            export.save_weights(model, folder / names["weights"]),
+            export.append_jsonl(jsonl[0], export.training_record(fitted.history)),
+            export.append_jsonl(jsonl[1], result.test_metrics),
+        ]
     if ckpt is not None:
         ckpt.finish_export({"test_metrics": result.test_metrics, "summary": result.summary,
                             "files": [str(f) for f in result.files]})

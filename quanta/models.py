@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import keras
 
 from quanta.errors import QuantaError
-from quanta.layer import DEFAULT_INITIAL_WEIGHTS, QuantaLayer
+from quanta.layer import DEFAULT_INITIAL_WEIGHTS, QuantaLayer, quanta_layers
 from quanta_spec import NB_TRANSFERABLE_LAYERS
 
 BLOCK_FILTERS = (64, 128, 256)
@@ -55,7 +55,7 @@ def build_model(
     width_multiplier: float = 1.0,
     gradient_multiplier: float = 1.0,
     initial_weights: Sequence[float] = DEFAULT_INITIAL_WEIGHTS,
-    source_training: bool | None = None,
+    source_inference: bool = False,
     name: str = "model",
 ) -> keras.Model:
     """Builds a source, a witness (no `source`) or a QUANTA target (with `source`).
@@ -64,9 +64,9 @@ def build_model(
     of `transfer_layers` the plain ELU is replaced by a `QuantaLayer` fed with the
     source's and the target's pre-activation outputs at that depth.
 
-    `source_training=None` lets the source's Dropout layers follow the target's
-    training mode, as in the reference (Keras does not turn Dropout off for a frozen
-    layer); `False` runs the source in inference mode.
+    By default the source's Dropout layers follow the target's training mode, as in the
+    reference (Keras does not turn Dropout off for a frozen layer); `source_inference`
+    runs the source in inference mode.
     """
     transfer_layers = tuple(sorted(set(transfer_layers)))
     for k in transfer_layers:
@@ -85,8 +85,8 @@ def build_model(
     inputs = keras.Input(shape=input_shape, dtype="uint8", name="images")
     source_features: dict[int, keras.KerasTensor] = {}
     if transfer_layers:
-        trunk = source_trunk(source, transfer_layers)
-        outputs = trunk(inputs, training=source_training)
+        trunk = source_trunk(source, transfer_layers, inference=source_inference)
+        outputs = trunk(inputs)
         outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
         source_features = dict(zip(transfer_layers, outputs, strict=True))
 
@@ -123,10 +123,30 @@ def build_model(
     return keras.Model(inputs, outputs, name=name)
 
 
-def source_trunk(source: keras.Model, layers: Sequence[int]) -> keras.Model:
-    """The frozen part of `source` that yields its pre-activation outputs at `layers`."""
-    outputs = [source.get_layer(transferable_layer_name(k)).output for k in layers]
-    trunk = keras.Model(source.inputs, outputs, name="source_trunk")
+def source_trunk(source: keras.Model, layers: Sequence[int], *,
+                 inference: bool = False) -> keras.Model:
+    """The frozen part of `source` that yields its pre-activation outputs at `layers`.
+
+    `inference` leaves out its Dropout layers: a nested model's `training=False` is
+    overridden by the outer model's training mode, so this is how the source is kept in
+    inference mode inside a training target.
+    """
+    names = [transferable_layer_name(k) for k in layers]
+    if inference:
+        inputs = keras.Input(shape=source.input_shape[1:], dtype="uint8", name="images")
+        x, found = inputs, {}
+        for layer in source.layers:
+            if isinstance(layer, keras.layers.InputLayer | keras.layers.Dropout):
+                continue
+            x = layer(x)
+            if layer.name in names:
+                found[layer.name] = x
+            if len(found) == len(names):
+                break
+        trunk = keras.Model(inputs, [found[n] for n in names], name="source_trunk")
+    else:
+        outputs = [source.get_layer(n).output for n in names]
+        trunk = keras.Model(source.inputs, outputs, name="source_trunk")
     trunk.trainable = False
     return trunk
 
@@ -137,3 +157,49 @@ def freeze(model: keras.Model) -> keras.Model:
     for layer in model.layers:
         layer.trainable = False
     return model
+
+
+def _rewire(model: keras.Model, images: keras.KerasTensor,
+            source_features: dict[int, keras.KerasTensor]) -> keras.KerasTensor:
+    """Calls `model`'s own layers again on `images`, with `source_features` as Z_S.
+
+    The network is a chain (plus the source trunk that feeds the QUANTA layers), so its
+    layers in order rebuild it; the new graph shares every layer, hence every weight.
+    """
+    x = images
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer) or layer.name == "source_trunk":
+            continue
+        if isinstance(layer, QuantaLayer):
+            x = layer([source_features[layer.transferred_layer], x])
+        else:
+            x = layer(x)
+    return x
+
+
+def with_source_inputs(target: keras.Model) -> keras.Model:
+    """The target with the source's features as inputs instead of the source trunk.
+
+    It shares every layer with `target`: training it trains `target`. It lets the
+    frozen source's activations be computed once and fed to every epoch.
+    """
+    trunk = target.get_layer("source_trunk")
+    layers = [q.transferred_layer for q in quanta_layers(target)]
+    images = keras.Input(shape=target.input_shape[1:], dtype="uint8", name="images")
+    features = {
+        k: keras.Input(shape=tuple(out.shape[1:]), name=f"source_features_{k}")
+        for k, out in zip(layers, trunk.outputs, strict=True)
+    }
+    outputs = _rewire(target, images, features)
+    return keras.Model([images, *features.values()], outputs, name="target_trainer")
+
+
+def with_source_trunk(trainer: keras.Model, source: keras.Model) -> keras.Model:
+    """The inverse of `with_source_inputs`: the full target, fed by `source` in inference
+    mode, sharing every layer with `trainer`."""
+    layers = [q.transferred_layer for q in quanta_layers(trainer)]
+    images = keras.Input(shape=trainer.input_shape[0][1:], dtype="uint8", name="images")
+    outputs = source_trunk(source, layers, inference=True)(images)
+    outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
+    features = dict(zip(layers, outputs, strict=True))
+    return keras.Model(images, _rewire(trainer, images, features), name="target")

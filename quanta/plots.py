@@ -5,6 +5,7 @@ Rendered headless (Agg) to PNG, so workers without a display can draw them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,63 +60,113 @@ def quantas_per_epoch(runs: Sequence[dict[str, Any]], path: str | Path, title: s
     return _save(fig, path)
 
 
-def _points(summary: Summary, key: str) -> tuple[list[int], list[float], list[list[float]]]:
-    xs, means, errs = [], [], [[], []]
+#: Tick labels of the transferable layers (their numbers, as in file names).
+LAYER_NAMES = ("conv 0", "conv 1", "conv 2", "conv 3", "conv 4", "conv 5", "dense 6")
+#: Where the "all layers at once" entry sits on a per-layer axis.
+ALL_X = 7.5
+#: λ_s when training starts: softmax of the QUANTA layer's initial weights (1.1, -1.1).
+INITIAL_LAMBDA_S = 1.0 / (1.0 + math.exp(-2.2))
+
+
+def _points(summary: Summary, key: str, with_all: bool = False
+            ) -> tuple[list[float], list[float], list[list[float]]]:
+    """(x, mean, [below, above]) of `key` per entry; `all` at ALL_X when `with_all`."""
+    xs: list[float] = []
+    means: list[float] = []
+    errs: list[list[float]] = [[], []]
     for entry, data in summary.entries.items():
-        if entry == "all":
+        if entry == "all" and not with_all:
             continue
-        stat = data["lambda_s"][entry] if key == "lambda_s" else data.get(key)
+        stat = data["lambda_s"].get(entry) if key == "lambda_s" else data.get(key)
         if not stat or not stat["n"]:
             continue
-        xs.append(int(entry))
+        xs.append(ALL_X if entry == "all" else int(entry))
         means.append(stat["mean"])
         errs[0].append(stat["mean"] - stat["ci95"][0])
         errs[1].append(stat["ci95"][1] - stat["mean"])
     return xs, means, errs
 
 
+def _layer_axis(ax: Any, with_all: bool) -> None:
+    ticks: list[float] = list(range(len(LAYER_NAMES)))
+    labels = list(LAYER_NAMES)
+    if with_all:
+        ticks.append(ALL_X)
+        labels.append("all at once")
+        ax.axvline((len(LAYER_NAMES) - 1 + ALL_X) / 2, color="0.6", linewidth=0.8)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(labels)
+    ax.set_xlim(-0.5, (ALL_X if with_all else len(LAYER_NAMES) - 1) + 0.5)
+    ax.set_xlabel("transferred layer")
+
+
+def _label_points(ax: Any, xs: Sequence[float], means: Sequence[float],
+                  errs: list[list[float]], color: Any, below: bool = False) -> None:
+    """The mean written above (or below) each point's interval, so values read without
+    the grid and two series' labels do not collide."""
+    for x, mean, low, high in zip(xs, means, errs[0], errs[1], strict=True):
+        y = max(mean - low, 0.03) if below else min(mean + high, 0.97)
+        ax.annotate(f"{mean:.3f}", (x, y), textcoords="offset points",
+                    xytext=(0, -10 if below else 4), ha="center", fontsize=7, color=color)
+
+
 def transferability(summary: Summary, path: str | Path, title: str) -> Path:
-    """Final λ_s per transferred layer with its 95% confidence interval."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    """Final λ_s per transferred layer with its 95% confidence interval.
+
+    One point per layer measured alone; with the `all` entry, a second series: the λ_s
+    of each of the seven QUANTA layers when they are all transferred at once. The
+    dashed line is λ_s when training starts: above it, the target took more of the
+    source's features than it was given.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    ax.axhline(INITIAL_LAMBDA_S, color="0.45", linestyle="--", linewidth=1,
+               label=f"λ_s at the start ({INITIAL_LAMBDA_S:.3f})")
     xs, means, errs = _points(summary, "lambda_s")
     if xs:
-        ax.errorbar(xs, means, yerr=errs, marker="o", capsize=4, linewidth=2,
-                    color=_COLORS[0], label="one layer transferred")
+        ax.errorbar(xs, means, yerr=errs, marker="o", capsize=4, linewidth=1, linestyle=":",
+                    color=_COLORS[0], label="layer transferred alone")
+        _label_points(ax, xs, means, errs, _COLORS[0])
     if "all" in summary.entries:
         lam = summary.entries["all"]["lambda_s"]
         layers = sorted(lam, key=int)
-        ax.errorbar(
-            [int(k) for k in layers], [lam[k]["mean"] for k in layers],
-            yerr=[[lam[k]["mean"] - lam[k]["ci95"][0] for k in layers],
-                  [lam[k]["ci95"][1] - lam[k]["mean"] for k in layers]],
-            marker="s", capsize=4, linestyle="--", color=_COLORS[1],
-            label="all layers at once",
-        )
-    ax.set_xticks(range(7))
-    ax.set_xticklabels(["conv 0", "conv 1", "conv 2", "conv 3", "conv 4", "conv 5", "dense 6"])
-    ax.set_xlabel("transferred layer")
-    ax.set_ylabel("final λ_s (mean, 95% CI)")
+        all_x = [int(k) + 0.15 for k in layers]
+        all_means = [lam[k]["mean"] for k in layers]
+        all_errs = [[lam[k]["mean"] - lam[k]["ci95"][0] for k in layers],
+                    [lam[k]["ci95"][1] - lam[k]["mean"] for k in layers]]
+        ax.errorbar(all_x, all_means, yerr=all_errs, marker="s", capsize=4, linewidth=1,
+                    linestyle=":", color=_COLORS[1], label="all seven layers at once")
+        _label_points(ax, all_x, all_means, all_errs, _COLORS[1], below=True)
+    _layer_axis(ax, with_all=False)
+    ax.set_ylabel("final λ_s: share of source features\n(mean over runs, 95% CI)")
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
+    ax.legend(loc="lower left", fontsize="small")
     return _save(fig, path)
 
 
 def accuracy(summary: Summary, path: str | Path, title: str) -> Path:
-    """Test accuracy with transfer (target) and without (witness), per layer."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for key, label, color in (("target_accuracy", "with transfer (target)", _COLORS[0]),
-                              ("witness_accuracy", "without transfer (witness)", _COLORS[3])):
-        xs, means, errs = _points(summary, key)
+    """Test accuracy with transfer (target) and without (witness), per layer.
+
+    The two series are drawn side by side at each layer so their intervals do not
+    hide each other; the `all` entry has a column of its own at the right.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    with_all = "all" in summary.entries
+    for key, label, color, shift in (
+        ("target_accuracy", "with transfer (target)", _COLORS[0], -0.12),
+        ("witness_accuracy", "without transfer (witness)", _COLORS[3], 0.12),
+    ):
+        xs, means, errs = _points(summary, key, with_all=with_all)
         if xs:
-            ax.errorbar(xs, means, yerr=errs, marker="o", capsize=4, linewidth=2, color=color,
-                        label=label)
-    ax.set_xticks(range(7))
-    ax.set_xlabel("transferred layer")
-    ax.set_ylabel("test accuracy (mean, 95% CI)")
+            xs = [x + shift for x in xs]
+            ax.errorbar(xs, means, yerr=errs, marker="o", capsize=4, linestyle="none",
+                        color=color, label=label)
+            _label_points(ax, xs, means, errs, color)
+    _layer_axis(ax, with_all=with_all)
+    ax.set_ylabel("test accuracy (mean over runs, 95% CI)")
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
+    ax.legend(loc="lower left", fontsize="small")
     return _save(fig, path)

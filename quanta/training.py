@@ -164,6 +164,8 @@ class FitResult:
     quantas: QuantaHistory = field(default_factory=QuantaHistory)
 
 
+#: Model inputs: images, or images and precomputed source features.
+Inputs = np.ndarray | tuple[np.ndarray, ...]
 #: Called after every finished epoch, e.g. to save a checkpoint.
 AfterEpoch = Callable[[keras.Model, FitResult], None]
 
@@ -172,20 +174,22 @@ class EpochBatches(keras.utils.PyDataset):
     """Batches in an order fixed by (seed, epoch), so an interrupted run that resumes at
     epoch k sees exactly the batches an uninterrupted run would have seen."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, seed: int | None, first_epoch: int) -> None:
+    def __init__(self, x: Inputs, y: np.ndarray, seed: int | None, first_epoch: int) -> None:
         super().__init__()
         self.x, self.y, self.seed, self.epoch = x, y, seed, first_epoch
         self._shuffle()
 
     def _shuffle(self) -> None:
         rng = np.random.default_rng(None if self.seed is None else [self.seed, self.epoch])
-        self.order = rng.permutation(len(self.x))
+        self.order = rng.permutation(len(self.y))
 
     def __len__(self) -> int:
-        return -(-len(self.x) // BATCH_SIZE)
+        return -(-len(self.y) // BATCH_SIZE)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> tuple[Any, np.ndarray]:
         rows = np.sort(self.order[index * BATCH_SIZE : (index + 1) * BATCH_SIZE])
+        if isinstance(self.x, tuple):
+            return tuple(part[rows] for part in self.x), self.y[rows]
         return self.x[rows], self.y[rows]
 
     def on_epoch_end(self) -> None:
@@ -231,7 +235,7 @@ class _Hooks(keras.callbacks.Callback):
 
 def fit(
     model: keras.Model,
-    x: np.ndarray,
+    x: Inputs,
     y: np.ndarray,
     epochs: int,
     *,
@@ -256,6 +260,8 @@ def fit(
             EpochBatches(x, y, seed, first_epoch=done),
             epochs=epochs,
             initial_epoch=done,
+            shuffle=False,  # EpochBatches orders the samples; Keras would reorder the
+            # batches with Python's global generator, which a resumed run cannot replay.
             callbacks=[hooks, *(callbacks or [])],
             verbose=verbose,
         )

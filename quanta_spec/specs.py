@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 #: Tasks that `quanta.datasets` knows by name; `npz:PATH` names a user file.
 BUILTIN_TASKS: tuple[str, ...] = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits")
@@ -22,6 +23,8 @@ BUILTIN_TASKS: tuple[str, ...] = ("cifar10", "cifar100", "mnist", "fashion_mnist
 NB_TRANSFERABLE_LAYERS = 7
 #: The `{l}` of the file names when every layer is transferred at once.
 ALL_LAYERS_LABEL = "all"
+#: Most child jobs one study may fan out to (the paper's protocol is 8 entries x 30 runs).
+MAX_STUDY_JOBS = 1000
 
 BuiltinTask = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "digits"]
 ObjectId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -156,6 +159,14 @@ class TransferSpec(_CommonSpec):
         "on the same data, seed and epochs, without transfer. Its test metrics give the "
         "transfer gain (target accuracy minus witness accuracy).",
     )
+    source_inference_mode: bool = Field(
+        default=False,
+        description="Run the frozen source in inference mode (its Dropout off) and compute "
+        "its activations at the transferred layers once per training sample, reused by "
+        "every epoch and run (within the worker's memory budget for them; beyond it they "
+        "are computed on the fly, still in inference mode). Faster, but not the reference's "
+        "behaviour: there the source's Dropout layers stay active while the target trains.",
+    )
     quanta_gradient_multiplier: float = Field(
         default=1.0,
         gt=0,
@@ -217,3 +228,98 @@ class RemoteTransferSpec(TransferSpec):
         description="A run of a finished transfer job ({\"job\": ID, \"run\": R}) or an "
         "uploaded .keras model.",
     )
+
+
+StudyLayer = Annotated[int, Field(ge=-1, le=NB_TRANSFERABLE_LAYERS - 1)]
+
+
+class RemoteStudySpec(RemoteTransferSpec):
+    """The paper's protocol as one request: `nb_of_runs` runs of each layer in `layers`.
+
+    The service runs it as one child transfer job per (layer, run), so that the runs
+    spread over every worker; `child_spec` is the spec of each child. It is a transfer
+    spec without `layer_to_transfer` (each child has its own) and with `layers`.
+    """
+
+    layer_to_transfer: SkipJsonSchema[int | None] = Field(default=None, exclude=True)
+    layers: list[StudyLayer] | Literal["all"] = Field(
+        description="Layers to measure: numbers 0-6 and/or -1 (all seven at once), or "
+        "\"all\" for 0-6.",
+    )
+    include_all_at_once: bool = Field(
+        default=False, description="Also measure the seven layers transferred at once (-1)."
+    )
+
+    @field_validator("layer_to_transfer")
+    @classmethod
+    def _no_single_layer(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise ValueError("a study takes 'layers' (a list, or \"all\"), not "
+                             "'layer_to_transfer'")
+        return value
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_layers(cls, value: list[int] | str) -> list[int] | str:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("give at least one layer (0-6, or -1 for all at once)")
+            if len(set(value)) != len(value):
+                raise ValueError(f"layers {value} repeat a layer")
+        return value
+
+    @field_validator("train_from_previous_training")
+    @classmethod
+    def _no_previous_training(cls, value: object) -> None:
+        if value is not None:
+            raise ValueError("not available in a study: each layer needs a target of its "
+                             "own; submit transfer jobs instead")
+        return None
+
+    @field_validator("show_only_build")
+    @classmethod
+    def _trains_something(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("a study of show_only_build has nothing to measure; submit a "
+                             "transfer job instead")
+        return value
+
+    @model_validator(mode="after")
+    def _not_too_big(self) -> RemoteStudySpec:
+        if self.nb_of_jobs > MAX_STUDY_JOBS:
+            raise ValueError(f"{len(self.study_layers)} layers x {self.nb_of_runs} runs make "
+                             f"{self.nb_of_jobs} jobs; a study may have {MAX_STUDY_JOBS} at most")
+        return self
+
+    @property
+    def study_layers(self) -> tuple[int, ...]:
+        """The layers measured, in order; -1 (all at once) last."""
+        chosen = range(NB_TRANSFERABLE_LAYERS) if self.layers == "all" else self.layers
+        layers = sorted(set(chosen) | ({-1} if self.include_all_at_once else set()))
+        return (*[k for k in layers if k >= 0], *[k for k in layers if k < 0])
+
+    @property
+    def nb_of_jobs(self) -> int:
+        return len(self.study_layers) * self.nb_of_runs
+
+    @property
+    def transferred_layers(self) -> tuple[int, ...]:
+        """Every layer number that gets a QUANTA layer in some child."""
+        if -1 in self.study_layers:
+            return tuple(range(NB_TRANSFERABLE_LAYERS))
+        return self.study_layers
+
+    @property
+    def layer_label(self) -> str:
+        raise AttributeError("a study has several layers; see study_layers")
+
+    def child_seed(self, run: int) -> int | None:
+        """Run `run` is seeded with `seed + run`, as the library seeds run r of a multi-run
+        transfer: a child (layer, r) with one run reproduces run r of `quanta -r N`."""
+        return self.seed + run if self.seed is not None and self.seed >= 0 else self.seed
+
+    def child_spec(self, layer: int, run: int) -> RemoteTransferSpec:
+        """The transfer job that measures `layer` in run `run` of the study."""
+        values = self.model_dump(exclude={"layers", "include_all_at_once"})
+        values.update(layer_to_transfer=layer, nb_of_runs=1, seed=self.child_seed(run))
+        return RemoteTransferSpec.model_validate(values)

@@ -62,6 +62,9 @@ def test_progress_hook_reports_every_epoch_of_every_run(source_weights, tmp_path
     assert events[-1].quantas["2"]["source"] == pytest.approx(last["2"]["quantas"]["source"][-1])
     # The frozen source scores the same in every run.
     assert result.runs[0].source_metrics == result.runs[1].source_metrics
+    # Where the time went, phase by phase.
+    assert set(result.timings) == {"data", "source", "build", "train", "evaluate", "export"}
+    assert all(seconds > 0 for seconds in result.timings.values())
 
 
 def test_cancel_stops_within_one_batch_and_writes_nothing(source_weights, tmp_path):
@@ -147,11 +150,12 @@ class _Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("crash_at", [("epoch", 2), ("export", 3)])
+@pytest.mark.parametrize(("crash_at", "precomputed"),
+                         [(("epoch", 2), False), (("export", 3), False), (("epoch", 2), True)])
 def test_interrupted_run_resumes_to_the_same_files(source_weights, tmp_path, monkeypatch,
-                                                   crash_at):
-    spec = _spec(source_weights, nb_of_runs=2, nb_of_target_epochs=3, witness=True,
-                 augment_data=True)
+                                                   crash_at, precomputed):
+    spec = _spec(source_weights, nb_of_runs=2, nb_of_target_epochs=3, witness=not precomputed,
+                 augment_data=True, source_inference_mode=precomputed)
     plain = run_transfer(spec, tmp_path / "plain")
 
     where, when = crash_at
@@ -188,3 +192,35 @@ def test_interrupted_run_resumes_to_the_same_files(source_weights, tmp_path, mon
     assert _read(resumed.experiment_dir) == _read(plain.experiment_dir)
     assert [r.target_metrics for r in resumed.runs] == [r.target_metrics for r in plain.runs]
     assert not ckpt.exists()  # checkpoints are removed once every run is exported
+
+
+def test_precomputed_source_features_match_the_on_the_fly_computation(source_weights, tmp_path):
+    from quanta import experiment
+
+    spec = _spec(source_weights, layer_to_transfer=-1, source_inference_mode=True)
+    cached = run_transfer(spec, tmp_path / "cached")
+    assert len(experiment._FEATURES.items) == 1
+    on_the_fly = run_transfer(spec, tmp_path / "on_the_fly", source_cache_bytes=0)
+    assert len(experiment._FEATURES.items) == 1  # over budget: nothing cached
+    a, b = _read(cached.experiment_dir), _read(on_the_fly.experiment_dir)
+    assert a.keys() == b.keys()
+    # The features match to float rounding (oneDNN's results vary by ~1e-8 with the batch
+    # size); Adam steps by about the learning rate whatever the gradient's size, so the
+    # quanta agree within a few steps' reach, and the losses closely.
+    first = json.loads(a["training_metrics_of_target_r_0_l_all.jsonl"])["0"]
+    second = json.loads(b["training_metrics_of_target_r_0_l_all.jsonl"])["0"]
+    assert first["loss"] == pytest.approx(second["loss"], rel=1e-4)
+    qa, qb = json.loads(a["quantas_r_0_l_all.jsonl"]), json.loads(b["quantas_r_0_l_all.jsonl"])
+    steps = 2 * 3
+    for k in qa:
+        np.testing.assert_allclose(qa[k]["quanta_weights"], qb[k]["quanta_weights"],
+                                   atol=2 * steps * training.LEARNING_RATE)
+    # The exported target is the full model: it computes the source features itself.
+    import keras
+
+    target = keras.saving.load_model(cached.experiment_dir / "target_r_0_l_all.keras")
+    assert "source_trunk" in [layer.name for layer in target.layers]
+    assert len(target.inputs) == 1
+    # And differs from the reference mode, where the source's Dropout stays active.
+    reference = run_transfer(_spec(source_weights, layer_to_transfer=-1), tmp_path / "ref")
+    assert _read(reference.experiment_dir) != _read(cached.experiment_dir)
