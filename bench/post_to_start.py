@@ -12,6 +12,7 @@ is the embedded SQLite broker.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -88,11 +89,18 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--brokers", default="redis,sqla")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/5")
+    parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+    report = {}
     for broker in args.brokers.split(","):
         values = sorted(measure(broker, args.jobs, args.redis))
         print(f"{broker:6s} POST->start: median {statistics.median(values) * 1000:6.1f} ms, "
               f"min {values[0] * 1000:6.1f} ms, max {values[-1] * 1000:6.1f} ms (n={len(values)})")
+        report[broker] = {"median_ms": round(statistics.median(values) * 1000, 1),
+                          "min_ms": round(values[0] * 1000, 1),
+                          "max_ms": round(values[-1] * 1000, 1), "n": len(values)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
