@@ -66,6 +66,11 @@ def add_common_options(parser: argparse.ArgumentParser, *, output_default: str =
         help="folder of the dataset archives (default: $QUANTA_DATA_DIR or ~/.keras/datasets)",
     )
     parser.add_argument(
+        "--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default="float32",
+        help="training precision; mixed policies keep the quantas in float32 "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--width_multiplier", type=float, default=1.0,
         help="scale the network's filters and units (default: %(default)s, the paper's network)",
     )

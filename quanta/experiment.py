@@ -122,6 +122,17 @@ class SourceResult:
     timings: Timings = field(default_factory=Timings)
 
 
+@contextmanager
+def precision(policy: str) -> Iterator[None]:
+    """Builds the models of a run under `policy` (the source stays in float32)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def summary(model: keras.Model) -> str:
     lines = io.StringIO()
     model.summary(print_fn=lambda line, **_: lines.write(line + "\n"))
@@ -278,7 +289,7 @@ def run_transfer(
         seed = _seed_for_run(spec.seed, run)
         training.set_determinism(seed)
         training.reseed(source, seed)
-        with clock.phase("build"):
+        with clock.phase("build"), precision(spec.precision):
             target = _target_for_run(spec, ckpt, source, target_data, features is not None)
         if spec.show_only_build:
             result.summaries = {"source": summary(source), "target": summary(target.model)}
@@ -416,10 +427,11 @@ def _train_witness(
 ) -> tuple[training.FitResult, dict[str, float]]:
     """The baseline without transfer: same architecture, data, seed and epochs."""
     training.set_determinism(seed)
-    witness = training.compile_model(
-        build_model(data.input_shape, data.nb_classes, augment=spec.augment_data,
-                    width_multiplier=spec.width_multiplier, name="witness")
-    )
+    with precision(spec.precision):
+        witness = training.compile_model(
+            build_model(data.input_shape, data.nb_classes, augment=spec.augment_data,
+                        width_multiplier=spec.width_multiplier, name="witness")
+        )
     fitted = training.fit(
         witness, data.x_train, training.one_hot(data.y_train, data.nb_classes),
         spec.nb_of_target_epochs, seed=seed, should_cancel=should_cancel, callbacks=callbacks,
@@ -511,15 +523,16 @@ def train_source(
         if any(isinstance(layer, QuantaLayer) for layer in model.layers):
             raise QuantaError("previous training is a QUANTA target, not a source model")
     else:
-        model = training.compile_model(
-            build_model(
-                data.input_shape,
-                data.nb_classes,
-                augment=spec.augment_data,
-                width_multiplier=spec.width_multiplier,
-                name="source",
+        with precision(spec.precision):
+            model = training.compile_model(
+                build_model(
+                    data.input_shape,
+                    data.nb_classes,
+                    augment=spec.augment_data,
+                    width_multiplier=spec.width_multiplier,
+                    name="source",
+                )
             )
-        )
     result.summary = summary(model)
     if spec.show_only_build:
         return result

@@ -119,7 +119,10 @@ def build_model(
     z = keras.layers.Dense(_scaled(DENSE_UNITS, width_multiplier), name="dense_6")(x)
     x = activation(6, z)
     x = keras.layers.Dropout(0.5, name="dropout_head")(x)
-    outputs = keras.layers.Dense(nb_classes, activation="softmax", name="predictions")(x)
+    # float32 output whatever the policy: a float16 softmax loses small probabilities.
+    outputs = keras.layers.Dense(
+        nb_classes, activation="softmax", dtype="float32", name="predictions"
+    )(x)
     return keras.Model(inputs, outputs, name=name)
 
 

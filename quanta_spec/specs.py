@@ -95,6 +95,12 @@ class _CommonSpec(_Strict):
     show_only_build: bool = Field(
         default=False, description="Only build and compile the models and report their summaries."
     )
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = Field(
+        default="float32",
+        description="Numeric precision of training. The mixed policies compute in 16 bits "
+        "(float16 for GPUs, bfloat16 for recent CPUs and TPUs) and keep the variables, the "
+        "quantas and the output layer in float32; they change the results slightly.",
+    )
     width_multiplier: float = Field(
         default=1.0,
         gt=0,

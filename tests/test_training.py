@@ -224,3 +224,17 @@ def test_precomputed_source_features_match_the_on_the_fly_computation(source_wei
     # And differs from the reference mode, where the source's Dropout stays active.
     reference = run_transfer(_spec(source_weights, layer_to_transfer=-1), tmp_path / "ref")
     assert _read(reference.experiment_dir) != _read(cached.experiment_dir)
+
+
+def test_mixed_precision_keeps_the_quantas_in_float32(source_weights, tmp_path):
+    import keras
+
+    result = run_transfer(_spec(source_weights, precision="mixed_bfloat16",
+                                nb_of_target_epochs=1), tmp_path)
+    target = keras.saving.load_model(result.experiment_dir / "target_r_0_l_2.keras")
+    assert target.get_layer("conv_2").compute_dtype == "bfloat16"
+    assert target.get_layer("quanta_2").quanta_weights.dtype == "float32"
+    assert target.get_layer("predictions").compute_dtype == "float32"
+    line = json.loads((result.experiment_dir / "quantas_r_0_l_2.jsonl").read_text())
+    assert line["2"]["quanta_weights"][0] == [np.float32(1.1).item(), np.float32(-1.1).item()]
+    assert keras.config.dtype_policy().name == "float32"  # the policy is put back
