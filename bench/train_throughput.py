@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from quanta import training
-from quanta.models import build_model, freeze
+from quanta.models import build_model, freeze, source_trunk, with_source_inputs
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -37,29 +37,44 @@ class StepTimer(keras.callbacks.Callback):
         self.durations.append(time.perf_counter() - self._start)
 
 
-def measure(kind: str, layer: int | None, seeded: bool, samples: int, width: float) -> dict:
+def measure(kind: str, layer: int | None, seeded: bool, samples: int, width: float,
+            precision: str = "float32", cached_source: bool = False) -> dict:
+    """ms per step of one configuration; `cached_source` trains with precomputed source
+    features (the `source_inference_mode` option) instead of running the source each step."""
     training.set_determinism(0 if seeded else None)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(samples, 32, 32, 3), dtype=np.uint8)
     y = training.one_hot(rng.integers(0, 10, size=samples), 10)
     source = build_model((32, 32, 3), 10, width_multiplier=width, name="source")
+    inputs: list[np.ndarray] | np.ndarray = x
+    keras.config.set_dtype_policy(precision)
     if kind == "source":
         model = source
     else:
-        layers = range(7) if layer is None else [layer]
-        model = build_model((32, 32, 3), 10, source=freeze(source), transfer_layers=layers,
-                            width_multiplier=width, name="target")
+        layers = list(range(7)) if layer is None else [layer]
+        freeze(source)
+        model = build_model((32, 32, 3), 10, source=source, transfer_layers=layers,
+                            width_multiplier=width, source_inference=cached_source,
+                            name="target")
+        if cached_source:
+            features = source_trunk(source, layers, inference=True).predict(
+                x, batch_size=training.BATCH_SIZE, verbose=0)
+            features = features if isinstance(features, list) else [features]
+            model, inputs = with_source_inputs(model), [x, *features]
+    keras.config.set_dtype_policy("float32")
     training.compile_model(model)
-    model.fit(x[:256], y[:256], batch_size=training.BATCH_SIZE, epochs=1, verbose=0)  # warm-up
+    warm = [part[:256] for part in inputs] if isinstance(inputs, list) else inputs[:256]
+    model.fit(warm, y[:256], batch_size=training.BATCH_SIZE, epochs=1, verbose=0)  # warm-up
     timer = StepTimer()
     start = time.perf_counter()
-    model.fit(x, y, batch_size=training.BATCH_SIZE, epochs=1, verbose=0, callbacks=[timer])
+    model.fit(inputs, y, batch_size=training.BATCH_SIZE, epochs=1, verbose=0, callbacks=[timer])
     wall = time.perf_counter() - start
     step = statistics.median(timer.durations)
     return {
-        "kind": kind,
+        "kind": kind + (" (cached source)" if cached_source else ""),
         "layer": "all" if kind == "transfer" and layer is None else layer,
         "seeded": seeded,
+        "precision": precision,
         "ms_per_step": round(step * 1000, 1),
         "samples_per_s": round(training.BATCH_SIZE / step, 1),
         "epoch_samples_per_s": round(samples / wall, 1),
@@ -84,18 +99,26 @@ def main() -> None:
     parser.add_argument("--layers", nargs="*", default=["0", "6"],
                         help="transferred layers to measure; 'all' for all at once")
     parser.add_argument("--width_multiplier", type=float, default=1.0)
+    parser.add_argument("--precision", default="float32",
+                        choices=("float32", "mixed_float16", "mixed_bfloat16"))
+    parser.add_argument("--no-cached-source", action="store_true",
+                        help="skip the runs with precomputed source features")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
-    cases = [("source", None)] + [
-        ("transfer", None if layer == "all" else int(layer)) for layer in args.layers
+    cases = [("source", None, False)] + [
+        ("transfer", None if layer == "all" else int(layer), False) for layer in args.layers
     ]
+    if not args.no_cached_source:
+        cases += [("transfer", None if layer == "all" else int(layer), True)
+                  for layer in args.layers]
     rows = []
     for seeded in (True, False):
-        for kind, layer in cases:
-            rows.append(measure(kind, layer, seeded, args.samples, args.width_multiplier))
+        for kind, layer, cached in cases:
+            rows.append(measure(kind, layer, seeded, args.samples, args.width_multiplier,
+                                args.precision, cached))
             r = rows[-1]
-            print(f"{r['kind']:8} layer {r['layer']!s:4} seeded={r['seeded']!s:5} "
+            print(f"{r['kind']:24} layer {r['layer']!s:4} seeded={r['seeded']!s:5} "
                   f"{r['ms_per_step']:7.1f} ms/step {r['samples_per_s']:8.1f} samples/s",
                   flush=True)
     import tensorflow as tf
@@ -108,6 +131,7 @@ def main() -> None:
         "matmul_2048_gflops": matmul_gflops(),
     }
     print(f"\n{machine}")
+    print(f"precision {args.precision}, batch {training.BATCH_SIZE}, {args.samples} samples")
     print("| run | layer | seeded | ms/step | samples/s |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['kind']} | {r['layer'] if r['layer'] is not None else '-'} | "

@@ -4,8 +4,11 @@
 
 The pool is `solo` with concurrency 1: TensorFlow is not fork-safe, and one job at a
 time keeps a GPU's memory for that job. Run one worker per GPU (`--gpu N` sets
-CUDA_VISIBLE_DEVICES before TensorFlow loads). Names must be unique per host: a
-worker that restarts under the same name takes back the job it was running.
+CUDA_VISIBLE_DEVICES before TensorFlow loads), or several on one GPU when jobs are
+small (`quanta-serve --workers 4 --gpus 0,1` puts two on each), each capped with
+`--gpu-memory-mb` (or `QUANTA_GPU_MEMORY_MB`) so that they fit side by side. Names
+must be unique per host: a worker that restarts under the same name takes back the
+job it was running.
 """
 
 from __future__ import annotations
@@ -22,19 +25,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gpu", help="GPU id for this worker (sets CUDA_VISIBLE_DEVICES); "
                         "'' or 'none' hides every GPU")
     parser.add_argument("--name", help="node name (default: gpuN with --gpu, else worker-PID)")
+    parser.add_argument("--gpu-memory-mb", type=int,
+                        default=int(os.environ.get("QUANTA_GPU_MEMORY_MB") or 0),
+                        help="cap on this worker's GPU memory, to run several workers per "
+                        "GPU (default: no cap, memory grows as needed)")
     parser.add_argument("--loglevel", default="INFO")
     parser.add_argument("--no-preload", action="store_true",
                         help="import TensorFlow at the first job instead of at start")
     return parser.parse_args(argv)
 
 
-def configure_tensorflow() -> None:
-    """Let TensorFlow grow GPU memory as needed instead of taking it all at once."""
+def configure_tensorflow(memory_mb: int = 0) -> None:
+    """Let TensorFlow grow GPU memory as needed instead of taking it all at once, or cap
+    it at `memory_mb` so that several workers share a GPU."""
     import tensorflow as tf
 
     for gpu in tf.config.list_physical_devices("GPU"):
         try:
-            tf.config.experimental.set_memory_growth(gpu, True)
+            if memory_mb > 0:
+                tf.config.set_logical_device_configuration(
+                    gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=memory_mb)]
+                )
+            else:
+                tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError as exc:  # already initialised
             logging.getLogger(__name__).warning("memory growth not set on %s: %s", gpu, exc)
     import quanta.experiment  # noqa: F401 - the first job then starts without import delay
@@ -48,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.loglevel.upper(),
                         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
     if not args.no_preload:
-        configure_tensorflow()
+        configure_tensorflow(args.gpu_memory_mb)
     from worker.tasks import app
 
     name = args.name or (f"gpu{args.gpu}" if args.gpu not in (None, "", "none")
