@@ -18,19 +18,36 @@ from api.job_state import TERMINAL, ConcurrentChange, JobStatus, transition
 from api.models import Artifact, Job, Upload, utcnow
 
 
-def create_job(session: Session, kind: str, spec: dict[str, Any]) -> Job:
-    """Insert a queued job; the caller commits, then enqueues (never the other way)."""
-    job = Job(kind=kind, status=JobStatus.QUEUED.value, spec=spec)
+def create_job(session: Session, kind: str, spec: dict[str, Any], *, owner: str = "",
+               idempotency_key: str | None = None) -> Job:
+    """Insert a queued job; the caller commits, then enqueues (never the other way).
+
+    With `idempotency_key`, raises IntegrityError when `owner` already used that key.
+    """
+    job = Job(kind=kind, status=JobStatus.QUEUED.value, spec=spec, owner=owner,
+              idempotency_key=idempotency_key)
     session.add(job)
     session.flush()
     return job
 
 
-def get_job(session: Session, job_id: str) -> Job:
+def get_job(session: Session, job_id: str, *, owner: str | None = None) -> Job:
+    """The job, or NotFound; with `owner`, another owner's job is NotFound too."""
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or (owner is not None and job.owner != owner):
         raise NotFound(f"no job with id '{job_id}'")
     return job
+
+
+def job_by_idempotency_key(session: Session, owner: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
+
+
+def count_queued(session: Session, owner: str) -> int:
+    """Jobs of `owner` waiting for a worker (the per-token cap counts these)."""
+    return int(session.scalar(
+        select(func.count()).select_from(Job)
+        .where(Job.owner == owner, Job.status == JobStatus.QUEUED.value)) or 0)
 
 
 def list_jobs(
@@ -40,10 +57,17 @@ def list_jobs(
     kind: str | None = None,
     limit: int = 50,
     offset: int = 0,
+    owner: str | None = None,
+    parent_id: str | None = None,
 ) -> tuple[list[Job], int]:
     """Jobs newest first (ties broken by id so pages never overlap), and the total count."""
     query = select(Job)
     count = select(func.count()).select_from(Job)
+    if parent_id is not None:
+        query = query.where(Job.parent_id == parent_id)
+        count = count.where(Job.parent_id == parent_id)
+    if owner is not None:
+        query, count = query.where(Job.owner == owner), count.where(Job.owner == owner)
     if status is not None:
         query, count = query.where(Job.status == status), count.where(Job.status == status)
     if kind is not None:
@@ -99,28 +123,39 @@ def mark_enqueued(session: Session, job_id: str) -> None:
 
 
 def create_upload(
-    session: Session, *, upload_id: str, kind: str, filename: str, path: str, size: int, sha256: str
+    session: Session, *, upload_id: str, kind: str, filename: str, path: str, size: int,
+    sha256: str, owner: str = "", idempotency_key: str | None = None,
 ) -> Upload:
     upload = Upload(
-        id=upload_id, kind=kind, filename=filename, path=path, size=size, sha256=sha256
+        id=upload_id, kind=kind, filename=filename, path=path, size=size, sha256=sha256,
+        owner=owner, idempotency_key=idempotency_key,
     )
     session.add(upload)
     session.flush()
     return upload
 
 
-def get_upload(session: Session, upload_id: str) -> Upload:
+def get_upload(session: Session, upload_id: str, *, owner: str | None = None) -> Upload:
+    """The upload, or NotFound; with `owner`, another owner's upload is NotFound too."""
     upload = session.get(Upload, upload_id)
-    if upload is None:
+    if upload is None or (owner is not None and upload.owner != owner):
         raise NotFound(f"no upload with id '{upload_id}'")
     return upload
 
 
+def upload_by_idempotency_key(session: Session, owner: str, key: str) -> Upload | None:
+    return session.scalar(
+        select(Upload).where(Upload.owner == owner, Upload.idempotency_key == key))
+
+
 def list_uploads(
-    session: Session, *, kind: str | None = None, limit: int = 50, offset: int = 0
+    session: Session, *, kind: str | None = None, limit: int = 50, offset: int = 0,
+    owner: str | None = None,
 ) -> tuple[list[Upload], int]:
     query = select(Upload)
     count = select(func.count()).select_from(Upload)
+    if owner is not None:
+        query, count = query.where(Upload.owner == owner), count.where(Upload.owner == owner)
     if kind is not None:
         query, count = query.where(Upload.kind == kind), count.where(Upload.kind == kind)
     query = query.order_by(Upload.created_at.desc(), Upload.id.desc()).limit(limit).offset(offset)

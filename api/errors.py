@@ -7,7 +7,7 @@ usable from the worker, and so that every 4xx body has the same shape.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 
 class ServiceError(Exception):
@@ -15,6 +15,8 @@ class ServiceError(Exception):
 
     status_code = 400
     error_type = "bad_request"
+    #: Extra response headers (WWW-Authenticate of a 401, Retry-After of a 429).
+    headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, message: str, *, loc: Sequence[str | int] | None = None) -> None:
         super().__init__(message)
@@ -48,3 +50,19 @@ class Invalid(ServiceError):
 class TooLarge(ServiceError):
     status_code = 413
     error_type = "too_large"
+
+
+class Unauthorized(ServiceError):
+    """No bearer token, or one the service does not know (or revoked)."""
+
+    status_code = 401
+    error_type = "unauthorized"
+    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
+
+
+class TooManyRequests(ServiceError):
+    """A quota is reached (queued jobs of one token); retrying later may succeed."""
+
+    status_code = 429
+    error_type = "too_many_requests"
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "60"}

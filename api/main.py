@@ -5,23 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api import crud
+from api.auth import authenticate, parse_env_tokens
+from api.body_limit import BodyLimit
 from api.db import make_engine, make_sessionmaker
-from api.errors import Conflict, ServiceError
+from api.errors import Conflict, ServiceError, Unauthorized
 from api.job_state import IllegalTransition
 from api.migrate import upgrade
 from api.models import utcnow
 from api.recovery import recover_stale_jobs
-from api.routes import health, jobs, uploads
+from api.request_guard import RejectNul
+from api.routes import health, jobs, studies, uploads
+from api.schemas import ErrorBody
 from api.settings import Settings, get_settings
+from api.studies import resend_stuck_studies
 from worker.celery_app import make_celery, send_run_job
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,7 @@ def resend_pending(app: FastAPI) -> int:
             crud.mark_enqueued(session, job_id)
             session.commit()
             sent += 1
+        sent += resend_stuck_studies(session, app.state.celery, settings)
     if sent:
         log.info("re-sent %d queued job(s) to the broker", sent)
     return sent
@@ -88,12 +98,31 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 async def _service_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail()})
+    return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail()},
+                        headers=exc.headers)
 
 
 async def _illegal_transition(_request: Request, exc: Exception) -> JSONResponse:
     error = Conflict(str(exc))
     return JSONResponse(status_code=error.status_code, content={"detail": error.detail()})
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float as a string: JSON has no inf or NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, made JSON-safe: an error echoes its input, which may be 1e400 (inf)."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(status_code=422,
+                        content={"detail": _finite(jsonable_encoder(exc.errors()))})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -102,15 +131,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="QUANTA job service", version="0.1.0", description=DESCRIPTION,
                   lifespan=lifespan)
     app.state.settings = settings
+    app.state.env_tokens = parse_env_tokens(settings.api_tokens)  # malformed: refuse to start
     app.state.engine = make_engine(settings.database_url)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
     app.state.celery = make_celery(settings)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(IllegalTransition, _illegal_transition)
-    app.include_router(health.router)
-    app.include_router(jobs.router)
-    app.include_router(uploads.router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)
+    app.add_middleware(RejectNul)
+    app.include_router(health.router)  # open: probes carry no token
+    for router in V1_ROUTERS:
+        app.include_router(router, dependencies=[Depends(authenticate)],
+                           responses=UNAUTHORIZED)
     return app
+
+
+#: Every `/v1` router: each of their endpoints needs a token (when tokens are configured).
+V1_ROUTERS = (jobs.router, studies.router, uploads.router)
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {Unauthorized.status_code: {
+    "model": ErrorBody,
+    "description": "No token, or an unknown or revoked one (header WWW-Authenticate: Bearer).",
+    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "`Bearer`"}},
+}}
 
 
 def __getattr__(name: str) -> FastAPI:

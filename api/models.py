@@ -94,6 +94,9 @@ class Job(Base):
     parent_id: Mapped[str | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="CASCADE", name="fk_jobs_parent_id"), nullable=True
     )
+    #: For a study's child: its run number in the study (the `r` of the study's file names;
+    #: the child itself has one run, seeded with the study's seed + r).
+    study_run: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="Artifact.path"
@@ -146,3 +149,26 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))
 
     job: Mapped[Job] = relationship(back_populates="artifacts")
+
+
+class JobEvent(Base):
+    """One entry of a job's live progress (a status change or a finished epoch).
+
+    Events are numbered by `seq` within their root (the study for a study's children,
+    else the job itself), in commit order: a stream that reads `seq > last` never skips
+    one, and `seq` is the `id:` of a Server-Sent Event, so a client can resume.
+    """
+
+    __tablename__ = "job_events"
+    __table_args__ = (
+        UniqueConstraint("root_id", "seq", name="uq_job_events_root_id_seq"),
+        Index("ix_job_events_job_id_seq", "job_id", "seq"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    root_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

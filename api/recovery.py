@@ -10,6 +10,7 @@ visibility timeout), so the API sweeps for such jobs itself.
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
 
 from sqlalchemy import func, select
@@ -38,8 +39,10 @@ def recover(session: Session, job: Job, settings: Settings) -> JobStatus:
         transition(session, job, JobStatus.FAILED, owner=job.worker,
                    error=f"gave up after {job.attempts} attempts: the worker running it "
                          f"stopped each time (out of memory? killed?); last: {lost}")
-    else:
+    else:  # its checkpoints stay: the next attempt resumes from them
         transition(session, job, JobStatus.QUEUED, owner=job.worker, enqueued_at=None)
+        return JobStatus.QUEUED
+    shutil.rmtree(settings.checkpoints_path / job.id, ignore_errors=True)  # nothing to resume
     return JobStatus(job.status)
 
 
@@ -48,7 +51,7 @@ def recover_stale_jobs(session: Session, settings: Settings, limit: int = 100) -
     cutoff = utcnow() - timedelta(seconds=settings.stale_after_s)
     stale = session.scalars(
         select(Job)
-        .where(Job.status == JobStatus.RUNNING.value,
+        .where(Job.status == JobStatus.RUNNING.value, Job.kind != "study",  # run by no worker
                func.coalesce(Job.heartbeat_at, Job.updated_at) < cutoff)
         .order_by(Job.created_at)
         .limit(limit)

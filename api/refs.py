@@ -20,6 +20,7 @@ from api.settings import Settings
 from quanta_spec import (
     JobRef,
     RemoteSourceSpec,
+    RemoteStudySpec,
     RemoteTransferSpec,
     SourceSpec,
     TransferSpec,
@@ -35,6 +36,17 @@ UPLOAD_KIND_OF_FIELD = {
     "target_task": "dataset",
 }
 LOC = ("body", "spec")
+#: Largest seed: NumPy seeds are 32-bit, and run r is seeded with seed + r.
+MAX_SEED = 2**32 - 1
+#: Largest absolute value of each integer field of a spec.
+RANGES = {
+    "seed": MAX_SEED,
+    "nb_of_runs": 10_000,
+    "nb_of_epochs": 100_000,
+    "nb_of_target_epochs": 100_000,
+    "nb_of_samples": 2**31 - 1,
+    "nb_of_target_samples": 2**31 - 1,
+}
 
 
 def _find_artifact(session: Session, job: Job, suffix: str) -> Artifact | None:
@@ -51,9 +63,15 @@ def _existing(path: Path, field: str, what: str) -> Path:
     return path
 
 
-def _upload_path(session: Session, settings: Settings, ref: UploadRef, field: str) -> Path:
+def _visible(row: Job | Upload | None, owner: str | None) -> bool:
+    """A row the caller may reference: it exists, and it is theirs (or they see all)."""
+    return row is not None and (owner is None or row.owner == owner)
+
+
+def _upload_path(session: Session, settings: Settings, ref: UploadRef, field: str,
+                 owner: str | None = None) -> Path:
     upload = session.get(Upload, ref.upload)
-    if upload is None:
+    if upload is None or not _visible(upload, owner):
         raise Invalid(f"no upload with id '{ref.upload}'", loc=(*LOC, field, "upload"))
     wanted = UPLOAD_KIND_OF_FIELD[field]
     if upload.kind != wanted:
@@ -64,9 +82,10 @@ def _upload_path(session: Session, settings: Settings, ref: UploadRef, field: st
     return _existing(settings.uploads_path / upload.path, field, f"upload '{ref.upload}'")
 
 
-def _finished_job(session: Session, ref: JobRef, field: str, kind: str) -> Job:
+def _finished_job(session: Session, ref: JobRef, field: str, kind: str,
+                  owner: str | None = None) -> Job:
     job = session.get(Job, ref.job)
-    if job is None:
+    if job is None or not _visible(job, owner):
         raise Invalid(f"no job with id '{ref.job}'", loc=(*LOC, field, "job"))
     if job.kind != kind:
         raise Invalid(f"job '{ref.job}' is a {job.kind} job; {field} needs a {kind} job",
@@ -79,8 +98,9 @@ def _finished_job(session: Session, ref: JobRef, field: str, kind: str) -> Job:
     return job
 
 
-def _job_file(session: Session, settings: Settings, ref: JobRef, field: str, kind: str) -> Path:
-    job = _finished_job(session, ref, field, kind)
+def _job_file(session: Session, settings: Settings, ref: JobRef, field: str, kind: str,
+              owner: str | None = None) -> Path:
+    job = _finished_job(session, ref, field, kind, owner)
     if kind == "source":
         if ref.run != 0:
             raise Invalid("a source job has no runs; leave 'run' out",
@@ -102,44 +122,72 @@ def _job_file(session: Session, settings: Settings, ref: JobRef, field: str, kin
 
 
 def _file(
-    session: Session, settings: Settings, ref: JobRef | UploadRef | None, field: str, kind: str
+    session: Session, settings: Settings, ref: JobRef | UploadRef | None, field: str, kind: str,
+    owner: str | None = None,
 ) -> str | None:
     if ref is None:
         return None
     if isinstance(ref, UploadRef):
-        return str(_upload_path(session, settings, ref, field))
-    return str(_job_file(session, settings, ref, field, kind))
+        return str(_upload_path(session, settings, ref, field, owner))
+    return str(_job_file(session, settings, ref, field, kind, owner))
 
 
-def _task(session: Session, settings: Settings, task: str | UploadRef, field: str) -> str:
+def _task(session: Session, settings: Settings, task: str | UploadRef, field: str,
+          owner: str | None = None) -> str:
     if isinstance(task, UploadRef):
-        return f"npz:{_upload_path(session, settings, task, field)}"
+        return f"npz:{_upload_path(session, settings, task, field, owner)}"
     return task
 
 
+def check_ranges(spec: RemoteSourceSpec | RemoteTransferSpec) -> None:
+    """Numbers the spec's types allow but the service cannot honour: 422 naming the field.
+
+    Seeds feed NumPy's 32-bit generator (seed + run), and counts of runs, epochs and
+    samples this large are a typo that would hold a GPU for ever.
+    """
+    for field, limit in RANGES.items():
+        value = getattr(spec, field, None)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > limit:
+            raise Invalid(f"{field} must be at most {limit} in absolute value (got {value})",
+                          loc=(*LOC, field))
+    if isinstance(spec, RemoteTransferSpec) and spec.seed is not None and spec.seed >= 0:
+        last = spec.seed + spec.nb_of_runs - 1
+        if last > MAX_SEED:
+            raise Invalid(f"seed + nb_of_runs - 1 must be at most {MAX_SEED} (got {last})",
+                          loc=(*LOC, "seed"))
+
+
 def resolve_spec(
-    session: Session, settings: Settings, spec: RemoteSourceSpec | RemoteTransferSpec
+    session: Session, settings: Settings, spec: RemoteSourceSpec | RemoteTransferSpec,
+    *, owner: str | None = None,
 ) -> SourceSpec | TransferSpec:
-    """The local spec the library runs; raises `Invalid`/`Conflict` naming the bad field."""
+    """The local spec the library runs; raises `Invalid`/`Conflict` naming the bad field.
+
+    With `owner`, jobs and uploads of other owners are unknown (the API passes the
+    caller's; the worker none, since the API checked the references at submission).
+    """
+    check_ranges(spec)
+    if isinstance(spec, RemoteStudySpec):  # its children differ only by layer and seed
+        spec = spec.child_spec(spec.study_layers[0], 0)
     values: dict[str, Any] = spec.model_dump()
-    values["source_task"] = _task(session, settings, spec.source_task, "source_task")
+    values["source_task"] = _task(session, settings, spec.source_task, "source_task", owner)
     if isinstance(spec, RemoteTransferSpec):
-        values["target_task"] = _task(session, settings, spec.target_task, "target_task")
+        values["target_task"] = _task(session, settings, spec.target_task, "target_task", owner)
         values["source_weights"] = _file(session, settings, spec.source_weights,
-                                         "source_weights", "source")
+                                         "source_weights", "source", owner)
         values["train_from_previous_training"] = _file(
             session, settings, spec.train_from_previous_training,
-            "train_from_previous_training", "transfer",
+            "train_from_previous_training", "transfer", owner,
         )
         return TransferSpec.model_validate(values)
     values["train_from_previous_training"] = _file(
         session, settings, spec.train_from_previous_training,
-        "train_from_previous_training", "source",
+        "train_from_previous_training", "source", owner,
     )
     return SourceSpec.model_validate(values)
 
 
 def remote_spec(kind: str, spec: dict[str, Any]) -> RemoteSourceSpec | RemoteTransferSpec:
     """Parse a stored spec back into its model (the database holds it as JSON)."""
-    model = RemoteSourceSpec if kind == "source" else RemoteTransferSpec
+    model = {"source": RemoteSourceSpec, "study": RemoteStudySpec}.get(kind, RemoteTransferSpec)
     return model.model_validate(spec)

@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from quanta_spec import RemoteSourceSpec, RemoteTransferSpec
+from quanta_spec import RemoteSourceSpec, RemoteStudySpec, RemoteTransferSpec
 
-JobKind = Literal["source", "transfer"]
+JobKind = Literal["source", "transfer", "study"]
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 UploadKind = Literal["weights", "model", "dataset"]
 #: Largest `offset` of a list query (databases take 64-bit integers at most).
@@ -34,7 +34,15 @@ class TransferJobCreate(_Strict):
     spec: RemoteTransferSpec
 
 
-JobCreate = Annotated[SourceJobCreate | TransferJobCreate, Field(discriminator="kind")]
+class StudyJobCreate(_Strict):
+    """Measure several layers over several runs: one transfer job per (layer, run)."""
+
+    kind: Literal["study"]
+    spec: RemoteStudySpec
+
+
+JobCreate = Annotated[SourceJobCreate | TransferJobCreate | StudyJobCreate,
+                      Field(discriminator="kind")]
 
 
 class Progress(BaseModel):
@@ -56,11 +64,40 @@ class Progress(BaseModel):
     )
 
 
+class LayerProgress(BaseModel):
+    """A study's children measuring one entry (a layer number, or `all`)."""
+
+    total: int
+    done: int = Field(description="Children ended, whatever their status.")
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class StudyProgress(BaseModel):
+    """Where a study is: its children ended of all, by status and by layer."""
+
+    done: int = Field(description="Children ended, whatever their status.")
+    total: int
+    fraction: float = Field(ge=0, le=1, description="Share of all the children's epochs done.")
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    by_layer: dict[str, LayerProgress]
+
+
 class JobLinks(BaseModel):
     self: str
     cancel: str
     artifacts: str
     archive: str
+    events: str | None = Field(default=None, description="Live progress (Server-Sent Events).")
+    children: str | None = Field(default=None, description="A study's transfer jobs.")
+    summary: str | None = Field(default=None, description="A study's statistics.")
 
 
 class JobOut(BaseModel):
@@ -77,7 +114,11 @@ class JobOut(BaseModel):
     attempts: int = Field(description="How many times a worker started it.")
     cancel_requested: bool
     worker: str | None = Field(default=None, description="The worker running or that ran it.")
-    progress: Progress | None = None
+    parent_id: str | None = Field(default=None, description="The study this job is part of.")
+    study_run: int | None = Field(
+        default=None, description="For a study's job: its run in the study (its seed is the "
+        "study's seed + study_run).")
+    progress: Progress | StudyProgress | None = None
     result: dict[str, Any] | None = Field(
         default=None, description="Final metrics and quantas of a finished job."
     )
@@ -103,6 +144,11 @@ class ArtifactOut(BaseModel):
 class ArtifactList(BaseModel):
     job_id: str
     items: list[ArtifactOut]
+    partial: bool = Field(
+        default=False,
+        description="True unless the job succeeded: the files of a failed or cancelled job "
+        "are what it had written when it stopped (kept, never complete).",
+    )
 
 
 class UploadOut(BaseModel):

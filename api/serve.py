@@ -2,6 +2,10 @@
 
     quanta-serve [--host 127.0.0.1] [--port 8000] [--workers 1] [--gpus 0,1]
     quanta-serve migrate [REVISION]
+    quanta-serve token create NAME [--admin] | token revoke NAME|ID | token list
+
+Without any API token (QUANTA_API_TOKENS or `token create`) the API is open, so it
+then serves only on a loopback address: `--host 0.0.0.0` without a token exits with 2.
 
 Workers are separate processes (`python -m worker.main`), because TensorFlow must
 not live in the API process; Ctrl-C or SIGTERM stops the API, then asks each worker
@@ -20,9 +24,39 @@ import sys
 import time
 
 from api.migrate import upgrade
-from api.settings import get_settings
+from api.settings import Settings, get_settings
 
 log = logging.getLogger("quanta.serve")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+#: Exit status when the configuration is unsafe or invalid (as argparse's usage errors).
+EXIT_CONFIG = 2
+
+
+def check_auth(settings: Settings, host: str) -> str | None:
+    """None if serving on `host` is safe, else why not. Logs whether tokens are required."""
+    from api.db import make_engine, make_sessionmaker
+    from api.tokens import tokens_configured
+
+    try:
+        engine = make_engine(settings.database_url)
+        try:
+            with make_sessionmaker(engine)() as session:
+                configured = tokens_configured(settings, session)
+        finally:
+            engine.dispose()
+    except ValueError as exc:  # a malformed QUANTA_API_TOKENS
+        return str(exc)
+    if configured:
+        log.info("authentication on: every /v1 request needs an API token")
+        return None
+    if host not in LOOPBACK_HOSTS:
+        return (f"refusing to serve on {host} without API tokens: anyone who can reach it "
+                "could run jobs. Set QUANTA_API_TOKENS=name:token[,...] or run "
+                "`quanta-serve token create NAME`, or serve on 127.0.0.1")
+    log.warning("no API tokens configured: the API is open to anyone on this machine "
+                "(%s only); set QUANTA_API_TOKENS or `quanta-serve token create NAME` "
+                "before serving on another address", host)
+    return None
 
 
 def start_workers(count: int, gpus: list[str], log_level: str) -> list[subprocess.Popen[bytes]]:
@@ -61,6 +95,11 @@ def serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     settings.ensure_dirs()
     upgrade(settings.database_url)
+    problem = check_auth(settings, args.host)
+    if problem is not None:
+        log.error("%s", problem)
+        print(f"quanta-serve: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     gpus = [g for g in (args.gpus or "").split(",") if g.strip()]
     workers = start_workers(args.workers, gpus, args.log_level)
     config = uvicorn.Config(create_app(settings), host=args.host, port=args.port,
@@ -102,6 +141,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command")
     migrate = sub.add_parser("migrate", help="apply the database migrations and exit")
     migrate.add_argument("revision", nargs="?", default="head")
+    token = sub.add_parser("token", help="create, revoke or list API tokens (in the database)")
+    actions = token.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create a token and print it (once)")
+    create.add_argument("name", help="owner of what the token creates (letters, digits, _.@-)")
+    create.add_argument("--admin", action="store_true", help="sees every owner's jobs")
+    revoke = actions.add_parser("revoke", help="revoke the active tokens of a name (or an id)")
+    revoke.add_argument("name", metavar="NAME_OR_ID")
+    actions.add_parser("list", help="list tokens (never their secrets)")
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error("--workers must be >= 0")
@@ -115,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         upgrade(revision=args.revision)
         return 0
+    if args.command == "token":
+        from api.tokens import command
+
+        settings = get_settings()
+        settings.ensure_dirs()
+        upgrade(settings.database_url)
+        return command(args, settings)
     return serve(args)
 
 

@@ -76,7 +76,31 @@ class Settings(BaseSettings):
     cancel_poll_s: float = Field(
         default=1.0, ge=0, description="Least time between two database reads of the cancel flag."
     )
-    api_tokens: str = Field(default="", description="Reserved for a later auth feature.")
+    api_tokens: str = Field(
+        default="",
+        description="Bearer tokens, comma-separated `name:token` or `name:token:admin` entries "
+        "(more can be stored hashed in the database: `quanta-serve token create`).",
+    )
+    max_json_bytes: int = Field(
+        default=64 * 1024, gt=0, description="Largest JSON request body; larger ones get 413."
+    )
+    max_queued_per_owner: int = Field(
+        default=100, ge=0, description="Queued jobs a token may have at once (0: no cap); 429."
+    )
+    max_job_seconds: float = Field(
+        default=0, ge=0,
+        description="Wall time an attempt of a job may run before it fails (0: no limit).",
+    )
+    checkpoints_dir: Path | None = Field(
+        default=None,
+        description="Per-epoch checkpoints of running jobs (default: "
+        "ARTIFACTS_DIR/../checkpoints), shared by the workers so that any can resume a job.",
+    )
+    db_retry_s: float = Field(
+        default=300.0, ge=0,
+        description="How long a worker retries recording a finished job while the database "
+        "is unreachable (the files stay on disk meanwhile).",
+    )
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:
@@ -86,6 +110,9 @@ class Settings(BaseSettings):
         if self.uploads_dir is None:
             self.uploads_dir = self.artifacts_dir.parent / "uploads"
         self.uploads_dir = self.uploads_dir.expanduser().resolve()
+        if self.checkpoints_dir is None:
+            self.checkpoints_dir = self.artifacts_dir.parent / "checkpoints"
+        self.checkpoints_dir = self.checkpoints_dir.expanduser().resolve()
         if self.data_dir is not None:
             self.data_dir = self.data_dir.expanduser().resolve()
         return self
@@ -95,6 +122,12 @@ class Settings(BaseSettings):
         """`uploads_dir`, never None after validation (typed for callers)."""
         assert self.uploads_dir is not None
         return self.uploads_dir
+
+    @property
+    def checkpoints_path(self) -> Path:
+        """`checkpoints_dir`, never None after validation (typed for callers)."""
+        assert self.checkpoints_dir is not None
+        return self.checkpoints_dir
 
     def ensure_dirs(self) -> None:
         """Create the folders the service writes to, including SQLite files' folders."""

@@ -1,7 +1,9 @@
 """Property-based fuzzing of every documented operation: whatever the input, never a 5xx.
 
-Schemathesis generates requests from the OpenAPI schema (valid and invalid ones) and
-checks that the API answers each without a server error.
+Schemathesis generates requests from the OpenAPI schema (valid and invalid ones), sends
+them with an API token (authentication on, as in production), and checks that the API
+answers each without a server error, with a documented status code, content type,
+headers and body, and that the same request without its token is refused (401).
 """
 
 from __future__ import annotations
@@ -13,8 +15,20 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    ignored_auth,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from schemathesis.generation import GenerationMode
+
+TOKEN = "fuzz-admin-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+          response_headers_conformance, response_schema_conformance, ignored_auth]
 
 
 @pytest.fixture
@@ -26,7 +40,8 @@ def fuzz_schema(tmp_path: Path) -> Any:
     config = Settings(database_url=f"sqlite:///{tmp_path / 'q.db'}",
                       broker_url=f"sqla+sqlite:///{tmp_path / 'b.db'}",
                       artifacts_dir=tmp_path / "artifacts", max_upload_bytes=4096,
-                      migrate_on_start=False, requeue_interval_s=0)
+                      migrate_on_start=False, requeue_interval_s=0,
+                      api_tokens=f"fuzzer:{TOKEN}:admin")
     config.ensure_dirs()
     upgrade(config.database_url)
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(config))
@@ -43,9 +58,9 @@ def test_no_server_error(fuzz_schema: Any, mode: GenerationMode) -> None:
         @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck),
                   database=None)
         def no_5xx(case: Any) -> None:
-            response = case.call()
+            response = case.call(headers=AUTH)
             statuses.setdefault(case.operation.label, set()).add(response.status_code)
-            case.validate_response(response, checks=[not_a_server_error])
+            case.validate_response(response, checks=CHECKS, headers=AUTH)
 
         try:
             no_5xx()

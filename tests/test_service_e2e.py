@@ -144,12 +144,13 @@ def test_transfer_job_files_in_the_seed_layout(service: SimpleNamespace,
     assert set(job["progress"]["quantas"]) == {"0"}
     assert set(job["result"]["runs"][0]["quantas"]["0"]) == {"source", "target"}
     listing = service.client.get(f"/v1/jobs/{job['id']}/artifacts").json()["items"]
-    assert {a["path"] for a in listing} == {f"digits_to_digits/{name}_r_0_l_0.{ext}" for name, ext
-                                            in (("source", "keras"), ("target", "keras"),
-                                                ("quantas", "jsonl"),
-                                                ("testing_metrics_of_source", "jsonl"),
-                                                ("testing_metrics_of_target", "jsonl"),
-                                                ("training_metrics_of_target", "jsonl"))}
+    seed_layout = {f"digits_to_digits/{name}_r_0_l_0.{ext}" for name, ext
+                   in (("source", "keras"), ("target", "keras"), ("quantas", "jsonl"),
+                       ("testing_metrics_of_source", "jsonl"),
+                       ("testing_metrics_of_target", "jsonl"),
+                       ("training_metrics_of_target", "jsonl"))}
+    # ... and the service's plot of the quantas per epoch (worker.studies.transfer_plot).
+    assert {a["path"] for a in listing} == seed_layout | {"plots/quantas.png"}
 
 
 def test_quantas_jsonl_content(service: SimpleNamespace, trained: dict[str, Any]) -> None:

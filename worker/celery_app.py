@@ -69,3 +69,18 @@ def ping_broker(app: Celery, timeout: float = 3.0) -> None:
             channel.client.ping()
         elif hasattr(channel, "_size"):  # SQL transport: the tables must answer
             channel._size(app.conf.task_default_queue)
+
+
+#: Ends a study whose children have all ended (statistics, plots, final status).
+FINISH_STUDY_TASK = "worker.tasks.finish_study"
+
+
+def send_finish_study(app: Celery, study_id: str) -> None:
+    """Ask a worker to end a study; safe to send twice (the worker claims it first)."""
+    app.send_task(
+        FINISH_STUDY_TASK,
+        args=[study_id],
+        retry=True,
+        retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.5,
+                      "interval_max": 0.5},
+    )

@@ -4,7 +4,10 @@ Everything here is idempotent, because a broker may deliver a message twice: a j
 is claimed with a compare-and-swap (queued -> running), so only one worker runs it;
 a copy delivered while it runs is dropped; a job whose worker died (it is `running`
 but its worker is us after a restart, or its heartbeat is stale) is put back to
-queued and started again, up to `max_attempts` times.
+queued and started again, up to `max_attempts` times. A job started again resumes
+from its last finished epoch (`worker.checkpoints`), and database writes are retried
+through an outage (`worker.db_retry`): a killed worker or a restarted database costs
+at most the epoch in progress.
 
 TensorFlow and `quanta` are imported inside `_execute`, never at module level.
 """
@@ -28,13 +31,17 @@ from api import crud
 from api.artifacts import scan
 from api.db import make_engine, make_sessionmaker
 from api.errors import ServiceError
-from api.job_state import ConcurrentChange, JobStatus, transition
+from api.job_state import TERMINAL, ConcurrentChange, JobStatus, transition
 from api.models import Job, utcnow
 from api.recovery import is_stale, recover
 from api.refs import remote_spec, resolve_spec
 from api.settings import Settings
+from worker import checkpoints, studies
+from worker.db_retry import RETRYABLE, DatabaseUnavailable, retry_db
 
 log = logging.getLogger(__name__)
+#: How long a progress write waits for the database (the next epoch writes again).
+PROGRESS_RETRY_S = 2.0
 
 
 @dataclass
@@ -80,43 +87,62 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while not self._stop.wait(self._period):
-            try:
-                with self._factory() as session:
-                    session.execute(
-                        update(Job)
-                        .where(Job.id == self._job_id, Job.status == JobStatus.RUNNING.value,
-                               Job.worker == self._worker)
-                        .values(heartbeat_at=utcnow())
-                        .execution_options(synchronize_session=False)
-                    )
-                    session.commit()
+            try:  # retried within one period; the next period tries again anyway
+                retry_db(self._beat, what=f"heartbeat of job {self._job_id}",
+                         budget_s=min(self._period, 5.0))
+            except DatabaseUnavailable as exc:
+                log.warning("%s", exc)
             except Exception:
                 log.warning("heartbeat of job %s failed", self._job_id, exc_info=True)
+
+    def _beat(self) -> None:
+        with self._factory() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == self._job_id, Job.status == JobStatus.RUNNING.value,
+                       Job.worker == self._worker)
+                .values(heartbeat_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
 
 
 class CancelCheck:
     """The library's `should_cancel`: reads the job at most every `poll_s` seconds.
 
     True when the user asked (`requested`), when the job is no longer ours (`lost`:
-    taken over after a stale heartbeat), or at once when the worker shuts down.
+    taken over after a stale heartbeat), when this attempt has run longer than
+    `max_job_seconds` (`over_time`), or at once when the worker shuts down. While the
+    database is unreachable it keeps its last answer: training goes on.
     """
 
     def __init__(self, runner: JobRunner, job_id: str, worker: str) -> None:
         self.runner, self.job_id, self.worker = runner, job_id, worker
         self.requested = False
         self.lost = False
+        self.over_time = False
+        self._began = time.monotonic()
         self._last_read = 0.0
 
     def __call__(self) -> bool:
         if self.runner.shutting_down.is_set():
             return True
         now = time.monotonic()
+        limit = self.runner.settings.max_job_seconds
+        if limit and now - self._began > limit:
+            self.over_time = True
+            return True
         if now - self._last_read >= self.runner.settings.cancel_poll_s:
             self._last_read = now
-            with self.runner.sessions() as session:
-                row = session.execute(
-                    select(Job.cancel_requested, Job.status, Job.worker)
-                    .where(Job.id == self.job_id)).one_or_none()
+            try:
+                with self.runner.sessions() as session:
+                    row = session.execute(
+                        select(Job.cancel_requested, Job.status, Job.worker)
+                        .where(Job.id == self.job_id)).one_or_none()
+            except RETRYABLE as exc:
+                log.warning("job %s: cannot read its cancel flag (%s); training goes on",
+                            self.job_id, type(exc).__name__)
+                return self.requested or self.lost
             self.lost = row is None or row[1] != JobStatus.RUNNING or row[2] != self.worker
             self.requested = bool(row is not None and row[0])
         return self.requested or self.lost
@@ -148,6 +174,8 @@ class JobRunner:
         job = session.get(Job, job_id)
         if job is None:
             return Outcome("missing", f"no job {job_id} in the database")
+        if job.kind == "study":  # never run: its children are; worker.studies ends it
+            return Outcome("skipped", f"job {job_id} is a study")
         if job.status == JobStatus.RUNNING:
             # A copy of the message: drop it, unless the job's worker is lost (it is us,
             # restarted under the same name, or its heartbeat is stale).
@@ -169,7 +197,7 @@ class JobRunner:
         """Run job `job_id` if it is ours to run; returns what happened (for logs and tests)."""
         with self.sessions() as session:
             try:
-                claimed = self._claim(session, job_id, worker)
+                claimed = self._claim_retrying(session, job_id, worker)
             except ConcurrentChange as exc:
                 return Outcome("skipped", str(exc))
             if isinstance(claimed, Outcome):
@@ -178,6 +206,7 @@ class JobRunner:
             job = claimed
             log.info("job %s: started (%s, attempt %d) on %s", job.id, job.kind, job.attempts,
                      worker)
+            studies.job_started(self, job.id)
             try:
                 local = resolve_spec(session, self.settings, remote_spec(job.kind, job.spec))
             except ServiceError as exc:
@@ -187,17 +216,63 @@ class JobRunner:
                 return self._finish(session, job, JobStatus.FAILED, owner=worker,
                                     error=f"invalid job spec: {exc}")
         output = self.settings.artifacts_dir / job_id
-        shutil.rmtree(output, ignore_errors=True)  # a retry starts from an empty folder
+        saved = checkpoints.folder(self.settings, job_id)
+        if checkpoints.has_state(saved):  # keep the files the checkpoints go with
+            log.info("job %s: resuming an earlier attempt (%s)", job_id,
+                     checkpoints.describe(saved))
+        else:  # nothing to resume: start from an empty folder
+            shutil.rmtree(output, ignore_errors=True)
         output.mkdir(parents=True, exist_ok=True)
-        with Heartbeat(self.sessions, job_id, worker, self.settings.heartbeat_s):
-            status, fields = self._execute(job_id, worker, job.kind, local, output)
-        with self.sessions() as session:
-            job = crud.get_job(session, job_id)
-            return self._finish(session, job, status, owner=worker, **fields)
+        ended = checkpoints.load_outcome(saved)
+        if ended is not None:
+            status, fields = JobStatus(ended[0]), ended[1]
+            log.info("job %s: recording the %s outcome of an earlier attempt", job_id, status)
+        else:
+            with Heartbeat(self.sessions, job_id, worker, self.settings.heartbeat_s):
+                status, fields = self._execute(job_id, worker, job.kind, local, output,
+                                               checkpoint_dir=saved)
+            if status in TERMINAL:  # safe on disk before the database hears of it
+                checkpoints.save_outcome(saved, status.value, fields)
+        return self._record_end(job_id, worker, status, fields, saved)
+
+    def _claim_retrying(self, session: Session, job_id: str, worker: str) -> Job | Outcome:
+        """`_claim`, retried while the database is unreachable (then DatabaseUnavailable:
+        the task puts the message back in the queue)."""
+        def claim() -> Job | Outcome:
+            try:
+                return self._claim(session, job_id, worker)
+            except RETRYABLE:
+                session.rollback()
+                raise
+
+        return retry_db(claim, what=f"job {job_id}: claim", budget_s=self.settings.db_retry_s)
+
+    def _record_end(self, job_id: str, worker: str, status: JobStatus | None,
+                    fields: dict[str, Any], saved: Path) -> Outcome:
+        """`_finish`, retried for `db_retry_s` while the database is unreachable; the
+        checkpoints go once a final status is recorded."""
+        def write() -> Outcome:
+            with self.sessions() as session:
+                job = crud.get_job(session, job_id)
+                return self._finish(session, job, status, owner=worker, **dict(fields))
+
+        try:
+            outcome = retry_db(write, what=f"job {job_id}: recording its end",
+                               budget_s=self.settings.db_retry_s)
+        except DatabaseUnavailable as exc:
+            log.error("%s. Its files and outcome stay on disk (%s); the job is recovered "
+                      "when its heartbeat goes stale, and its next attempt records them",
+                      exc, saved)
+            return Outcome("unrecorded", str(exc))
+        if status in TERMINAL and outcome.status == status:
+            checkpoints.discard(saved)
+        return outcome
 
     def _finish(self, session: Session, job: Job, status: JobStatus | None, *, owner: str,
                 **fields: Any) -> Outcome:
         """Record the files and the final status (or the hand-back to the queue)."""
+        if status in TERMINAL and job.status == status and job.worker == owner:
+            return Outcome(status.value, "already recorded")  # by a retried write's first try
         if status is None or job.status != JobStatus.RUNNING or job.worker != owner:
             log.error("job %s was taken from us (now %s on %s); leaving it", job.id,
                       job.status, job.worker)
@@ -222,6 +297,7 @@ class JobRunner:
                     again.commit()
             except Exception:
                 log.warning("job %s stays queued until the API re-sends it", job.id)
+        studies.job_ended(self, job.id, owner)
         return Outcome(status.value, fields.get("error") or "")
 
     def _progress_hook(self, job_id: str) -> Callable[[Any], None]:
@@ -234,7 +310,7 @@ class JobRunner:
                 "metrics": clean_metrics(event.metrics),
                 "quantas": clean_quantas(event.quantas),
             }
-            try:
+            def write() -> None:
                 with self.sessions() as session:
                     session.execute(
                         update(Job)
@@ -243,14 +319,22 @@ class JobRunner:
                         .execution_options(synchronize_session=False)
                     )
                     session.commit()
+                    studies.epoch_event(session, job_id, progress)
+
+            try:
+                retry_db(write, what=f"progress of job {job_id}", budget_s=PROGRESS_RETRY_S)
+            except DatabaseUnavailable as exc:  # the next epoch writes again
+                log.warning("%s; not saved", exc)
             except Exception:  # progress is informative; never fail training for it
                 log.warning("progress of job %s not saved", job_id, exc_info=True)
 
         return on_epoch
 
-    def _execute(self, job_id: str, worker: str, kind: str, spec: Any, output: Path
-                 ) -> tuple[JobStatus | None, dict[str, Any]]:
-        """Run the library; map its outcome to (status, fields). Imports TensorFlow."""
+    def _execute(self, job_id: str, worker: str, kind: str, spec: Any, output: Path,
+                 checkpoint_dir: Path | None = None) -> tuple[JobStatus | None, dict[str, Any]]:
+        """Run the library; map its outcome to (status, fields). Imports TensorFlow.
+
+        With `checkpoint_dir`, the library saves each epoch there and resumes from it."""
         from quanta.datasets import DatasetError
         from quanta.errors import Cancelled, QuantaError
         from quanta.experiment import run_transfer, train_source
@@ -260,6 +344,7 @@ class JobRunner:
             "data_dir": self.settings.data_dir,
             "on_epoch": self._progress_hook(job_id),
             "should_cancel": cancel_check,
+            "checkpoint_dir": checkpoint_dir,
         }
         try:
             if kind == "source":
@@ -268,6 +353,7 @@ class JobRunner:
                     "training_dir": _relative(source.training_dir, output),
                     "test_metrics": clean_metrics(source.test_metrics),
                     "summary": source.summary or None,
+                    "timings": {k: round(v, 3) for k, v in source.timings.items()},
                 }
             else:
                 transfer = run_transfer(spec, output, **hooks)
@@ -276,14 +362,26 @@ class JobRunner:
                     "runs": [
                         {"run": r.run, "target_metrics": clean_metrics(r.target_metrics),
                          "source_metrics": clean_metrics(r.source_metrics),
-                         "quantas": clean_quantas(r.quantas)}
+                         "quantas": clean_quantas(r.quantas),
+                         "witness_metrics": (None if r.witness_metrics is None
+                                             else clean_metrics(r.witness_metrics)),
+                         "transfer_gain": _clean_number(r.transfer_gain)}
                         for r in transfer.runs
                     ],
                     "summaries": transfer.summaries or None,
+                    "timings": {k: round(v, 3) for k, v in transfer.timings.items()},
                 }
+                if transfer.runs:
+                    studies.transfer_plot(spec, transfer.experiment_dir, output,
+                                          spec.nb_of_runs)
         except Cancelled as exc:
             if cancel_check.lost:
                 return None, {}
+            if cancel_check.over_time and not cancel_check.requested:
+                limit = self.settings.max_job_seconds
+                log.warning("job %s: over its wall-time limit of %g s; stopped", job_id, limit)
+                return JobStatus.FAILED, {"error": f"exceeded the wall-time limit of {limit:g} s "
+                                                   "(QUANTA_MAX_JOB_SECONDS)"}
             if self.shutting_down.is_set() and not cancel_check.requested:
                 log.warning("job %s: worker stopping; handing the job back to the queue", job_id)
                 return JobStatus.QUEUED, {}

@@ -9,10 +9,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery.exceptions import Reject
 from celery.signals import worker_shutting_down
 
 from api.settings import get_settings
-from worker.celery_app import TASK_NAME, make_celery, send_run_job
+from worker import studies
+from worker.celery_app import FINISH_STUDY_TASK, TASK_NAME, make_celery, send_run_job
+from worker.db_retry import DatabaseUnavailable
 from worker.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -39,5 +42,16 @@ def _on_shutdown(**_kwargs: Any) -> None:
 def run_job(self: Any, job_id: str) -> str:
     """Run one job; safe to receive twice (the database decides who runs it)."""
     hostname = self.request.hostname or "worker"
-    outcome = runner().run(job_id, hostname)
+    try:
+        outcome = runner().run(job_id, hostname)
+    except DatabaseUnavailable as exc:  # could not even claim it: keep the message
+        log.error("job %s: %s; its message goes back to the queue", job_id, exc)
+        raise Reject(str(exc), requeue=True) from exc
     return outcome.status
+
+
+@app.task(name=FINISH_STUDY_TASK, bind=True, acks_late=True, ignore_result=True)
+def finish_study(self: Any, study_id: str) -> str:
+    """End a study whose children all ended (statistics, plots, final status); safe to
+    receive twice or while another worker ends it (the first to claim it does)."""
+    return studies.finish_study(runner(), study_id, self.request.hostname or "worker")

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from typing import Annotated
 from urllib.parse import urlencode
 
 from celery import Celery
 from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import FileResponse, StreamingResponse
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, object_session
 
-from api import crud
+from api import crud, job_events, studies
 from api.artifacts import content_type, safe_file, zip_stream
+from api.auth import PrincipalDep
 from api.deps import CeleryDep, SessionDep, SettingsDep
-from api.errors import Conflict, NotFound
-from api.job_state import TERMINAL
+from api.errors import Conflict, NotFound, TooManyRequests
+from api.idempotency import IdempotencyKey, check_key, mark_replayed, reused
+from api.job_state import TERMINAL, JobStatus
 from api.models import Job
 from api.refs import resolve_spec
 from api.schemas import (
@@ -30,6 +34,7 @@ from api.schemas import (
     JobPage,
     JobStatusName,
     Progress,
+    StudyProgress,
 )
 from worker.celery_app import send_run_job
 
@@ -40,6 +45,13 @@ PREFIX = "/v1/jobs"
 NOT_FOUND = {404: {"model": ErrorBody, "description": "No such job (or file)."}}
 CONFLICT = {409: {"model": ErrorBody, "description": "The job's state forbids it."}}
 INVALID = {422: {"model": ErrorBody, "description": "Invalid field; `loc` names it."}}
+SUBMIT = {
+    200: {"model": JobOut, "description": "A replay: the job created by the first request "
+          "with this Idempotency-Key (header `Idempotent-Replayed: true`)."},
+    413: {"model": ErrorBody, "description": "Body larger than QUANTA_MAX_JSON_BYTES."},
+    429: {"model": ErrorBody, "description": "Too many queued jobs for this token "
+          "(QUANTA_MAX_QUEUED_PER_OWNER)."},
+}
 
 
 def job_out(job: Job) -> JobOut:
@@ -56,12 +68,26 @@ def job_out(job: Job) -> JobOut:
         attempts=job.attempts,
         cancel_requested=job.cancel_requested,
         worker=job.worker,
-        progress=Progress.model_validate(job.progress) if job.progress else None,
+        parent_id=job.parent_id,
+        study_run=job.study_run,
+        progress=_progress(job),
         result=job.result,
         error=job.error,
         links=JobLinks(self=base, cancel=f"{base}/cancel", artifacts=f"{base}/artifacts",
-                       archive=f"{base}/archive"),
+                       archive=f"{base}/archive", events=f"{base}/events",
+                       **({"children": f"{base}/children", "summary": f"{base}/summary"}
+                          if job.kind == studies.KIND else {})),
     )
+
+
+def _progress(job: Job) -> Progress | StudyProgress | None:
+    """A job's progress; a study's is counted from its children."""
+    if job.kind == studies.KIND:
+        session = object_session(job)
+        if session is None:
+            return None
+        return StudyProgress.model_validate(studies.study_progress(session, job))
+    return Progress.model_validate(job.progress) if job.progress else None
 
 
 def enqueue(celery: Celery, session: Session, job_id: str) -> bool:
@@ -82,7 +108,7 @@ def enqueue(celery: Celery, session: Session, job_id: str) -> bool:
     status_code=201,
     response_model=JobOut,
     summary="Submit a job",
-    responses={**INVALID, **CONFLICT},
+    responses={**INVALID, **CONFLICT, **SUBMIT},
 )
 def create_job(
     body: Annotated[JobCreate, Body(discriminator="kind")],
@@ -90,34 +116,76 @@ def create_job(
     session: SessionDep,
     settings: SettingsDep,
     celery: CeleryDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     """Queue a source training or a transfer experiment.
 
     Files are named by reference: `{"job": ID}` (a succeeded job of the right kind) or
     `{"upload": ID}` (an upload of the right kind); a bad reference is a 422 naming
-    the field, a job that has not succeeded yet a 409.
+    the field, a job that has not succeeded yet a 409. With an `Idempotency-Key`, a
+    retry returns the first job (200, `Idempotent-Replayed: true`), never a second one.
     """
-    resolve_spec(session, settings, body.spec)
-    job = crud.create_job(session, body.kind, body.spec.model_dump(mode="json"))
-    session.commit()
-    enqueue(celery, session, job.id)
+    key = check_key(idempotency_key)
+    spec = body.spec.model_dump(mode="json")
+    owner = principal.name
+    if key is not None and (first := crud.job_by_idempotency_key(session, owner, key)):
+        return _replay(first, body.kind, spec, key, response)
+    resolve_spec(session, settings, body.spec, owner=principal.owner_filter)
+    cap = settings.max_queued_per_owner
+    if cap and crud.count_queued(session, owner) >= cap:
+        raise TooManyRequests(f"you already have {cap} queued jobs, the most allowed "
+                              "(QUANTA_MAX_QUEUED_PER_OWNER); wait for some to start, or "
+                              "cancel some")
+    try:
+        job = crud.create_job(session, body.kind, spec, owner=owner, idempotency_key=key)
+        if job.kind == studies.KIND:
+            studies.add_children(session, job)  # they inherit its owner
+        session.commit()
+    except IntegrityError:
+        session.rollback()  # a concurrent request with the same key won the insert
+        first = crud.job_by_idempotency_key(session, owner, key) if key else None
+        if first is None:
+            raise
+        log.info("Idempotency-Key race lost to job %s: replaying it", first.id)
+        return _replay(first, body.kind, spec, key or "", response)
+    job_events.record_status(session, job)
+    if job.kind == studies.KIND:
+        studies.enqueue_children(celery, session, job)
+    else:
+        enqueue(celery, session, job.id)
     response.headers["Location"] = f"{PREFIX}/{job.id}"
     return job_out(job)
+
+
+def _replay(first: Job, kind: str, spec: dict[str, object], key: str,
+            response: Response) -> JobOut:
+    """The job a first request with this key created, if this request is the same."""
+    if first.kind != kind or first.spec != spec:
+        raise reused(key, "job")
+    mark_replayed(response)
+    response.headers["Location"] = f"{PREFIX}/{first.id}"
+    return job_out(first)
 
 
 @router.get("", response_model=JobPage, summary="List jobs, newest first")
 def list_jobs(
     session: SessionDep,
+    principal: PrincipalDep,
     status: Annotated[JobStatusName | None, Query(description="Only jobs in this status.")] = None,
     kind: Annotated[JobKind | None, Query(description="Only jobs of this kind.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    parent_id: Annotated[str | None, Query(max_length=64,
+                                           description="Only the jobs of this study.")] = None,
 ) -> JobPage:
     """A page of jobs; `next` is the URL of the following page (absent on the last one)."""
-    jobs, total = crud.list_jobs(session, status=status, kind=kind, limit=limit, offset=offset)
+    jobs, total = crud.list_jobs(session, status=status, kind=kind, limit=limit, offset=offset,
+                                 owner=principal.owner_filter, parent_id=parent_id)
     following = None
     if offset + len(jobs) < total:
-        query = {k: v for k, v in (("status", status), ("kind", kind)) if v is not None}
+        query = {k: v for k, v in (("status", status), ("kind", kind),
+                                   ("parent_id", parent_id)) if v is not None}
         query |= {"limit": limit, "offset": offset + limit}
         following = f"{PREFIX}?{urlencode(query)}"
     return JobPage(items=[job_out(j) for j in jobs], total=total, limit=limit, offset=offset,
@@ -125,10 +193,10 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job", responses=NOT_FOUND)
-def get_job(job_id: str, session: SessionDep) -> JobOut:
+def get_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobOut:
     """Status, progress (run r of R, epoch e of E, latest quantas and metrics), timestamps,
     attempts, and for a failed job the `error`."""
-    return job_out(crud.get_job(session, job_id))
+    return job_out(crud.get_job(session, job_id, owner=principal.owner_filter))
 
 
 @router.post(
@@ -137,11 +205,23 @@ def get_job(job_id: str, session: SessionDep) -> JobOut:
     summary="Cancel a job",
     responses={**NOT_FOUND, **CONFLICT},
 )
-def cancel_job(job_id: str, session: SessionDep) -> JobOut:
+def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep,
+               principal: PrincipalDep, celery: CeleryDep) -> JobOut:
     """A queued job is cancelled at once; a running one gets `cancel_requested` and stops
-    at the worker's next check (between batches); a finished one is a 409."""
-    job = crud.cancel_job(session, crud.get_job(session, job_id))
+    at the worker's next check (between batches); a finished one is a 409. The files it
+    wrote are kept (listed with `partial: true`). Cancelling a study cancels its queued
+    and running jobs; it ends `cancelled` once none is left running."""
+    job = crud.get_job(session, job_id, owner=principal.owner_filter)
+    if job.kind == studies.KIND:
+        study = studies.cancel_study(session, job)
+        for child_id in studies.cancelled_children(session, study.id):
+            shutil.rmtree(settings.checkpoints_path / child_id, ignore_errors=True)
+        return job_out(study)
+    job = crud.cancel_job(session, job)
     session.commit()
+    studies.after_cancel(session, celery, job)
+    if job.status == JobStatus.CANCELLED:  # a queued job handed back by a worker may have some
+        shutil.rmtree(settings.checkpoints_path / job.id, ignore_errors=True)
     return job_out(job)
 
 
@@ -151,15 +231,17 @@ def cancel_job(job_id: str, session: SessionDep) -> JobOut:
     summary="The files a job produced",
     responses=NOT_FOUND,
 )
-def list_artifacts(job_id: str, session: SessionDep) -> ArtifactList:
-    """Paths are relative to the job's output folder, in the seed's layout."""
-    crud.get_job(session, job_id)
+def list_artifacts(job_id: str, session: SessionDep, principal: PrincipalDep) -> ArtifactList:
+    """Paths are relative to the job's output folder, in the seed's layout. `partial` is
+    true unless the job succeeded: a failed or cancelled job's files are what it had
+    written when it stopped."""
+    job = crud.get_job(session, job_id, owner=principal.owner_filter)
     items = [
         ArtifactOut(path=a.path, size=a.size, sha256=a.sha256,
                     url=f"{PREFIX}/{job_id}/artifacts/{a.path}")
         for a in crud.list_artifacts(session, job_id)
     ]
-    return ArtifactList(job_id=job_id, items=items)
+    return ArtifactList(job_id=job_id, items=items, partial=job.status != JobStatus.SUCCEEDED)
 
 
 @router.get(
@@ -179,10 +261,11 @@ def download_artifact(
     path: str,
     session: SessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The `ETag` is the file's SHA-256; a matching `If-None-Match` gets a 304."""
-    crud.get_job(session, job_id)
+    crud.get_job(session, job_id, owner=principal.owner_filter)
     artifact = crud.get_artifact(session, job_id, path)
     file = safe_file(settings.artifacts_dir / job_id, path) if artifact is not None else None
     if artifact is None or file is None:
@@ -204,9 +287,10 @@ def download_artifact(
     responses={200: {"description": "A zip of the output folder.",
                      "content": {"application/zip": {}}}, **NOT_FOUND, **CONFLICT},
 )
-def download_archive(job_id: str, session: SessionDep, settings: SettingsDep) -> Response:
+def download_archive(job_id: str, session: SessionDep, settings: SettingsDep,
+                     principal: PrincipalDep) -> Response:
     """The whole output folder, streamed as a zip as it is built (never held in memory)."""
-    job = crud.get_job(session, job_id)
+    job = crud.get_job(session, job_id, owner=principal.owner_filter)
     if job.status not in TERMINAL:
         raise Conflict(f"job '{job_id}' is {job.status}; its files are recorded when it ends")
     root = settings.artifacts_dir / job_id

@@ -8,13 +8,16 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import crud
+from api.auth import PrincipalDep
 from api.deps import SessionDep, SettingsDep
 from api.errors import Invalid
+from api.idempotency import IdempotencyKey, check_key, mark_replayed, reused
 from api.models import Upload, new_id
 from api.multipart import ReceivedFile, receive_upload
 from api.schemas import MAX_OFFSET, ErrorBody, UploadKind, UploadOut, UploadPage
@@ -70,10 +73,34 @@ def _settle(received: ReceivedFile, declared: str | None, folder: Path) -> tuple
     return kind, final
 
 
-def _record(session: Session, **fields: str | int) -> Upload:
-    upload = crud.create_upload(session, **fields)  # type: ignore[arg-type]
-    session.commit()
+def _clean_name(filename: str) -> str:
+    """The client's file name, for display only: its last part, without control characters
+    (PostgreSQL refuses NUL), at most 255 characters."""
+    name = Path(filename.replace("\\", "/")).name
+    return "".join(c for c in name if c.isprintable())[:255]
+
+
+def _record(session: Session, **fields: str | int | None) -> Upload | None:
+    """Insert the upload; None when a concurrent request with its idempotency key won."""
+    try:
+        upload = crud.create_upload(session, **fields)  # type: ignore[arg-type]
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if fields.get("idempotency_key") is None:
+            raise
+        return None
     return upload
+
+
+def _first(session: Session, owner: str, key: str, received: ReceivedFile,
+           declared: str | None) -> Upload | None:
+    """The upload an earlier request with `key` created (422 if it was another file)."""
+    first = crud.upload_by_idempotency_key(session, owner, key)
+    if first is not None and (first.sha256 != received.sha256
+                              or (declared is not None and declared != first.kind)):
+        raise reused(key, "file")
+    return first
 
 
 @router.post(
@@ -83,16 +110,23 @@ def _record(session: Session, **fields: str | int) -> Upload:
     summary="Upload weights, a model or a dataset",
     openapi_extra=UPLOAD_BODY,
     responses={
+        200: {"model": UploadOut, "description": "A replay: the upload created by the first "
+              "request with this Idempotency-Key (header `Idempotent-Replayed: true`)."},
         413: {"model": ErrorBody, "description": "Larger than QUANTA_MAX_UPLOAD_BYTES."},
         422: {"model": ErrorBody, "description": "Not a valid file of its kind."},
     },
 )
-async def create_upload(request: Request, session: SessionDep, settings: SettingsDep) -> UploadOut:
+async def create_upload(request: Request, response: Response, session: SessionDep,
+                        settings: SettingsDep, principal: PrincipalDep,
+                        idempotency_key: IdempotencyKey = None) -> UploadOut:
     """Multipart form with the field `file` and optionally `kind` (weights, model, dataset).
 
     The content decides: weights must be HDF5, a model a zip holding config.json, a
     dataset an .npz with x_train, y_train, x_test, y_test (numeric, matching sizes).
+    With an `Idempotency-Key`, a retry of the same file returns the first upload (200,
+    `Idempotent-Replayed: true`).
     """
+    key = check_key(idempotency_key)
     upload_id = new_id()
     root = settings.uploads_path
     root.mkdir(parents=True, exist_ok=True)
@@ -101,31 +135,50 @@ async def create_upload(request: Request, session: SessionDep, settings: Setting
         raise Invalid("field required: send the file in the multipart field 'file'",
                       loc=("body", "file"))
     received = form.file
+    declared = form.fields.get("kind")
     folder = root / upload_id
     try:
-        kind, final = await run_in_threadpool(_settle, received, form.fields.get("kind"), folder)
-        filename = Path(received.filename.replace("\\", "/")).name[:255] or final.name
-        upload = await run_in_threadpool(
-            _record, session, upload_id=upload_id, kind=kind, filename=filename,
-            path=final.relative_to(root).as_posix(), size=received.size,
-            sha256=received.sha256,
-        )
+        first = None
+        if key is not None:
+            first = await run_in_threadpool(_first, session, principal.name, key, received,
+                                            declared)
+        if first is None:
+            kind, final = await run_in_threadpool(_settle, received, declared, folder)
+            filename = _clean_name(received.filename) or final.name
+            upload = await run_in_threadpool(
+                _record, session, upload_id=upload_id, kind=kind, filename=filename,
+                path=final.relative_to(root).as_posix(), size=received.size,
+                sha256=received.sha256, owner=principal.name, idempotency_key=key,
+            )
+            if upload is not None:
+                log.info("upload %s: %s %s (%d bytes) by '%s'", upload.id, kind, filename,
+                         received.size, principal.name)
+                return upload_out(upload)
+            assert key is not None  # a concurrent request with this key won the insert
+            first = await run_in_threadpool(_first, session, principal.name, key, received,
+                                            declared)
+            if first is None:
+                raise RuntimeError(f"the upload with Idempotency-Key '{key}' vanished")
     except BaseException:
         received.path.unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    log.info("upload %s: %s %s (%d bytes)", upload.id, kind, filename, received.size)
-    return upload_out(upload)
+    received.path.unlink(missing_ok=True)  # a replay keeps only the first request's file
+    shutil.rmtree(folder, ignore_errors=True)
+    mark_replayed(response)
+    return upload_out(first)
 
 
 @router.get("", response_model=UploadPage, summary="List uploads, newest first")
 def list_uploads(
     session: SessionDep,
+    principal: PrincipalDep,
     kind: Annotated[UploadKind | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> UploadPage:
-    uploads, total = crud.list_uploads(session, kind=kind, limit=limit, offset=offset)
+    uploads, total = crud.list_uploads(session, kind=kind, limit=limit, offset=offset,
+                                       owner=principal.owner_filter)
     following = None
     if offset + len(uploads) < total:
         query = ({"kind": kind} if kind else {}) | {"limit": limit, "offset": offset + limit}
@@ -140,5 +193,5 @@ def list_uploads(
     summary="An upload",
     responses={404: {"model": ErrorBody, "description": "No such upload."}},
 )
-def get_upload(upload_id: str, session: SessionDep) -> UploadOut:
-    return upload_out(crud.get_upload(session, upload_id))
+def get_upload(upload_id: str, session: SessionDep, principal: PrincipalDep) -> UploadOut:
+    return upload_out(crud.get_upload(session, upload_id, owner=principal.owner_filter))

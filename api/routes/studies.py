@@ -1,0 +1,176 @@
+"""Studies and live progress: children, statistics, plots, and Server-Sent Events.
+
+A study is submitted as `POST /v1/jobs` with `kind: "study"` (see `api.routes.jobs`);
+these are the endpoints that read what it became.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from api import crud, events, studies
+from api.artifacts import safe_file
+from api.auth import PrincipalDep
+from api.deps import SessionDep, SettingsDep
+from api.errors import Conflict, NotFound
+from api.job_state import JobStatus
+from api.models import Job
+from api.routes.jobs import CONFLICT, NOT_FOUND, PREFIX, job_out
+from api.schemas import MAX_OFFSET, JobPage, JobStatusName
+
+router = APIRouter(prefix=PREFIX, tags=["studies"])
+PLOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class StudySummary(BaseModel):
+    """A study's statistics, per entry (a layer number, or `all` for all seven at once)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    study: str
+    spec: dict[str, Any]
+    entries: dict[str, dict[str, Any]] = Field(
+        description="Per entry: `runs`, `lambda_s` (by QUANTA layer: n, mean, std, ci95, "
+        "values), `lambda_s_per_epoch` (mean curve), `target_accuracy`, `witness_accuracy`, "
+        "`transfer_gain` (n, mean, std, ci95, values; null without witness).")
+    missing: list[dict[str, Any]] = Field(
+        description="Runs without results: entry, run, and why (the child job and its error).")
+    complete: bool
+    children: list[dict[str, Any]] = Field(description="job, layer, run, seed, status of each.")
+
+
+def _study(session: SessionDep, job_id: str, owner: str | None, what: str) -> Job:
+    job = crud.get_job(session, job_id, owner=owner)
+    if job.kind != studies.KIND:
+        raise NotFound(f"job '{job_id}' is a {job.kind} job; only studies have {what} "
+                       "(POST /v1/jobs with kind 'study')")
+    return job
+
+
+@router.get("/{job_id}/children", response_model=JobPage, summary="A study's child jobs",
+            responses=NOT_FOUND)
+def list_children(
+    job_id: str,
+    session: SessionDep,
+    principal: PrincipalDep,
+    status: Annotated[JobStatusName | None, Query(description="Only children in this status.")
+                      ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> JobPage:
+    """The transfer jobs of a study, run by run and layer by layer. Each is an ordinary
+    transfer job (one run, `study_run` its run in the study); also `GET /v1/jobs?parent_id=`."""
+    _study(session, job_id, principal.owner_filter, "children")
+    jobs, total = studies.list_children(session, job_id, status=status, limit=limit,
+                                        offset=offset)
+    following = None
+    if offset + len(jobs) < total:
+        query = {"status": status} if status else {}
+        query |= {"limit": limit, "offset": offset + limit}
+        following = f"{PREFIX}/{job_id}/children?{urlencode(query)}"
+    return JobPage(items=[job_out(j) for j in jobs], total=total, limit=limit, offset=offset,
+                   next=following)
+
+
+@router.get(
+    "/{job_id}/summary",
+    response_model=StudySummary,
+    summary="A study's statistics",
+    responses={**NOT_FOUND, **CONFLICT},
+)
+def get_summary(job_id: str, session: SessionDep, settings: SettingsDep,
+                principal: PrincipalDep) -> Response:
+    """Per layer: final λ_s (mean, standard deviation, Student-t 95% confidence interval
+    over runs), the mean λ_s per epoch, target and witness test accuracy and the
+    transfer gain, and the runs that are missing (failed or cancelled children).
+    Also in the study's files as `summary.json` and `summary.csv`. A 409 until the
+    study has succeeded."""
+    study = _study(session, job_id, principal.owner_filter, "a summary")
+    if study.status in studies.ACTIVE:
+        progress = studies.study_progress(session, study)
+        raise Conflict(f"study '{job_id}' is {study.status} ({progress['done']} of "
+                       f"{progress['total']} child jobs ended); its summary is made when the "
+                       "last one ends")
+    if study.status != JobStatus.SUCCEEDED:
+        reason = f": {study.error}" if study.error else ""
+        raise Conflict(f"study '{job_id}' {study.status}{reason}; it has no summary")
+    file = _artifact_file(session, settings, job_id, "summary.json")
+    if file is None:
+        raise NotFound(f"study '{job_id}' has no summary.json (deleted?)")
+    return JSONResponse(json.loads(file.read_text()))
+
+
+def _artifact_file(session: SessionDep, settings: SettingsDep, job_id: str,
+                   path: str) -> Any:
+    if crud.get_artifact(session, job_id, path) is None:
+        return None
+    return safe_file(settings.artifacts_dir / job_id, path)
+
+
+@router.get(
+    "/{job_id}/plots/{name}.png",
+    summary="A plot of a job",
+    response_class=FileResponse,
+    responses={200: {"description": "The PNG image.", "content": {"image/png": {}}},
+               **NOT_FOUND},
+)
+def get_plot(job_id: str, name: str, session: SessionDep, settings: SettingsDep,
+             principal: PrincipalDep) -> Response:
+    """`quantas` for a transfer job (λ_s per epoch of each run), `transferability` (final
+    λ_s per layer) and `accuracy` (target and witness accuracy per layer) for a study.
+    Plots are drawn when the job ends; until then, and for other names, a 404."""
+    job = crud.get_job(session, job_id, owner=principal.owner_filter)
+    path = f"plots/{name}.png"
+    file = _artifact_file(session, settings, job_id, path) if PLOT_NAME.match(name) else None
+    if file is None:
+        found = sorted(a.path.removeprefix("plots/").removesuffix(".png")
+                       for a in crud.list_artifacts(session, job_id)
+                       if a.path.startswith("plots/") and a.path.endswith(".png"))
+        known = f"; it has {', '.join(found)}" if found else (
+            f"; plots are drawn when it ends (it is {job.status})" if job.status in
+            studies.ACTIVE else "")
+        raise NotFound(f"job '{job_id}' has no plot '{name}'{known}")
+    artifact = crud.get_artifact(session, job_id, path)
+    etag = f'"{artifact.sha256}"' if artifact is not None else None
+    headers = {"ETag": etag, "Cache-Control": "no-cache"} if etag else {}
+    return FileResponse(file, media_type="image/png", headers=headers)
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Follow a job live (Server-Sent Events)",
+    response_class=StreamingResponse,
+    responses={200: {"description": "`event: status` (a status change), `event: epoch` (a "
+                     "finished epoch), and a last `event: end`; `id:` increases.",
+                     "content": {"text/event-stream": {}}}, **NOT_FOUND},
+)
+async def job_events_stream(
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: PrincipalDep,
+    last_event_id: Annotated[str | None, Header(description="Resume after this event id.")
+                             ] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_OFFSET,
+                                       description="Resume after this event id.")] = None,
+) -> Response:
+    """Status changes and every finished epoch, from the job's start (for a study: of
+    the study and of each child, each event naming its `job`, `layer` and `run`), until
+    the job ends. Reconnecting with `Last-Event-ID` resumes after that event."""
+    await run_in_threadpool(crud.get_job, session, job_id, owner=principal.owner_filter)
+    session.close()  # the stream polls with short sessions of its own
+    start = events.last_event_id(last_event_id, after)
+    return StreamingResponse(
+        events.stream(request.app.state.sessionmaker, job_id, start, request.is_disconnected),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+

@@ -1,0 +1,227 @@
+"""Studies: one request that fans out into a transfer job per (layer, run).
+
+A study is a job of kind `study` that no worker runs itself. Its children are ordinary
+transfer jobs (`parent_id` = the study, `study_run` = their run in the study), queued
+through the broker like any job, so every idle worker takes one. The study starts
+running when its first child does (see `worker.studies`), and when its last child ends
+a worker computes the statistics and plots and ends the study, exactly once.
+
+This module is the API's side: creating the children, reporting progress, cancelling,
+and noticing a study whose last child ended without anyone finishing it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from api import crud, job_events
+from api.errors import Conflict
+from api.job_state import TERMINAL, ConcurrentChange, JobStatus, transition
+from api.models import Job, utcnow
+from api.settings import Settings
+from quanta_spec import RemoteStudySpec, layer_label
+from worker.celery_app import send_finish_study, send_run_job
+
+log = logging.getLogger(__name__)
+
+KIND = "study"
+ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+#: How long a study may wait, every child ended, before the API asks a worker to end it.
+STUCK_AFTER_S = 30.0
+
+
+def study_spec(study: Job) -> RemoteStudySpec:
+    return RemoteStudySpec.model_validate(study.spec)
+
+
+def add_children(session: Session, study: Job) -> list[Job]:
+    """Insert the study's children, run by run (so a study cut short still covers every
+    layer); they inherit its owner. The caller commits, then calls `enqueue_children`."""
+    spec = study_spec(study)
+    children = []
+    for run in range(spec.nb_of_runs):
+        for layer in spec.study_layers:
+            child = Job(kind="transfer", status=JobStatus.QUEUED.value,
+                        spec=spec.child_spec(layer, run).model_dump(mode="json"),
+                        parent_id=study.id, study_run=run, owner=study.owner)
+            session.add(child)
+            children.append(child)
+    # The study itself is never sent to the broker: mark it so the re-sender leaves it.
+    study.enqueued_at = utcnow()
+    session.flush()
+    return children
+
+
+def enqueue_children(celery: Celery, session: Session, study: Job) -> int:
+    """Send every queued child to the broker; those it misses stay for the re-sender."""
+    ids = list(session.scalars(
+        select(Job.id).where(Job.parent_id == study.id, Job.status == JobStatus.QUEUED.value,
+                             Job.enqueued_at.is_(None))
+        .order_by(Job.study_run, Job.created_at)))
+    sent: list[str] = []
+    for job_id in ids:
+        try:
+            send_run_job(celery, job_id)
+        except Exception as exc:
+            log.warning("study %s: %d children stay queued, broker unreachable (%s)",
+                        study.id, len(ids) - len(sent), exc)
+            break
+        sent.append(job_id)
+    if sent:
+        session.execute(update(Job).where(Job.id.in_(sent)).values(enqueued_at=utcnow())
+                        .execution_options(synchronize_session=False))
+        session.commit()
+    return len(sent)
+
+
+def list_children(session: Session, study_id: str, *, status: str | None = None,
+                  limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
+    """Children in study order: run by run, layer by layer."""
+    where = [Job.parent_id == study_id]
+    if status is not None:
+        where.append(Job.status == status)
+    total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+    rows = session.scalars(select(Job).where(*where).order_by(Job.study_run, Job.created_at,
+                                                              Job.id)
+                           .limit(limit).offset(offset))
+    return list(rows), int(total)
+
+
+def study_progress(session: Session, study: Job) -> dict[str, Any]:
+    """Children done (ended in any way) of all, by status and by layer, and the share of
+    all their epochs done."""
+    rows = session.execute(select(Job.status, Job.spec, Job.progress)
+                           .where(Job.parent_id == study.id)).all()
+    counts = {s.value: 0 for s in JobStatus}
+    by_layer: dict[str, dict[str, int]] = {}
+    work = 0.0
+    for status, spec, progress in rows:
+        layer = layer_label(int(spec["layer_to_transfer"]))
+        entry = by_layer.setdefault(layer, {"total": 0, "done": 0, **dict.fromkeys(counts, 0)})
+        entry["total"] += 1
+        entry[status] += 1
+        counts[status] += 1
+        if status in {s.value for s in TERMINAL}:
+            entry["done"] += 1
+            work += 1.0
+        elif status == JobStatus.RUNNING.value and progress:
+            work += float(progress.get("fraction") or 0.0)
+    total = len(rows)
+    done = sum(counts[s.value] for s in TERMINAL)
+    order = sorted(by_layer, key=lambda k: (k == "all", int(k) if k != "all" else 0))
+    return {"done": done, "total": total, "fraction": work / total if total else 0.0,
+            **counts, "by_layer": {k: by_layer[k] for k in order}}
+
+
+def unfinished_children(session: Session, study_id: str) -> int:
+    return int(session.scalar(
+        select(func.count()).select_from(Job)
+        .where(Job.parent_id == study_id, Job.status.in_(ACTIVE))) or 0)
+
+
+def _end_cancelled(session: Session, study: Job) -> bool:
+    """Cancel the study if no child is left running; True if this call ended it."""
+    session.refresh(study)
+    if study.status in TERMINAL or unfinished_children(session, study.id):
+        return False
+    try:
+        transition(session, study, JobStatus.CANCELLED,
+                   result={"message": "cancelled", "progress": study_progress(session, study)})
+        session.commit()
+    except ConcurrentChange:
+        return False
+    return True
+
+
+def cancel_study(session: Session, study: Job) -> Job:
+    """Cancel a study: queued children at once, running ones at their next batch.
+
+    The study itself ends `cancelled` once no child is running any more: at once when
+    none was, else when the worker of the last running child stops it.
+    """
+    if study.status in TERMINAL:
+        raise Conflict(f"study '{study.id}' already {study.status}; nothing to cancel")
+    # Flag the study first: a worker that ends the last child then cancels it too,
+    # instead of computing its statistics.
+    session.execute(update(Job).where(Job.id == study.id, Job.status.in_(ACTIVE))
+                    .values(cancel_requested=True, updated_at=utcnow())
+                    .execution_options(synchronize_session=False))
+    session.commit()
+    changed = []
+    children = session.scalars(select(Job).where(Job.parent_id == study.id,
+                                                 Job.status.in_(ACTIVE))).all()
+    for child in children:
+        try:
+            changed.append(crud.cancel_job(session, child))
+            session.commit()
+        except Conflict:  # it ended meanwhile
+            session.rollback()
+    ended = _end_cancelled(session, study)
+    for child in changed:
+        job_events.record_status(session, child)
+    if ended:
+        job_events.record_status(session, study)
+    session.refresh(study)
+    return study
+
+
+def cancelled_children(session: Session, study_id: str) -> list[str]:
+    """Ids of the study's jobs that ended cancelled (their checkpoints can go)."""
+    return list(session.scalars(select(Job.id).where(
+        Job.parent_id == study_id, Job.status == JobStatus.CANCELLED.value)))
+
+
+def after_cancel(session: Session, celery: Celery, job: Job) -> None:
+    """After a job was cancelled through the API (committed): tell its stream, and if it
+    was a study's last unfinished child, have a worker end the study."""
+    job_events.record_status(session, job)
+    if job.parent_id is None or job.status not in TERMINAL:
+        return
+    if unfinished_children(session, job.parent_id) == 0:
+        try:
+            send_finish_study(celery, job.parent_id)
+        except Exception as exc:
+            log.warning("study %s: cannot ask a worker to end it (%s); the sweeper will",
+                        job.parent_id, exc)
+
+
+def stuck_studies(session: Session, settings: Settings,
+                  quiet_s: float = STUCK_AFTER_S) -> list[str]:
+    """Studies not ended although every child ended more than `quiet_s` ago, and that no
+    worker is ending (never claimed, or its claim is stale: that worker died)."""
+    now = utcnow()
+    stale = now - timedelta(seconds=settings.stale_after_s)
+    quiet = now - timedelta(seconds=quiet_s)
+    candidates = session.scalars(
+        select(Job).where(Job.kind == KIND, Job.status.in_(ACTIVE))
+        .order_by(Job.created_at).limit(100)).all()
+    stuck = []
+    for study in candidates:
+        if study.worker is not None and (study.heartbeat_at or now) >= stale:
+            continue
+        if unfinished_children(session, study.id):
+            continue
+        last = session.scalar(select(func.max(Job.finished_at))
+                              .where(Job.parent_id == study.id))
+        if last is None or last < quiet:
+            stuck.append(study.id)
+    return stuck
+
+
+def resend_stuck_studies(session: Session, celery: Celery, settings: Settings) -> int:
+    """Ask a worker to end each stuck study; returns how many were sent."""
+    sent = 0
+    for study_id in stuck_studies(session, settings):
+        try:
+            send_finish_study(celery, study_id)
+        except Exception as exc:
+            log.warning("study %s stays unfinished: broker unreachable (%s)", study_id, exc)
+            break
+        sent += 1
+    return sent

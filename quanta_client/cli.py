@@ -1,0 +1,432 @@
+"""`quanta-client`: run QUANTA experiments on a QUANTA service from the command line.
+
+    quanta-client submit -s cifar10 -sw SourceModel.weights.h5 -t cifar100 -l 0 --wait
+    quanta-client study -s cifar10 -sw job:ID -t cifar100 --layers all -r 30 --download expe
+    quanta-client train-source -s cifar10 --nb_of_epochs 60 --seed 42 --wait
+    quanta-client status ID | wait ID | cancel ID | download ID DIR
+
+`submit` and `train-source` take the local command lines' options (`quanta`,
+`quanta-train-source`). Files are given as local paths (uploaded first: `.h5` weights,
+`.keras` models, `.npz` datasets), or as `job:ID` (a finished job's file; `job:ID:RUN`
+for a run of a transfer job) or `upload:ID`. The job id is printed on stdout; progress
+goes to stderr. `--download DIR` writes the files in the local command line's layout.
+
+The server and token come from `--server`/`--token` or QUANTA_SERVER/QUANTA_TOKEN.
+Exit codes: 0 success, 1 the job failed or was cancelled (or a server error), 2 bad
+usage, a request the service refused (4xx), or no service at that address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from quanta_client.api import DEFAULT_SERVER, ApiError, Client, ClientError, Unreachable
+from quanta_client.follow import TERMINAL, follow
+from quanta_client.layout import download_job
+
+PROG = "quanta-client"
+BUILTIN_TASKS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits")
+TASK_HELP = (f"one of {', '.join(BUILTIN_TASKS)}; a local .npz file (or npz:PATH) to upload; "
+             "or upload:ID")
+
+
+class Usage(Exception):
+    """A bad option found after parsing (exit 2, like argparse's own errors)."""
+
+
+# --- option types ----------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be strictly positive, got {value}")
+    return value
+
+
+def layers_option(text: str) -> list[int] | str:
+    """`all`, or comma-separated layer numbers (0-6, -1 for all seven at once)."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        layers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not 'all' nor comma-separated layer numbers (e.g. 0,1,6)") from None
+    if not layers or any(not -1 <= k <= 6 for k in layers):
+        raise argparse.ArgumentTypeError(f"layers must be 0-6 or -1 (all at once), got '{text}'")
+    return layers
+
+
+class Files:
+    """Turns the file options into references, uploading local files (once each)."""
+
+    def __init__(self, client: Client, out: Callable[[str], None]) -> None:
+        self.client, self.out = client, out
+        self.done: dict[tuple[str, str], dict[str, str]] = {}
+
+    def _upload(self, path: str, kind: str, option: str) -> dict[str, str]:
+        file = Path(path)
+        if not file.is_file():
+            raise Usage(f"argument {option}: '{path}' does not exist")
+        key = (str(file.resolve()), kind)
+        if key not in self.done:
+            self.out(f"uploading {file.name} ({file.stat().st_size} bytes)...")
+            self.done[key] = {"upload": self.client.upload(file, kind)["id"]}
+        return self.done[key]
+
+    def reference(self, value: str, kind: str, suffixes: tuple[str, ...],
+                  option: str) -> dict[str, Any]:
+        """`job:ID[:RUN]`, `upload:ID`, or a local file to upload."""
+        if value.startswith("job:"):
+            job, _, run = value[4:].partition(":")
+            if not job or (run and not run.isdigit()):
+                raise Usage(f"argument {option}: '{value}' is not job:ID or job:ID:RUN")
+            return {"job": job, **({"run": int(run)} if run else {})}
+        if value.startswith("upload:"):
+            return {"upload": value[7:]}
+        if not value.endswith(suffixes):
+            raise Usage(f"argument {option}: '{value}' must be a {' or '.join(suffixes)} file, "
+                        "job:ID or upload:ID")
+        return self._upload(value, kind, option)
+
+    def task(self, value: str, option: str) -> str | dict[str, Any]:
+        if value in BUILTIN_TASKS:
+            return value
+        if value.startswith("upload:"):
+            return {"upload": value[7:]}
+        path = value[4:] if value.startswith("npz:") else value
+        if not path.endswith(".npz"):
+            raise Usage(f"argument {option}: unknown task '{value}': expected {TASK_HELP}")
+        return self._upload(path, "dataset", option)
+
+
+# --- parser ----------------------------------------------------------------------------
+def _connection(parser: argparse.ArgumentParser, top: bool) -> None:
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument("--server", default=default,
+                        help=f"service URL (default: $QUANTA_SERVER, else {DEFAULT_SERVER})")
+    parser.add_argument("--token", default=default,
+                        help="API token, sent as 'Authorization: Bearer' (default: $QUANTA_TOKEN)")
+
+
+def _follow_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wait", action="store_true",
+                        help="follow the job with a progress bar until it ends")
+    parser.add_argument("--download", metavar="DIR", default=None,
+                        help="when it succeeds, write its files under DIR in the local command "
+                        "line's layout (implies --wait)")
+    parser.add_argument("--no-events", dest="events", action="store_false",
+                        help="poll the job instead of streaming its events")
+
+
+def _common_spec_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed for determinism; a value >= 0 seeds every generator")
+    parser.add_argument("--augment_data", action="store_true", help="train on augmented data")
+    parser.add_argument("--width_multiplier", type=float, default=None,
+                        help="scale the network's filters and units (the service's default: 1.0)")
+    parser.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"),
+                        default=None, help="training precision (the service's default: float32)")
+
+
+def _transfer_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-s", "--source_task", required=True, help=f"source task: {TASK_HELP}")
+    parser.add_argument("-sw", "--source_weights", required=True,
+                        help="source weights: a local .h5 file, job:SOURCE_JOB_ID or upload:ID")
+    parser.add_argument("-t", "--target_task", required=True, help=f"target task: {TASK_HELP}")
+    parser.add_argument("-r", "--nb_of_runs", type=positive_int, default=1,
+                        help="number of runs (default: 1)")
+    parser.add_argument("--nb_of_target_epochs", type=positive_int, default=1,
+                        help="epochs to train the target model (default: 1)")
+    parser.add_argument("--nb_of_target_samples", type=positive_int, default=None,
+                        help="keep the first N samples of the training and test splits")
+    parser.add_argument("--witness", action="store_true",
+                        help="also train a witness (no transfer) in each run; reports the "
+                        "transfer gain")
+    parser.add_argument("--quanta_gradient_multiplier", type=float, default=None,
+                        help="multiply the quanta weights' gradient")
+    _common_spec_options(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _connection(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    submit = sub.add_parser("submit", help="submit a transfer experiment (the `quanta` options)")
+    _transfer_options(submit)
+    submit.add_argument("-l", "--layer_to_transfer", type=int, required=True,
+                        help="layer to assess (0-5: Conv2D, 6: Dense(1024); negative: all)")
+    submit.add_argument("--train_from_previous_training", default=None, metavar="MODEL",
+                        help="continue a saved target: a local .keras file, job:ID[:RUN] or "
+                        "upload:ID")
+    submit.add_argument("--show_only_build", action="store_true",
+                        help="only build the models and print their summaries")
+    _follow_options(submit)
+    _connection(submit, top=False)
+
+    study = sub.add_parser("study", help="measure several layers over several runs, spread "
+                           "over every worker")
+    _transfer_options(study)
+    study.add_argument("--layers", type=layers_option, required=True,
+                       help="'all' (0-6) or comma-separated layers, e.g. 0,3,6 (-1: all at once)")
+    study.add_argument("--include_all_at_once", action="store_true",
+                       help="also measure the seven layers transferred at once")
+    _follow_options(study)
+    _connection(study, top=False)
+
+    source = sub.add_parser("train-source", help="train a source model (the "
+                            "`quanta-train-source` options)")
+    source.add_argument("-s", "--source_task", required=True, help=f"task: {TASK_HELP}")
+    source.add_argument("--nb_of_epochs", type=positive_int, default=1,
+                        help="training epochs (default: 1)")
+    source.add_argument("--nb_of_samples", type=positive_int, default=None,
+                        help="keep the first N samples of the training and test splits")
+    source.add_argument("--train_from_previous_training", default=None, metavar="MODEL",
+                        help="continue a saved source: a local .keras file, job:ID or upload:ID")
+    source.add_argument("--show_only_build", action="store_true",
+                        help="only build the model and print its summary")
+    _common_spec_options(source)
+    _follow_options(source)
+    _connection(source, top=False)
+
+    for name, text in (("status", "show a job"), ("wait", "follow a job until it ends"),
+                       ("cancel", "cancel a job (a study: all its jobs)")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("job_id", metavar="ID")
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="print the job as JSON")
+        if name == "wait":
+            command.add_argument("--download", metavar="DIR", default=None,
+                                 help="then write its files under DIR")
+            command.add_argument("--no-events", dest="events", action="store_false",
+                                 help="poll instead of streaming events")
+        _connection(command, top=False)
+    download = sub.add_parser("download", help="write a job's files in the seed's layout")
+    download.add_argument("job_id", metavar="ID")
+    download.add_argument("directory", metavar="DIR")
+    _connection(download, top=False)
+    return parser
+
+
+# --- specs -----------------------------------------------------------------------------
+def _optional(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def transfer_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "source_task": files.task(args.source_task, "-s/--source_task"),
+        "target_task": files.task(args.target_task, "-t/--target_task"),
+        "source_weights": files.reference(args.source_weights, "weights", (".h5",),
+                                          "-sw/--source_weights"),
+        "nb_of_runs": args.nb_of_runs,
+        "nb_of_target_epochs": args.nb_of_target_epochs,
+        "augment_data": args.augment_data,
+        "witness": args.witness,
+        **_optional(args, "nb_of_target_samples", "seed", "width_multiplier",
+                    "quanta_gradient_multiplier", "precision"),
+    }
+    if args.command == "submit":
+        spec["layer_to_transfer"] = args.layer_to_transfer
+        spec["show_only_build"] = args.show_only_build
+        if args.train_from_previous_training:
+            spec["train_from_previous_training"] = files.reference(
+                args.train_from_previous_training, "model", (".keras",),
+                "--train_from_previous_training")
+    else:
+        spec["layers"] = args.layers
+        spec["include_all_at_once"] = args.include_all_at_once
+    return spec
+
+
+def source_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "source_task": files.task(args.source_task, "-s/--source_task"),
+        "nb_of_epochs": args.nb_of_epochs,
+        "augment_data": args.augment_data,
+        "show_only_build": args.show_only_build,
+        **_optional(args, "nb_of_samples", "seed", "width_multiplier", "precision"),
+    }
+    if args.train_from_previous_training:
+        ref = files.reference(args.train_from_previous_training, "model", (".keras",),
+                              "--train_from_previous_training")
+        ref.pop("run", None)
+        spec["train_from_previous_training"] = ref
+    return spec
+
+
+# --- reporting -------------------------------------------------------------------------
+def _acc(metrics: dict[str, Any] | None) -> str:
+    value = (metrics or {}).get("categorical_accuracy")
+    return f"{value:.4f}" if isinstance(value, int | float) else "n/a"
+
+
+def _mean_ci(stat: dict[str, Any] | None, signed: bool = False) -> str:
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    low, high = stat["ci95"]
+    fmt = "+.4f" if signed else ".4f"
+    return f"{stat['mean']:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+
+def report(client: Client, job: dict[str, Any], out: Callable[[str], None]) -> None:
+    """What the job found, in the words of the local command line."""
+    result = job.get("result") or {}
+    if job["status"] != "succeeded":
+        reason = job.get("error") or result.get("message") or ""
+        out(f"job {job['id']} {job['status']}{': ' + reason if reason else ''}")
+        for gap in result.get("missing", []):
+            out(f"  layer {gap['layer']} run {gap['run']}: job {gap['job']} {gap['status']}: "
+                f"{gap['error']}")
+        return
+    if result.get("summaries"):
+        for name, text in result["summaries"].items():
+            out(f"== {name} ==\n{text}")
+    elif job["kind"] == "source":
+        out(f"source model trained: test accuracy {_acc(result.get('test_metrics'))}")
+        if result.get("summary") and job["spec"].get("show_only_build"):
+            out(result["summary"])
+    elif job["kind"] == "transfer":
+        for run in result.get("runs", []):
+            lam = ", ".join(f"{k}: {v['source']:.4f}" for k, v in run["quantas"].items()
+                            if v.get("source") is not None)
+            out(f"run {run['run']}: source accuracy {_acc(run['source_metrics'])}, target "
+                f"accuracy {_acc(run['target_metrics'])}, final λ_s by layer {{{lam}}}")
+            if run.get("witness_metrics"):
+                gain = run.get("transfer_gain")
+                gain_text = f"{gain:+.4f}" if isinstance(gain, int | float) else "n/a"
+                out(f"       witness accuracy {_acc(run['witness_metrics'])}, transfer gain "
+                    f"{gain_text}")
+    elif job["kind"] == "study":
+        summary = client.summary(job["id"])
+        out(f"{'layer':>6}  {'runs':>4}  {'final λ_s, mean [95% CI]':<28}  "
+            f"{'target accuracy':<28}  transfer gain")
+        for entry, data in summary["entries"].items():
+            lam = data["lambda_s"].get(entry) if entry != "all" else None
+            lam_text = _mean_ci(lam) if entry != "all" else "see summary.json"
+            out(f"{entry:>6}  {len(data['runs']):>4}  {lam_text:<28}  "
+                f"{_mean_ci(data['target_accuracy']):<28}  "
+                f"{_mean_ci(data.get('transfer_gain'), signed=True)}")
+        for gap in summary.get("missing", []):
+            out(f"missing: layer {gap['entry']} run {gap['run']}: {gap['reason']}")
+
+
+# --- commands --------------------------------------------------------------------------
+def _finish(client: Client, job: dict[str, Any], args: argparse.Namespace,
+            err: Callable[[str], None]) -> int:
+    """Wait (with --wait or --download), report, download; the exit code."""
+    directory = getattr(args, "download", None)
+    if not (getattr(args, "wait", False) or directory):
+        return 0
+    job = follow(client, job, events=getattr(args, "events", True))
+    report(client, job, print)
+    if job["status"] != "succeeded":
+        return 1
+    if directory:
+        files = download_job(client, job, directory)
+        err(f"{len(files)} files written under {directory}")
+    return 0
+
+
+def run(args: argparse.Namespace, err: Callable[[str], None]) -> int:
+    with Client(args.server, args.token) as client:
+        command = args.command
+        if command in ("submit", "study", "train-source"):
+            files = Files(client, err)
+            if command == "train-source":
+                job = client.submit("source", source_spec(args, files))
+            else:
+                kind = "study" if command == "study" else "transfer"
+                job = client.submit(kind, transfer_spec(args, files))
+            print(job["id"], flush=True)
+            args.job_id = job["id"]  # named if the user interrupts the wait
+            if job["kind"] == "study":
+                err(f"study {job['id']}: {job['progress']['total']} transfer jobs queued")
+            return _finish(client, job, args, err)
+        if command == "status":
+            job = client.job(args.job_id)
+            if args.json:
+                print(json.dumps(job, indent=1))
+            else:
+                print(describe_job(job))
+            return 1 if job["status"] in ("failed", "cancelled") else 0
+        if command == "wait":
+            args.wait = True
+            return _finish(client, client.job(args.job_id), args, err)
+        if command == "cancel":
+            job = client.cancel(args.job_id)
+            print(f"{job['id']} {job['status']}"
+                  + (" (stops at its next batch)" if job["status"] == "running" else ""))
+            return 0
+        if command == "download":
+            job = client.job(args.job_id)
+            if job["status"] not in TERMINAL:
+                raise Usage(f"job {job['id']} is {job['status']}; its files are recorded when "
+                            f"it ends ({PROG} wait {job['id']})")
+            if job["status"] != "succeeded":
+                err(f"job {job['id']} {job['status']}: its files are what it wrote before")
+            files = download_job(client, job, args.directory)
+            err(f"{len(files)} files written under {args.directory}")
+            return 0
+    raise Usage(f"unknown command {command}")
+
+
+def describe_job(job: dict[str, Any]) -> str:
+    """A few lines about a job: status, progress, error."""
+    lines = [f"{job['id']}  {job['kind']}  {job['status']}"]
+    progress = job.get("progress") or {}
+    if job["kind"] == "study" and progress:
+        layers = ", ".join(f"{k}: {v['done']}/{v['total']}"
+                           for k, v in progress.get("by_layer", {}).items())
+        lines.append(f"  jobs done {progress['done']}/{progress['total']} "
+                     f"({progress['succeeded']} succeeded, {progress['failed']} failed, "
+                     f"{progress['cancelled']} cancelled); by layer {layers}")
+    elif progress:
+        lines.append(f"  run {progress['run'] + 1}/{progress['nb_of_runs']}, epoch "
+                     f"{progress['epoch']}/{progress['nb_of_epochs']} "
+                     f"({100 * progress['fraction']:.0f}%)")
+    if job.get("error"):
+        lines.append(f"  error: {job['error']}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    def err(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        return run(args, err)
+    except Usage as exc:
+        parser.print_usage(sys.stderr)
+        err(f"{PROG}: error: {exc}")
+        return 2
+    except Unreachable as exc:
+        err(f"{PROG}: error: {exc}")
+        return 2
+    except ApiError as exc:
+        err(f"{PROG}: error: {exc}")
+        return 2 if exc.status_code < 500 else 1
+    except ClientError as exc:
+        err(f"{PROG}: error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        job = getattr(args, "job_id", None)
+        err(f"{PROG}: interrupted; the job goes on on the service"
+            + (f" ({PROG} cancel {job} stops it)" if job else ""))
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

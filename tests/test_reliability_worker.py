@@ -1,0 +1,363 @@
+"""The worker's side of reliability, in process (real training, real PostgreSQL):
+database outages during and after training, an outage longer than the retries, the
+wall-time limit, the hand-back on shutdown resuming from its checkpoint, and `.keras`
+files with Python code refused by Keras' safe mode.
+
+The worker reaches PostgreSQL through a TCP relay that the tests cut and restore, so
+an outage is a real one (connections dropped mid-query, new ones refused).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TINY_SOURCE
+from sqlalchemy.exc import OperationalError
+
+WORKER = "inproc@test"
+
+
+class TcpRelay:
+    """Relays TCP connections to `target`; `down()` drops them all and refuses new ones."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.cut = threading.Event()
+        self.closed = False
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.cut.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def down(self) -> None:
+        self.cut.set()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def up(self) -> None:
+        self.cut.clear()
+
+    def close(self) -> None:
+        self.closed = True
+        self.down()
+        self.listener.close()
+
+
+@pytest.fixture(scope="module")
+def pg(postgres_url: str) -> str:
+    from api.migrate import upgrade
+
+    upgrade(postgres_url)
+    return postgres_url
+
+
+@pytest.fixture
+def relay(pg: str) -> Iterator[TcpRelay]:
+    relay = TcpRelay(("127.0.0.1", 5432))
+    yield relay
+    relay.close()
+
+
+@pytest.fixture
+def make_runner(pg: str, relay: TcpRelay, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """A JobRunner whose database goes through `relay`, and a direct session for checks."""
+    from api.db import make_engine, make_sessionmaker
+    from api.settings import Settings
+    from worker.runner import JobRunner
+
+    runners: list[Any] = []
+    direct = make_engine(pg)
+
+    def make(**overrides: Any) -> Any:
+        values: dict[str, Any] = {
+            "database_url": pg.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}"),
+            "artifacts_dir": tmp_path / "artifacts", "uploads_dir": tmp_path / "uploads",
+            "heartbeat_s": 0.5, "cancel_poll_s": 0.1, "db_retry_s": 30,
+            **overrides,
+        }
+        runner = JobRunner(Settings(**values))
+        runner.direct = make_sessionmaker(direct)
+        runners.append(runner)
+        return runner
+
+    yield make
+    for runner in runners:
+        runner.engine.dispose()
+    direct.dispose()
+
+
+def new_job(runner: Any, kind: str, spec: dict[str, Any]) -> str:
+    from api import crud
+
+    with runner.direct() as session:
+        job = crud.create_job(session, kind, spec)
+        session.commit()
+        return str(job.id)
+
+
+def row(runner: Any, job_id: str) -> Any:
+    from api.models import Job
+
+    with runner.direct() as session:
+        return session.get(Job, job_id)
+
+
+def artifact_paths(runner: Any, job_id: str) -> list[str]:
+    from api import crud
+
+    with runner.direct() as session:
+        return [a.path for a in crud.list_artifacts(session, job_id)]
+
+
+def after_epoch(runner: Any, epoch: int, action: Callable[[], None]) -> None:
+    """Call `action` once the job's progress for `epoch` was written."""
+    original = runner._progress_hook
+
+    def hook(job_id: str) -> Callable[[Any], None]:
+        inner = original(job_id)
+
+        def on_epoch(event: Any) -> None:
+            inner(event)
+            if event.epoch == epoch:
+                action()
+
+        return on_epoch
+
+    runner._progress_hook = hook
+
+
+def test_training_survives_a_database_outage(make_runner: Callable[..., Any], relay: TcpRelay,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The database goes away after epoch 1 of 2 and comes back 5 s later: progress and
+    heartbeats fail meanwhile, training goes on, the final write waits and succeeds."""
+    runner = make_runner()
+    job_id = new_job(runner, "source", {**TINY_SOURCE, "nb_of_epochs": 2})
+    outage: dict[str, float] = {}
+
+    def cut() -> None:
+        relay.down()
+        outage["began"] = time.monotonic()
+        threading.Timer(5.0, relay.up).start()
+
+    after_epoch(runner, 1, cut)
+    with caplog.at_level(logging.INFO):
+        outcome = runner.run(job_id, WORKER)
+    took = time.monotonic() - outage["began"]
+    assert outcome.status == "succeeded", outcome
+    job = row(runner, job_id)
+    assert (job.status, job.attempts, job.error) == ("succeeded", 1, None)
+    assert "categorical_accuracy" in job.result["test_metrics"]
+    assert len(artifact_paths(runner, job_id)) == 4
+    assert "recording its end: database unreachable" in caplog.text
+    assert "recording its end: done after" in caplog.text
+    assert "progress of job" in caplog.text  # the epoch-2 progress write gave up
+    assert not (runner.settings.checkpoints_path / job_id).exists()
+    assert 4.5 < took < 30
+    print(f"\nfinal write retried through a {took:.1f}s database outage; job succeeded")
+
+
+def test_an_outage_longer_than_the_retries_loses_nothing(make_runner: Callable[..., Any],
+                                                         relay: TcpRelay) -> None:
+    """The final write gives up (db_retry_s=1.5): the outcome stays on disk, the job stays
+    running; once recovered, the next attempt records it without training again."""
+    runner = make_runner(db_retry_s=1.5)
+    job_id = new_job(runner, "source", {**TINY_SOURCE, "nb_of_epochs": 1})
+    after_epoch(runner, 1, relay.down)
+    executions = []
+    execute = runner._execute
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        executions.append(1)
+        return execute(*args, **kwargs)
+
+    runner._execute = counting
+    outcome = runner.run(job_id, WORKER)
+    assert outcome.status == "unrecorded", outcome
+    saved = runner.settings.checkpoints_path / job_id / "outcome.json"
+    assert saved.is_file()
+    relay.up()
+    assert row(runner, job_id).status == "running"  # as if its worker died
+    again = runner.run(job_id, WORKER)  # the same worker, restarted: takes it back
+    assert again.status == "succeeded", again
+    assert len(executions) == 1  # recorded from disk, not trained twice
+    job = row(runner, job_id)
+    assert (job.status, job.attempts) == ("succeeded", 2)
+    assert "categorical_accuracy" in job.result["test_metrics"]
+    assert len(artifact_paths(runner, job_id)) == 4
+    assert not saved.parent.exists()
+
+
+def test_wall_time_limit_fails_the_job_and_keeps_its_files(make_runner: Callable[..., Any]
+                                                           ) -> None:
+    runner = make_runner(max_job_seconds=3)
+    job_id = new_job(runner, "source", {**TINY_SOURCE, "nb_of_epochs": 100_000})
+    began = time.monotonic()
+    outcome = runner.run(job_id, WORKER)
+    assert time.monotonic() - began < 30
+    assert outcome.status == "failed"
+    job = row(runner, job_id)
+    assert job.status == "failed" and job.finished_at is not None
+    assert job.error == "exceeded the wall-time limit of 3 s (QUANTA_MAX_JOB_SECONDS)"
+    assert not (runner.settings.checkpoints_path / job_id).exists()
+
+
+def test_shutdown_hands_back_and_the_next_attempt_resumes(make_runner: Callable[..., Any],
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    """SIGTERM's path (shutting_down) during epoch 2 of 3: the job goes back to the queue
+    with its checkpoint; the next attempt resumes after epoch 1 and ends with every epoch."""
+    import json
+
+    runner = make_runner()
+    job_id = new_job(runner, "source", {**TINY_SOURCE, "nb_of_epochs": 3})
+    after_epoch(runner, 1, runner.shutting_down.set)
+    assert runner.run(job_id, WORKER).status == "queued"
+    assert row(runner, job_id).status == "queued"
+    state = runner.settings.checkpoints_path / job_id / "source" / "state.json"
+    assert len(json.loads(state.read_text())["history"]) == 1
+    runner.shutting_down.clear()
+    runner._progress_hook = type(runner)._progress_hook.__get__(runner)
+    epochs: list[int] = []
+    after = runner._progress_hook
+
+    def watch(job: str) -> Callable[[Any], None]:
+        inner = after(job)
+
+        def on_epoch(event: Any) -> None:
+            epochs.append(event.epoch)
+            inner(event)
+
+        return on_epoch
+
+    runner._progress_hook = watch
+    with caplog.at_level(logging.INFO):
+        assert runner.run(job_id, WORKER).status == "succeeded"
+    assert "resuming an earlier attempt (source after epoch 1)" in caplog.text
+    assert epochs == [2, 3]  # epoch 1 was not trained again
+    job = row(runner, job_id)
+    assert (job.status, job.attempts) == ("succeeded", 2)
+    metrics = runner.settings.artifacts_dir / job_id / "digits_training" / \
+        "training_metrics_of_source.jsonl"
+    assert set(json.loads(metrics.read_text())) == {"0", "1", "2"}
+
+
+def test_keras_files_with_code_are_refused_by_safe_mode(make_runner: Callable[..., Any],
+                                                        tmp_path: Path) -> None:
+    """A .keras with a Lambda layer (code that would run at load) slipped past the upload
+    check: the worker loads it in Keras' safe mode, refuses it, and the code never runs."""
+    import keras
+
+    from api.models import Upload
+
+    runner = make_runner()
+    canary = tmp_path / "pwned"
+    inputs = keras.Input((8, 8, 1))
+    code = eval(f"lambda x: (open({str(canary)!r}, 'w').close(), x)[1]")  # no closure
+    outputs = keras.layers.Lambda(code)(inputs)
+    canary.unlink(missing_ok=True)  # written once while building the model here
+    folder = runner.settings.uploads_path / "evil"
+    folder.mkdir(parents=True)
+    keras.Model(inputs, outputs).save(folder / "model.keras")
+    with runner.direct() as session:
+        session.add(Upload(id="evil", kind="model", filename="model.keras",
+                           path="evil/model.keras", size=1, sha256="0" * 64))
+        session.commit()
+    job_id = new_job(runner, "source", {**TINY_SOURCE, "train_from_previous_training":
+                                        {"upload": "evil"}})
+    assert runner.run(job_id, WORKER).status == "failed"
+    error = row(runner, job_id).error
+    assert "lambda" in error.lower() and "safe_mode" in error, error
+    assert not canary.exists()
+    assert str(runner.settings.uploads_path) not in error
+    keras.saving.load_model(folder / "model.keras", safe_mode=False)  # the file IS armed
+    assert canary.exists()
+
+
+def test_retry_db_backs_off_and_gives_up() -> None:
+    from worker.db_retry import DatabaseUnavailable, retry_db
+
+    sleeps: list[float] = []
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 4:
+            raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+        return "ok"
+
+    assert retry_db(flaky, what="test", budget_s=60, sleep=sleeps.append) == "ok"
+    assert sleeps == [0.25, 0.5, 1.0]
+
+    def down() -> None:
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    with pytest.raises(DatabaseUnavailable, match="unreachable after"):
+        retry_db(down, what="test", budget_s=0.3)
+
+    def bug() -> None:
+        raise ValueError("not a connection problem")
+
+    with pytest.raises(ValueError):  # anything else is raised at once
+        retry_db(bug, what="test", budget_s=60, sleep=sleeps.append)
+
+
+def test_unclaimable_job_goes_back_to_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database is down at claim time for longer than the retries: the task rejects
+    its message with requeue, so the job is not lost from the broker."""
+    from celery.exceptions import Reject
+
+    from worker import tasks
+    from worker.db_retry import DatabaseUnavailable
+
+    class Down:
+        def run(self, job_id: str, worker: str) -> Any:
+            raise DatabaseUnavailable("job x: claim: database unreachable")
+
+    monkeypatch.setattr(tasks, "runner", lambda: Down())
+    with pytest.raises(Reject) as caught:
+        tasks.run_job.run("x")
+    assert caught.value.requeue is True
