@@ -44,10 +44,12 @@ def job_by_idempotency_key(session: Session, owner: str, key: str) -> Job | None
 
 
 def count_queued(session: Session, owner: str) -> int:
-    """Jobs of `owner` waiting for a worker (the per-token cap counts these)."""
+    """Submissions of `owner` waiting for a worker (the per-token cap counts these): a
+    study counts once, not its jobs (the service made those, not the client)."""
     return int(session.scalar(
         select(func.count()).select_from(Job)
-        .where(Job.owner == owner, Job.status == JobStatus.QUEUED.value)) or 0)
+        .where(Job.owner == owner, Job.status == JobStatus.QUEUED.value,
+               Job.parent_id.is_(None))) or 0)
 
 
 def list_jobs(

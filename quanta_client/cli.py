@@ -9,7 +9,8 @@
 `quanta-train-source`). Files are given as local paths (uploaded first: `.h5` weights,
 `.keras` models, `.npz` datasets), or as `job:ID` (a finished job's file; `job:ID:RUN`
 for a run of a transfer job) or `upload:ID`. The job id is printed on stdout; progress
-goes to stderr. `--download DIR` writes the files in the local command line's layout.
+and results go to stderr (`wait` prints the results on stdout). `--download DIR`
+writes the files in the local command line's layout.
 
 The server and token come from `--server`/`--token` or QUANTA_SERVER/QUANTA_TOKEN.
 Exit codes: 0 success, 1 the job failed or was cancelled (or a server error), 2 bad
@@ -328,7 +329,9 @@ def _finish(client: Client, job: dict[str, Any], args: argparse.Namespace,
     if not (getattr(args, "wait", False) or directory):
         return 0
     job = follow(client, job, events=getattr(args, "events", True))
-    report(client, job, print)
+    # After submit, stdout holds the job id alone (for `ID=$(quanta-client submit ...)`);
+    # `wait` is asked for the results, so they go to stdout there.
+    report(client, job, print if args.command == "wait" else err)
     if job["status"] != "succeeded":
         return 1
     if directory:

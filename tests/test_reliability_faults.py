@@ -161,18 +161,10 @@ def test_submit_while_the_broker_is_down_then_restart_the_api(faults: SimpleName
 
 
 def transfer_spec(source_id: str) -> dict[str, Any]:
-    """1024 samples: an epoch takes about a second, long enough to be killed inside.
-
-    `source_inference_mode`: with the source's Dropout active (the default), a resumed
-    run is not bit-identical to an uninterrupted one, because the library's checkpoints
-    do not save the source's random generator (the target's are): reported, to be fixed
-    in `quanta`. The service's part (resuming at all, from the right epoch, in the same
-    folder, on another worker) does not depend on it.
-    """
+    """1024 samples: an epoch takes about a second, long enough to be killed inside."""
     return {"source_task": "digits", "target_task": "digits", "layer_to_transfer": 0,
             "source_weights": {"job": source_id}, "nb_of_target_epochs": 3,
-            "nb_of_target_samples": 1024, "width_multiplier": 0.0625, "seed": 2,
-            "source_inference_mode": True}
+            "nb_of_target_samples": 1024, "width_multiplier": 0.0625, "seed": 2}
 
 
 def jsonl_files(service: SimpleNamespace, job_id: str) -> dict[str, bytes]:
