@@ -341,8 +341,9 @@ def test_client_run_looks_like_the_local_command_line(live: SimpleNamespace,
     started.out.close()
     started.err.close()
     stdout = (live.tmp / "client.out").read_text().splitlines()
-    assert re.fullmatch(r"[0-9a-f]{32}", stdout[0])
-    assert any(line.startswith("run 1: source accuracy") for line in stdout)
+    assert len(stdout) == 1 and re.fullmatch(r"[0-9a-f]{32}", stdout[0])  # ID=$(... submit)
+    stderr = (live.tmp / "client.err").read_text()
+    assert any(line.startswith("run 1: source accuracy") for line in stderr.splitlines())
     remote, local = _files(started.download), _files(local_run)
     assert set(remote) - set(local) == {"plots/quantas.png"}
     assert set(local) <= set(remote)
@@ -405,9 +406,9 @@ def test_client_errors_are_one_line_with_an_exit_code(live: SimpleNamespace,
     bad.write_bytes(hdf5_bytes())
     assert cli.main([*base, "-sw", str(bad), "--width_multiplier", "0.0625",
                      "--nb_of_target_samples", "32", "--wait", "--no-events"]) == 1
-    out = capsys.readouterr().out.splitlines()
-    job_id = out[0]
-    assert any("failed: source weights" in line for line in out)
+    captured = capsys.readouterr()
+    (job_id,) = captured.out.splitlines()
+    assert any("failed: source weights" in line for line in captured.err.splitlines())
     assert cli.main(["status", job_id, "--server", live.url]) == 1
     assert "error: source weights" in capsys.readouterr().out
     assert cli.main(["cancel", job_id, "--server", live.url]) == 2

@@ -83,13 +83,14 @@ def test_cancel_stops_within_one_batch_and_writes_nothing(source_weights, tmp_pa
 def test_seeded_runs_are_identical_and_use_every_core(source_weights, tmp_path):
     import tensorflow as tf
 
-    first = run_transfer(_spec(source_weights, nb_of_runs=2), tmp_path / "a")
-    second = run_transfer(_spec(source_weights, nb_of_runs=2), tmp_path / "b")
+    spec = _spec(source_weights, nb_of_runs=2, nb_of_target_epochs=1)
+    first = run_transfer(spec, tmp_path / "a")
+    second = run_transfer(spec, tmp_path / "b")
     assert _read(first.experiment_dir) == _read(second.experiment_dir)
     # Runs differ from each other, and another seed gives other results.
     files = _read(first.experiment_dir)
     assert files["quantas_r_0_l_2.jsonl"] != files["quantas_r_1_l_2.jsonl"]
-    other = run_transfer(_spec(source_weights, seed=8), tmp_path / "c")
+    other = run_transfer(_spec(source_weights, seed=8, nb_of_target_epochs=1), tmp_path / "c")
     assert _read(other.experiment_dir)["quantas_r_0_l_2.jsonl"] != files["quantas_r_0_l_2.jsonl"]
     # Determinism comes from op determinism, not from a single thread.
     assert tf.config.threading.get_intra_op_parallelism_threads() != 1
@@ -150,13 +151,18 @@ class _Crash(Exception):
     pass
 
 
+_UNINTERRUPTED: dict = {}
+
+
 @pytest.mark.parametrize(("crash_at", "precomputed"),
                          [(("epoch", 2), False), (("export", 3), False), (("epoch", 2), True)])
 def test_interrupted_run_resumes_to_the_same_files(source_weights, tmp_path, monkeypatch,
                                                    crash_at, precomputed):
     spec = _spec(source_weights, nb_of_runs=2, nb_of_target_epochs=3, witness=not precomputed,
-                 augment_data=True, source_inference_mode=precomputed)
-    plain = run_transfer(spec, tmp_path / "plain")
+                 augment_data=True, source_inference_mode=precomputed, nb_of_target_samples=64)
+    if spec not in _UNINTERRUPTED:  # the same reference run serves both crash points
+        _UNINTERRUPTED[spec] = run_transfer(spec, tmp_path / "plain")
+    plain = _UNINTERRUPTED[spec]
 
     where, when = crash_at
     events = []
@@ -198,6 +204,7 @@ def test_precomputed_source_features_match_the_on_the_fly_computation(source_wei
     from quanta import experiment
 
     spec = _spec(source_weights, layer_to_transfer=-1, source_inference_mode=True)
+    experiment._FEATURES.items.clear()
     cached = run_transfer(spec, tmp_path / "cached")
     assert len(experiment._FEATURES.items) == 1
     on_the_fly = run_transfer(spec, tmp_path / "on_the_fly", source_cache_bytes=0)
