@@ -17,18 +17,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from quanta_spec import BUILTIN_TASKS
+from quanta_spec.options import positive_int
 
 TASK_HELP = f"one of {', '.join(BUILTIN_TASKS)}, or npz:PATH for a user dataset"
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be strictly positive, got {value}")
-    return value
 
 
 def existing_file(*suffixes: str) -> Callable[[str], str]:

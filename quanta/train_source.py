@@ -10,8 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from quanta.cli import TASK_HELP, add_common_options, make_spec, positive_int, run_cli
+from quanta.cli import TASK_HELP, add_common_options, make_spec, run_cli
 from quanta_spec import SourceSpec
+from quanta_spec.options import positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:

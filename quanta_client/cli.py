@@ -29,6 +29,7 @@ from typing import Any
 from quanta_client.api import DEFAULT_SERVER, ApiError, Client, ClientError, Unreachable
 from quanta_client.follow import TERMINAL, follow
 from quanta_client.layout import download_job
+from quanta_spec.options import positive_int
 
 PROG = "quanta-client"
 BUILTIN_TASKS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits")
@@ -41,16 +42,6 @@ class Usage(Exception):
 
 
 # --- option types ----------------------------------------------------------------------
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be strictly positive, got {value}")
-    return value
-
-
 def layers_option(text: str) -> list[int] | str:
     """`all`, or comma-separated layer numbers (0-6, -1 for all seven at once)."""
     if text.strip().lower() == "all":
