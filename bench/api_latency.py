@@ -115,6 +115,7 @@ def main() -> None:
             "QUANTA_BROKER_URL": f"sqla+sqlite:///{tmp / 'b.db'}",
             "QUANTA_ARTIFACTS_DIR": str(tmp / "artifacts"),
             "QUANTA_REQUEUE_INTERVAL_S": "0",
+            "QUANTA_MAX_QUEUED_PER_OWNER": "0",  # the fill-up below queues them all
         }
         start = time.perf_counter()
         api = subprocess.Popen(
@@ -138,8 +139,8 @@ def main() -> None:
                 ["pgrep", "-P", str(api.pid)], capture_output=True, text=True).stdout.split()]
             spec = {"source_task": "digits", "nb_of_epochs": 1, "width_multiplier": 0.0625}
             with httpx.Client(base_url=base, timeout=30) as client:
-                ids = [client.post("/v1/jobs", json={"kind": "source", "spec": spec}).json()["id"]
-                       for _ in range(args.jobs)]
+                ids = [client.post("/v1/jobs", json={"kind": "source", "spec": spec})
+                       .raise_for_status().json()["id"] for _ in range(args.jobs)]
             results = {
                 "GET /v1/jobs/{id}": run_load_process(base, [f"/v1/jobs/{i}" for i in ids],
                                                       args.rate, args.seconds),

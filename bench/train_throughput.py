@@ -101,10 +101,19 @@ def main() -> None:
     parser.add_argument("--width_multiplier", type=float, default=1.0)
     parser.add_argument("--precision", default="float32",
                         choices=("float32", "mixed_float16", "mixed_bfloat16"))
+    parser.add_argument("--one-thread", action="store_true",
+                        help="limit TensorFlow to one thread, as the reference did when seeded "
+                        "(to compare with it on the same machine)")
+    parser.add_argument("--seeded-only", action="store_true")
     parser.add_argument("--no-cached-source", action="store_true",
                         help="skip the runs with precomputed source features")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
+    if args.one_thread:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
 
     cases = [("source", None, False)] + [
         ("transfer", None if layer == "all" else int(layer), False) for layer in args.layers
@@ -113,7 +122,7 @@ def main() -> None:
         cases += [("transfer", None if layer == "all" else int(layer), True)
                   for layer in args.layers]
     rows = []
-    for seeded in (True, False):
+    for seeded in (True,) if args.seeded_only else (True, False):
         for kind, layer, cached in cases:
             rows.append(measure(kind, layer, seeded, args.samples, args.width_multiplier,
                                 args.precision, cached))
@@ -129,6 +138,7 @@ def main() -> None:
         "tensorflow": tf.__version__,
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
         "matmul_2048_gflops": matmul_gflops(),
+        "one_thread": args.one_thread,
     }
     print(f"\n{machine}")
     print(f"precision {args.precision}, batch {training.BATCH_SIZE}, {args.samples} samples")
