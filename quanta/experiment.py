@@ -32,6 +32,7 @@ from quanta.models import (
     with_source_inputs,
     with_source_trunk,
 )
+from quanta.traced_models import Compiled, TracedModels
 from quanta_spec import SourceSpec, TransferSpec
 
 __all__ = [
@@ -175,6 +176,8 @@ _SOURCES = _Cache(size=4)
 #: Default memory budget for precomputed source features (`source_inference_mode`).
 SOURCE_CACHE_BYTES = 2 * 1024**3
 _SOURCE_METRICS = _Cache(size=64)
+#: Targets and witnesses, traced once per shape (see `quanta.traced_models`).
+TRACED_MODELS = TracedModels()
 
 
 def _file_key(path: Path) -> tuple[str, int, int]:
@@ -368,8 +371,11 @@ def _target_for_run(
     if spec.train_from_previous_training:
         model = _load_previous(spec.train_from_previous_training)
         _check_previous_target(model, spec, data)
-    else:
-        model = training.compile_model(build_model(
+        compiled = _trainer_for(model, precomputed)
+        return _Target(compiled.model, compiled.trainer)
+
+    def build() -> Compiled:
+        return _trainer_for(training.compile_model(build_model(
             data.input_shape,
             data.nb_classes,
             source=source,
@@ -379,12 +385,22 @@ def _target_for_run(
             gradient_multiplier=spec.quanta_gradient_multiplier,
             source_inference=spec.source_inference_mode,
             name="target",
-        ))
+        )), precomputed)
+
+    # Everything that shapes the graph; the source itself, since the target calls its layers.
+    key = ("target", source, data.input_shape, data.nb_classes, spec.transferred_layers,
+           spec.augment_data, spec.width_multiplier, spec.quanta_gradient_multiplier,
+           spec.source_inference_mode, spec.precision, precomputed)
+    compiled = TRACED_MODELS.get(key, build)
+    return _Target(compiled.model, compiled.trainer)
+
+
+def _trainer_for(model: keras.Model, precomputed: bool) -> Compiled:
     if not precomputed:
-        return _Target(model, model)
+        return Compiled(model, model)
     trainer = training.compile_model(with_source_inputs(model))
     model.optimizer = trainer.optimizer  # saved with the target: training can continue
-    return _Target(model, trainer)
+    return Compiled(model, trainer)
 
 
 _FEATURES = _Cache(size=2)
@@ -427,11 +443,18 @@ def _train_witness(
 ) -> tuple[training.FitResult, dict[str, float]]:
     """The baseline without transfer: same architecture, data, seed and epochs."""
     training.set_determinism(seed)
-    with precision(spec.precision):
+
+    def build() -> Compiled:
         witness = training.compile_model(
             build_model(data.input_shape, data.nb_classes, augment=spec.augment_data,
                         width_multiplier=spec.width_multiplier, name="witness")
         )
+        return Compiled(witness, witness)
+
+    key = ("witness", data.input_shape, data.nb_classes, spec.augment_data,
+           spec.width_multiplier, spec.precision)
+    with precision(spec.precision):
+        witness = TRACED_MODELS.get(key, build).model
     fitted = training.fit(
         witness, data.x_train, training.one_hot(data.y_train, data.nb_classes),
         spec.nb_of_target_epochs, seed=seed, should_cancel=should_cancel, callbacks=callbacks,

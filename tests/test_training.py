@@ -245,3 +245,34 @@ def test_mixed_precision_keeps_the_quantas_in_float32(source_weights, tmp_path):
     line = json.loads((result.experiment_dir / "quantas_r_0_l_2.jsonl").read_text())
     assert line["2"]["quanta_weights"][0] == [np.float32(1.1).item(), np.float32(-1.1).item()]
     assert keras.config.dtype_policy().name == "float32"  # the policy is put back
+
+
+@pytest.mark.parametrize("options", [dict(witness=True, augment_data=True),
+                                     dict(layer_to_transfer=-1, source_inference_mode=True)])
+def test_runs_of_one_shape_reuse_a_traced_model_and_match_a_new_one(source_weights, tmp_path,
+                                                                   monkeypatch, options):
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    from quanta import experiment
+
+    experiment.TRACED_MODELS.clear()
+    traced = []
+    real_make_function = TensorFlowTrainer._make_function
+
+    def counting(model, step_function):
+        traced.append(model.name)
+        return real_make_function(model, step_function)
+
+    monkeypatch.setattr(TensorFlowTrainer, "_make_function", counting)
+    # Earlier runs of the same shape, with other seeds, leave trained models behind.
+    run_transfer(_spec(source_weights, seed=3, nb_of_runs=2, **options), tmp_path / "warm")
+    reused = run_transfer(_spec(source_weights, **options), tmp_path / "reused")
+    # One train function and one test function per model, for the three runs.
+    assert traced.count("target") + traced.count("target_trainer") == 2
+    assert traced.count("witness") == (2 if options.get("witness") else 0)
+    assert experiment.TRACED_MODELS.reused == 2 * (2 if options.get("witness") else 1)
+
+    experiment.TRACED_MODELS.clear()
+    new = run_transfer(_spec(source_weights, **options), tmp_path / "new")
+    assert _read(reused.experiment_dir) == _read(new.experiment_dir)
+    assert reused.runs[0].target_metrics == new.runs[0].target_metrics
