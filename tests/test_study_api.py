@@ -330,3 +330,39 @@ def test_children_inherit_the_owner_of_their_study(tmp_path: Path, settings: Any
         owners = {job.owner for job in session.query(Job).filter(Job.parent_id == study_id)}
         assert owners == {session.get(Job, study_id).owner} == {"alice"}
     engine.dispose()
+
+
+def test_listing_studies_counts_their_progress_in_one_query(client: Any, source_job: Any,
+                                                            db: Any, app: Any) -> None:
+    from sqlalchemy import event
+
+    from api.models import Job
+
+    ids = [post_study(client, source_job)["id"] for _ in range(3)]
+    # Arrange different progress per study: one child done in the 2nd, one running in the 3rd.
+    for study_id, status, progress in ((ids[1], "succeeded", None),
+                                       (ids[2], "running", {"fraction": 0.5})):
+        child = db.query(Job).filter_by(parent_id=study_id).order_by(Job.created_at).first()
+        child.status, child.progress = status, progress
+    db.commit()
+    one_by_one = {i: client.get(f"/v1/jobs/{i}").json()["progress"] for i in ids}
+    assert [one_by_one[i]["done"] for i in ids] == [0, 1, 0]
+    assert one_by_one[ids[2]]["fraction"] == pytest.approx(0.5 / 4)
+
+    statements: list[str] = []
+    engine = app.state.sessionmaker.kw["bind"]
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        page = client.get("/v1/jobs", params={"kind": "study"}).json()
+        few = len(statements)
+        statements.clear()
+        client.get("/v1/jobs", params={"kind": "study", "limit": 1})
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert {job["id"]: job["progress"] for job in page["items"]} == one_by_one
+    assert few == len(statements)  # 3 studies cost the same queries as 1: no query per study

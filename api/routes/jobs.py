@@ -54,7 +54,8 @@ SUBMIT = {
 }
 
 
-def job_out(job: Job) -> JobOut:
+def job_out(job: Job, study_progress: dict | None = None) -> JobOut:
+    """The job as the API shows it; `study_progress` is a study's, if already counted."""
     base = f"{PREFIX}/{job.id}"
     return JobOut(
         id=job.id,
@@ -70,7 +71,7 @@ def job_out(job: Job) -> JobOut:
         worker=job.worker,
         parent_id=job.parent_id,
         study_run=job.study_run,
-        progress=_progress(job),
+        progress=_progress(job, study_progress),
         result=job.result,
         error=job.error,
         links=JobLinks(self=base, cancel=f"{base}/cancel", artifacts=f"{base}/artifacts",
@@ -80,13 +81,21 @@ def job_out(job: Job) -> JobOut:
     )
 
 
-def _progress(job: Job) -> Progress | StudyProgress | None:
+def jobs_out(session: Session, jobs: list[Job]) -> list[JobOut]:
+    """A page of jobs, with the progress of all its studies counted in one query."""
+    progress = studies.studies_progress(session, [j.id for j in jobs if j.kind == studies.KIND])
+    return [job_out(j, progress.get(j.id)) for j in jobs]
+
+
+def _progress(job: Job, study_progress: dict | None) -> Progress | StudyProgress | None:
     """A job's progress; a study's is counted from its children."""
     if job.kind == studies.KIND:
-        session = object_session(job)
-        if session is None:
-            return None
-        return StudyProgress.model_validate(studies.study_progress(session, job))
+        if study_progress is None:
+            session = object_session(job)
+            if session is None:
+                return None
+            study_progress = studies.study_progress(session, job)
+        return StudyProgress.model_validate(study_progress)
     return Progress.model_validate(job.progress) if job.progress else None
 
 
@@ -188,7 +197,7 @@ def list_jobs(
                                    ("parent_id", parent_id)) if v is not None}
         query |= {"limit": limit, "offset": offset + limit}
         following = f"{PREFIX}?{urlencode(query)}"
-    return JobPage(items=[job_out(j) for j in jobs], total=total, limit=limit, offset=offset,
+    return JobPage(items=jobs_out(session, jobs), total=total, limit=limit, offset=offset,
                    next=following)
 
 

@@ -23,7 +23,7 @@ from api.deps import SessionDep, SettingsDep
 from api.errors import Conflict, NotFound
 from api.job_state import JobStatus
 from api.models import Job
-from api.routes.jobs import CONFLICT, NOT_FOUND, PREFIX, job_out
+from api.routes.jobs import CONFLICT, NOT_FOUND, PREFIX, jobs_out
 from api.schemas import MAX_OFFSET, JobPage, JobStatusName
 
 router = APIRouter(prefix=PREFIX, tags=["studies"])
@@ -76,7 +76,7 @@ def list_children(
         query = {"status": status} if status else {}
         query |= {"limit": limit, "offset": offset + limit}
         following = f"{PREFIX}/{job_id}/children?{urlencode(query)}"
-    return JobPage(items=[job_out(j) for j in jobs], total=total, limit=limit, offset=offset,
+    return JobPage(items=jobs_out(session, jobs), total=total, limit=limit, offset=offset,
                    next=following)
 
 
