@@ -1,6 +1,7 @@
 """API latency under a fixed load, and the API process's memory and start-up time.
 
-    .venv/bin/python bench/api_latency.py [--rate 200] [--seconds 20] [--database URL]
+    .venv/bin/python bench/api_latency.py [--rate 200] [--list_rate 100 200] [--seconds 20] \
+        [--database URL]
 
 Starts the API alone (`quanta-serve --workers 0`) on a temporary SQLite database (or
 `--database`, e.g. PostgreSQL), fills it with `--jobs` queued jobs, then a second
@@ -122,6 +123,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--list_rate", type=float, nargs="+", default=[100, 200],
+                        help="rates for GET /v1/jobs (a page of 50 costs more than one job)")
     parser.add_argument("--jobs", type=int, default=500, help="jobs in the database")
     parser.add_argument("--database", help="database URL (default: a temporary SQLite file)")
     parser.add_argument("--json", help="also write the results to this file")
@@ -168,10 +171,11 @@ def main() -> None:
             results = {
                 "GET /v1/jobs/{id}": run_load_process(base, [f"/v1/jobs/{i}" for i in ids],
                                                       args.rate, args.seconds),
-                "GET /v1/jobs": run_load_process(base, ["/v1/jobs", "/v1/jobs?status=queued",
-                                                        "/v1/jobs?kind=source&limit=20"],
-                                                 args.rate, args.seconds),
             }
+            for rate in args.list_rate:
+                results[f"GET /v1/jobs at {rate:g}/s"] = run_load_process(
+                    base, ["/v1/jobs", "/v1/jobs?status=queued", "/v1/jobs?kind=source&limit=20"],
+                    rate, args.seconds)
             memory = {str(pid): memory_kib(pid) for pid in pids}
         finally:
             api.send_signal(signal.SIGINT)
@@ -180,6 +184,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 api.kill()
     report = {"startup_s": round(startup, 2), "memory_kib": memory, "rate": args.rate,
+              "list_rate": args.list_rate,
               "seconds": args.seconds, "jobs_in_db": args.jobs, "results": results}
     print(f"API start-up: {report['startup_s']} s; memory (KiB): {memory}")
     print("| endpoint | requests | errors | rate/s | p50 ms | p95 ms | p99 ms |")
