@@ -49,7 +49,9 @@ def test_compose_worker_reserves_a_gpu(compose: dict[str, Any]) -> None:
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     assert "quanta-worker" in compose["services"]["worker"]["command"]
     assert "--gpu" in compose["services"]["worker"]["command"]
-    assert "api" not in str(compose["services"]["worker"].get("deploy", {}).get("replicas", ""))
+    # Several workers may share the GPU, each with a memory cap (read by quanta-worker).
+    assert compose["services"]["worker"]["deploy"]["replicas"] == "${QUANTA_WORKERS_PER_GPU:-1}"
+    assert {"QUANTA_WORKERS_PER_GPU", "QUANTA_GPU_MEMORY_MB"} <= set(env_example())
 
 
 def test_compose_shares_volumes_and_env_file(compose: dict[str, Any]) -> None:
@@ -71,7 +73,8 @@ def test_env_example_configures_the_service() -> None:
     assert "QUANTA_API_TOKENS" in values
     assert values["QUANTA_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert values["QUANTA_BROKER_URL"].startswith("redis://redis:")
-    compose_only = {"QUANTA_API_PORT", "QUANTA_GPU_ID"}
+    compose_only = {"QUANTA_API_PORT", "QUANTA_GPU_ID", "QUANTA_WORKERS_PER_GPU",
+                    "QUANTA_GPU_MEMORY_MB"}
     fields = {f"QUANTA_{name.upper()}" for name in Settings.model_fields}
     for key in values:
         if key.startswith("QUANTA_") and key not in compose_only:
