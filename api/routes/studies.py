@@ -166,7 +166,7 @@ async def job_events_stream(
     the study and of each child, each event naming its `job`, `layer` and `run`), until
     the job ends. Reconnecting with `Last-Event-ID` resumes after that event."""
     await run_in_threadpool(crud.get_job, session, job_id, owner=principal.owner_filter)
-    session.close()  # the stream polls with short sessions of its own
+    await run_in_threadpool(session.close)  # the stream polls with short sessions of its own
     start = events.last_event_id(last_event_id, after)
     return StreamingResponse(
         events.stream(request.app.state.sessionmaker, job_id, start, request.is_disconnected),

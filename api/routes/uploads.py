@@ -160,13 +160,17 @@ async def create_upload(request: Request, response: Response, session: SessionDe
             if first is None:
                 raise RuntimeError(f"the upload with Idempotency-Key '{key}' vanished")
     except BaseException:
-        received.path.unlink(missing_ok=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        await run_in_threadpool(_discard, received.path, folder)
         raise
-    received.path.unlink(missing_ok=True)  # a replay keeps only the first request's file
-    shutil.rmtree(folder, ignore_errors=True)
+    await run_in_threadpool(_discard, received.path, folder)  # a replay keeps only the first
     mark_replayed(response)
     return upload_out(first)
+
+
+def _discard(received: Path, folder: Path) -> None:
+    """Removes a received file and its folder (off the event loop: the file may be large)."""
+    received.unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @router.get("", response_model=UploadPage, summary="List uploads, newest first")
