@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         "when its message is delivered again.",
     )
     max_attempts: int = Field(default=3, ge=1, description="Attempts before a job is failed.")
+    traced_models: int = Field(
+        default=10,
+        ge=0,
+        description="Compiled models a worker keeps to reuse across runs, one per network "
+        "shape (about 65 MB each at full width); 0 builds and traces a model for every run.",
+    )
     cancel_poll_s: float = Field(
         default=1.0, ge=0, description="Least time between two database reads of the cancel flag."
     )

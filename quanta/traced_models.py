@@ -64,6 +64,12 @@ class TracedModels:
         self.reused += 1
         return kept
 
+    def resize(self, size: int) -> None:
+        """Keep at most `size` models from now on (0: keep none, so nothing is reused)."""
+        self.size = size
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+
     def clear(self) -> None:
         self.items.clear()
         self.reused = 0
@@ -74,8 +80,7 @@ class TracedModels:
             optimizer.build(compiled.trainer.trainable_variables)
         compiled.optimizer_start = [keras.ops.convert_to_numpy(v) for v in optimizer.variables]
         self.items[key] = compiled
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
+        self.resize(self.size)
 
 
 def _copy_initial_state(fresh: Compiled, kept: Compiled) -> None:

@@ -360,3 +360,15 @@ def test_unclaimable_job_goes_back_to_the_queue(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(Reject) as caught:
         tasks.run_job.run("x")
     assert caught.value.requeue is True
+
+
+def test_the_worker_keeps_as_many_traced_models_as_configured(
+        make_runner: Callable[..., Any]) -> None:
+    from quanta.experiment import TRACED_MODELS
+
+    TRACED_MODELS.resize(3)
+    runner = make_runner(traced_models=0)
+    outcome = runner.run(new_job(runner, "source", TINY_SOURCE), WORKER)
+    assert outcome.status == "succeeded"
+    assert TRACED_MODELS.size == 0 and not TRACED_MODELS.items
+    TRACED_MODELS.resize(10)

@@ -253,7 +253,7 @@ def test_runs_of_one_shape_reuse_a_traced_model_and_match_a_new_one(source_weigh
                                                                    monkeypatch, options):
     from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
-    from quanta import experiment
+    from quanta import experiment, traced_models
 
     experiment.TRACED_MODELS.clear()
     traced = []
@@ -272,7 +272,13 @@ def test_runs_of_one_shape_reuse_a_traced_model_and_match_a_new_one(source_weigh
     assert traced.count("witness") == (2 if options.get("witness") else 0)
     assert experiment.TRACED_MODELS.reused == 2 * (2 if options.get("witness") else 1)
 
+    # Kept for none (QUANTA_TRACED_MODELS=0): every run builds and traces its own model.
     experiment.TRACED_MODELS.clear()
-    new = run_transfer(_spec(source_weights, **options), tmp_path / "new")
+    experiment.TRACED_MODELS.resize(0)
+    try:
+        new = run_transfer(_spec(source_weights, **options), tmp_path / "new")
+    finally:
+        experiment.TRACED_MODELS.resize(traced_models.DEFAULT_SIZE)
+    assert experiment.TRACED_MODELS.reused == 0 and not experiment.TRACED_MODELS.items
     assert _read(reused.experiment_dir) == _read(new.experiment_dir)
     assert reused.runs[0].target_metrics == new.runs[0].target_metrics

@@ -337,7 +337,9 @@ class JobRunner:
         With `checkpoint_dir`, the library saves each epoch there and resumes from it."""
         from quanta.datasets import DatasetError
         from quanta.errors import Cancelled, QuantaError
-        from quanta.experiment import run_transfer, train_source
+        from quanta.experiment import TRACED_MODELS, run_transfer, train_source
+
+        TRACED_MODELS.resize(self.settings.traced_models)
 
         cancel_check = CancelCheck(self, job_id, worker)
         hooks: dict[str, Any] = {
