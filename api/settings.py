@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         "when its message is delivered again.",
     )
     max_attempts: int = Field(default=3, ge=1, description="Attempts before a job is failed.")
+    checkpoint_interval_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Least time between two checkpoints of a running job (0: after every "
+        "epoch). A worker that dies loses at most this much training.",
+    )
     traced_models: int = Field(
         default=10,
         ge=0,

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -156,11 +157,13 @@ def main() -> None:
                 wall = time.perf_counter() - start
                 jobs = api.get("/v1/jobs", params={"parent_id": study["id"], "limit": 500}
                                ).json()["items"]
-                wall = time.perf_counter() - start
                 phases: dict[str, float] = {}
                 for job in jobs:
                     for name, seconds in ((job.get("result") or {}).get("timings") or {}).items():
                         phases[name] = phases.get(name, 0.0) + seconds
+                in_jobs = sum((datetime.fromisoformat(job["finished_at"])
+                               - datetime.fromisoformat(job["started_at"])).total_seconds()
+                              for job in jobs)
             pids = [serve.pid] + [int(p) for p in subprocess.run(
                 ["pgrep", "-P", str(serve.pid)], capture_output=True, text=True).stdout.split()]
             memory = {str(pid): peak_rss_mib(pid) for pid in pids}
@@ -182,6 +185,10 @@ def main() -> None:
         "service_wall_s": round(wall, 1),
         "succeeded": sum(job["status"] == "succeeded" for job in jobs),
         "worker_phases_s": {k: round(v, 1) for k, v in sorted(phases.items())},
+        # The worker's time in jobs but outside the library (claiming, progress, plots),
+        # and the time outside every job (delivery, the study's summary after the last).
+        "worker_outside_library_s": round(in_jobs - sum(phases.values()), 1),
+        "outside_jobs_s": round(wall - in_jobs, 1),
         "study_status": study["status"],
         "reference_one_run_s": {str(k): round(v, 1) for k, v in one.items()},
         "reference_estimate_s": round(children * mean_one, 1),

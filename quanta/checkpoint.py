@@ -1,11 +1,16 @@
-"""Resumable runs: what a run has done so far, saved after every epoch.
+"""Resumable runs: what a run has done so far, saved after an epoch.
 
-A worker killed in the middle of a run loses at most the epoch in progress: the next
-attempt loads the model (with its optimizer state) saved after the last finished
+A worker killed in the middle of a run loses at most the epochs since the last save:
+the next attempt loads the model (with its optimizer state) saved after the last saved
 epoch, the states of its random generators (which `.keras` files leave out), the
 metrics and quanta history so far, and goes on from there. Batches are ordered by
 (seed, epoch) (`training.EpochBatches`), so a seeded run that was interrupted ends
 with the same files as one that was not.
+
+By default every epoch is saved. With `min_interval_s`, an epoch is saved only once that
+long has passed since the run started or was last saved: a save costs about 0.1 s for
+a small network and about a second at full width, which would otherwise dominate runs
+whose epochs take a second or two. A crash then loses at most that much training.
 
 Exporting a run's files is journaled: the size of every file before the export is
 saved first, so an export cut short is rolled back and redone, never duplicated.
@@ -17,6 +22,7 @@ import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 import keras
@@ -26,9 +32,11 @@ from quanta.training import FitResult, QuantaHistory, rng_states, set_rng_states
 
 
 class RunCheckpoint:
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, min_interval_s: float = 0.0) -> None:
         self.folder = Path(folder)
         self.state_path = self.folder / "state.json"
+        self.min_interval_s = min_interval_s
+        self._last_save = monotonic()
 
     # -- state ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -41,7 +49,10 @@ class RunCheckpoint:
 
     # -- training -------------------------------------------------------------------------
     def save_epoch(self, model: keras.Model, result: FitResult) -> None:
-        """Saves the model after epoch `len(result.history)`, then points the state at it."""
+        """Saves the model after epoch `len(result.history)`, then points the state at it
+        (unless the last save is more recent than `min_interval_s`)."""
+        if monotonic() - self._last_save < self.min_interval_s:
+            return
         epochs_done = len(result.history)
         previous = self.state().get("model")
         name = f"model_epoch_{epochs_done}.keras"
@@ -56,6 +67,7 @@ class RunCheckpoint:
         )
         if previous and previous != name:
             (self.folder / previous).unlink(missing_ok=True)
+        self._last_save = monotonic()
 
     def resume(self) -> tuple[keras.Model, FitResult] | None:
         """The model and results after the last finished epoch, or None to start afresh."""

@@ -252,6 +252,7 @@ def run_transfer(
     should_cancel: Callable[[], bool] | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
     checkpoint_dir: str | Path | None = None,
+    checkpoint_interval_s: float = 0.0,
     source_cache_bytes: int = SOURCE_CACHE_BYTES,
 ) -> TransferResult:
     """Runs `spec.nb_of_runs` QUANTA transfers and writes the seed's files for each.
@@ -259,10 +260,11 @@ def run_transfer(
     With `spec.source_inference_mode`, the frozen source's activations for the training
     samples are computed once (if they fit in `source_cache_bytes`) and reused.
 
-    With `checkpoint_dir`, every run is saved after each epoch there, and a call that
-    finds checkpoints (an earlier attempt that died) resumes from them: finished runs
-    are not redone, an interrupted run goes on from its last finished epoch. The folder
-    is removed once every run is exported.
+    With `checkpoint_dir`, every run is saved after each epoch there (or, with
+    `checkpoint_interval_s`, after an epoch that ends at least that long after the last
+    save), and a call that finds checkpoints (an earlier attempt that died) resumes from
+    them: finished runs are not redone, an interrupted run goes on from its last saved
+    epoch. The folder is removed once every run is exported.
     """
     for name in ("source_weights", "train_from_previous_training"):
         if not isinstance(getattr(spec, name), str | None):
@@ -285,7 +287,8 @@ def run_transfer(
             features = _source_features(spec, source, target_data.x_train, source_cache_bytes)
 
     for run in range(spec.nb_of_runs):
-        ckpt = RunCheckpoint(Path(checkpoint_dir) / f"run_{run}") if checkpoint_dir else None
+        ckpt = (RunCheckpoint(Path(checkpoint_dir) / f"run_{run}", checkpoint_interval_s)
+                if checkpoint_dir else None)
         if ckpt is not None and (done := ckpt.exported()) is not None:
             result.runs.append(RunResult.from_dict(done))  # finished by an earlier attempt
             continue
@@ -518,6 +521,7 @@ def train_source(
     should_cancel: Callable[[], bool] | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
     checkpoint_dir: str | Path | None = None,
+    checkpoint_interval_s: float = 0.0,
 ) -> SourceResult:
     """Trains a source model and writes `{output_dir}/{source_task}_training/`.
 
@@ -531,7 +535,8 @@ def train_source(
         data = load_dataset(spec.source_task, data_dir).take(spec.nb_of_samples)
     folder = result.training_dir
     names = export.SOURCE_FILE_NAMES
-    ckpt = RunCheckpoint(Path(checkpoint_dir) / "source") if checkpoint_dir else None
+    ckpt = (RunCheckpoint(Path(checkpoint_dir) / "source", checkpoint_interval_s)
+            if checkpoint_dir else None)
     if ckpt is not None and (done := ckpt.exported()) is not None:
         clear_checkpoints(checkpoint_dir)
         return SourceResult(training_dir=folder, test_metrics=done["test_metrics"],

@@ -81,6 +81,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace
         "stale_after_s": 3,
         "cancel_poll_s": 0.2,
         "requeue_interval_s": 1,
+        "checkpoint_interval_s": 0,  # every epoch: the tests resume from a given one
     }
     settings = Settings(**values)
     settings.ensure_dirs()

@@ -117,6 +117,7 @@ def make_runner(pg: str, relay: TcpRelay, tmp_path: Path) -> Iterator[Callable[.
             "database_url": pg.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}"),
             "artifacts_dir": tmp_path / "artifacts", "uploads_dir": tmp_path / "uploads",
             "heartbeat_s": 0.5, "cancel_poll_s": 0.1, "db_retry_s": 30,
+            "checkpoint_interval_s": 0,  # every epoch: the tests resume from a given one
             **overrides,
         }
         runner = JobRunner(Settings(**values))

@@ -282,3 +282,28 @@ def test_runs_of_one_shape_reuse_a_traced_model_and_match_a_new_one(source_weigh
     assert experiment.TRACED_MODELS.reused == 0 and not experiment.TRACED_MODELS.items
     assert _read(reused.experiment_dir) == _read(new.experiment_dir)
     assert reused.runs[0].target_metrics == new.runs[0].target_metrics
+
+
+def test_checkpoints_wait_for_their_interval(source_weights, tmp_path, monkeypatch):
+    from quanta import checkpoint
+
+    clock = [1000.0]
+    monkeypatch.setattr(checkpoint, "monotonic", lambda: clock[0])
+    saved = []
+    real_save = checkpoint.save_model
+    monkeypatch.setattr(checkpoint, "save_model",
+                        lambda model, path: saved.append(path.name) or real_save(model, path))
+
+    def one_minute_per_epoch(event):
+        clock[0] += 60.0
+
+    spec = _spec(source_weights, nb_of_target_epochs=3)
+    run_transfer(spec, tmp_path / "every", on_epoch=one_minute_per_epoch,
+                 checkpoint_dir=tmp_path / "every_ckpt")
+    assert saved == ["model_epoch_1.keras", "model_epoch_2.keras", "model_epoch_3.keras"]
+    saved.clear()
+    # Saved once 100 s have passed since the run started (the save comes before the
+    # progress hook moves the clock): after epoch 3 only, 120 s in.
+    run_transfer(spec, tmp_path / "spaced", on_epoch=one_minute_per_epoch,
+                 checkpoint_dir=tmp_path / "spaced_ckpt", checkpoint_interval_s=100)
+    assert saved == ["model_epoch_3.keras"]

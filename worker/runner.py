@@ -347,6 +347,7 @@ class JobRunner:
             "on_epoch": self._progress_hook(job_id),
             "should_cancel": cancel_check,
             "checkpoint_dir": checkpoint_dir,
+            "checkpoint_interval_s": self.settings.checkpoint_interval_s,
         }
         try:
             if kind == "source":
