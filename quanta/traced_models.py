@@ -1,14 +1,14 @@
 """Compiled models kept for the life of a process, so that TensorFlow traces a network
 once per shape, not once per run.
 
-Tracing a new model's train and test functions costs more than the whole training of a
-small run: about 3.5 s on two CPU cores for the network at width 0.25, against about
-2 s for 2 epochs of 1024 samples. Every run of a layer builds the same network, and a
-worker runs many jobs. So a run still builds its own model (cheap: its initial weights
-and random states come from the run's seed), but the model it trains is the one kept
-from an earlier run of the same shape: the new model's initial state is copied into it
-and its optimizer is put back to its state before any step. The run then starts exactly
-where a new model would have, and its results are the same (tested).
+Tracing a new model's train and test functions costs about as much as the whole
+training of a small run: about 2 s on two CPU cores for the network at width 0.25,
+against about 2.5 s for 2 epochs of 1024 samples. Every run of a layer builds the same
+network, and a worker runs many jobs. So a run still builds its own model (cheap: its
+initial weights and random states come from the run's seed), but the model it trains is
+the one kept from an earlier run of the same shape: the new model's initial state is
+copied into it and its optimizer is put back to its state before any step. The run then
+starts exactly where a new model would have, and its results are the same (tested).
 """
 
 from __future__ import annotations
