@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import shutil
 from typing import Annotated
-from urllib.parse import urlencode
 
 from celery import Celery
 from fastapi import APIRouter, Body, Header, Query, Response
@@ -21,6 +20,7 @@ from api.errors import Conflict, NotFound, TooManyRequests
 from api.idempotency import IdempotencyKey, check_key, mark_replayed, reused
 from api.job_state import TERMINAL, JobStatus
 from api.models import Job
+from api.pagination import next_page
 from api.refs import resolve_spec
 from api.schemas import (
     MAX_OFFSET,
@@ -191,12 +191,8 @@ def list_jobs(
     """A page of jobs; `next` is the URL of the following page (absent on the last one)."""
     jobs, total = crud.list_jobs(session, status=status, kind=kind, limit=limit, offset=offset,
                                  owner=principal.owner_filter, parent_id=parent_id)
-    following = None
-    if offset + len(jobs) < total:
-        query = {k: v for k, v in (("status", status), ("kind", kind),
-                                   ("parent_id", parent_id)) if v is not None}
-        query |= {"limit": limit, "offset": offset + limit}
-        following = f"{PREFIX}?{urlencode(query)}"
+    following = next_page(PREFIX, {"status": status, "kind": kind, "parent_id": parent_id},
+                          limit=limit, offset=offset, shown=len(jobs), total=total)
     return JobPage(items=jobs_out(session, jobs), total=total, limit=limit, offset=offset,
                    next=following)
 

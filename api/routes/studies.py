@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -23,6 +22,7 @@ from api.deps import SessionDep, SettingsDep
 from api.errors import Conflict, NotFound
 from api.job_state import JobStatus
 from api.models import Job
+from api.pagination import next_page
 from api.routes.jobs import CONFLICT, NOT_FOUND, PREFIX, jobs_out
 from api.schemas import MAX_OFFSET, JobPage, JobStatusName
 
@@ -71,11 +71,8 @@ def list_children(
     _study(session, job_id, principal.owner_filter, "children")
     jobs, total = studies.list_children(session, job_id, status=status, limit=limit,
                                         offset=offset)
-    following = None
-    if offset + len(jobs) < total:
-        query = {"status": status} if status else {}
-        query |= {"limit": limit, "offset": offset + limit}
-        following = f"{PREFIX}/{job_id}/children?{urlencode(query)}"
+    following = next_page(f"{PREFIX}/{job_id}/children", {"status": status}, limit=limit,
+                          offset=offset, shown=len(jobs), total=total)
     return JobPage(items=jobs_out(session, jobs), total=total, limit=limit, offset=offset,
                    next=following)
 

@@ -6,7 +6,6 @@ import logging
 import shutil
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -20,6 +19,7 @@ from api.errors import Invalid
 from api.idempotency import IdempotencyKey, check_key, mark_replayed, reused
 from api.models import Upload, new_id
 from api.multipart import ReceivedFile, receive_upload
+from api.pagination import next_page
 from api.schemas import MAX_OFFSET, ErrorBody, UploadKind, UploadOut, UploadPage
 from api.upload_check import KINDS, check, sniff_kind, stored_name
 
@@ -183,10 +183,8 @@ def list_uploads(
 ) -> UploadPage:
     uploads, total = crud.list_uploads(session, kind=kind, limit=limit, offset=offset,
                                        owner=principal.owner_filter)
-    following = None
-    if offset + len(uploads) < total:
-        query = ({"kind": kind} if kind else {}) | {"limit": limit, "offset": offset + limit}
-        following = f"{PREFIX}?{urlencode(query)}"
+    following = next_page(PREFIX, {"kind": kind}, limit=limit, offset=offset,
+                          shown=len(uploads), total=total)
     return UploadPage(items=[upload_out(u) for u in uploads], total=total, limit=limit,
                       offset=offset, next=following)
 
