@@ -9,7 +9,6 @@ with 413 as soon as the limit is passed.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -20,6 +19,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from api.errors import Invalid, ServiceError, TooLarge
+from quanta_spec.files import partial_path
 
 #: Bytes a text form field may hold (the `kind` field is a word).
 MAX_FIELD_BYTES = 1024
@@ -88,7 +88,7 @@ class _Receiver:
             raise Invalid("send one file per upload", loc=("body", self.file_field))
         self._is_file = True
         filename = options[b"filename"].decode("utf-8", "replace")
-        partial = self.dest / f".partial-{os.urandom(8).hex()}"
+        partial = partial_path(self.dest, "upload")
         self.form.file = ReceivedFile(filename=filename, path=partial)
         self.handle = open(partial, "wb")  # noqa: SIM115 - closed in receive_upload
 
@@ -132,7 +132,7 @@ def _write_all(handle: IO[bytes], chunks: list[bytes]) -> None:
 async def receive_upload(
     request: Request, dest: Path, max_bytes: int, file_field: str = "file"
 ) -> ReceivedForm:
-    """Parse the multipart body; the file lands in `dest/.partial-*` (the caller renames it).
+    """Parse the multipart body; the file lands in `dest/.upload.*.partial` (the caller renames it).
 
     Raises `TooLarge` past `max_bytes`, `Invalid` for a malformed body; on error the
     partial file is removed.

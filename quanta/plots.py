@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from quanta.summary import Summary
+from quanta_spec.files import replacing
 
 _COLORS = plt.get_cmap("tab10").colors
 _DPI = 120
@@ -25,11 +26,11 @@ _DPI = 120
 
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(tmp, dpi=_DPI, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with replacing(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=_DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from quanta_spec.files import replacing
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 #: The service sends a comment at least this often on an idle event stream.
@@ -123,11 +124,9 @@ class Client:
 
     def download(self, job_id: str, artifact: dict[str, Any], dest: Path) -> Path:
         """One artifact to `dest`, checked against its SHA-256, replaced atomically."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
+        with replacing(dest) as tmp:
+            with open(tmp, "wb") as out:
                 url = f"/v1/jobs/{job_id}/artifacts/{artifact['path']}"
                 try:
                     with self.http.stream("GET", url) as response:
@@ -142,9 +141,6 @@ class Client:
             if digest.hexdigest() != artifact["sha256"]:
                 raise ClientError(f"{artifact['path']}: the download does not match its "
                                   "SHA-256; try again")
-            os.replace(tmp, dest)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         return dest
 
     def events(self, job_id: str, after: int = 0) -> Iterator[tuple[int | None, str, dict]]:

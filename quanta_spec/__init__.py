@@ -19,6 +19,7 @@ from quanta_spec.specs import (
     TransferSpec,
     UploadRef,
     layer_label,
+    run_seed,
     task_label,
 )
 
@@ -37,5 +38,6 @@ __all__ = [
     "TransferSpec",
     "UploadRef",
     "layer_label",
+    "run_seed",
     "task_label",
 ]

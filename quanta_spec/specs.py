@@ -35,6 +35,12 @@ def layer_label(layer_to_transfer: int) -> str:
     return ALL_LAYERS_LABEL if layer_to_transfer < 0 else str(layer_to_transfer)
 
 
+def run_seed(seed: int | None, run: int) -> int | None:
+    """THE seed of run `run` of a multi-run experiment: `seed + run` when seeded (>= 0),
+    else None (no seed), so that any run can be reproduced or resumed on its own."""
+    return seed + run if seed is not None and seed >= 0 else None
+
+
 def task_label(task: str) -> str:
     """The name a task takes in folder names: the task name, or a user file's stem."""
     if task.startswith("npz:"):
@@ -322,7 +328,7 @@ class RemoteStudySpec(RemoteTransferSpec):
     def child_seed(self, run: int) -> int | None:
         """Run `run` is seeded with `seed + run`, as the library seeds run r of a multi-run
         transfer: a child (layer, r) with one run reproduces run r of `quanta -r N`."""
-        return self.seed + run if self.seed is not None and self.seed >= 0 else self.seed
+        return run_seed(self.seed, run) if self.seeded else self.seed
 
     def child_spec(self, layer: int, run: int) -> RemoteTransferSpec:
         """The transfer job that measures `layer` in run `run` of the study."""

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from api.settings import Settings
+from quanta_spec.files import atomic_write
 
 log = logging.getLogger(__name__)
 OUTCOME = "outcome.json"
@@ -55,13 +55,7 @@ def describe(path: Path) -> str:
 
 def save_outcome(path: Path, status: str, fields: dict[str, Any]) -> None:
     """Write the outcome atomically (a crash leaves the old file or none, never half)."""
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / f".{OUTCOME}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump({"status": status, "fields": fields}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path / OUTCOME)
+    atomic_write(path / OUTCOME, json.dumps({"status": status, "fields": fields}))
 
 
 def load_outcome(path: Path) -> tuple[str, dict[str, Any]] | None:
