@@ -18,11 +18,9 @@ import math
 import os
 import pickle
 import tarfile
-import tempfile
 import threading
 import urllib.request
 import zipfile
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from http.client import HTTPException
@@ -33,6 +31,8 @@ import numpy as np
 
 from quanta_spec import BUILTIN_TASKS
 from quanta_spec.errors import QuantaError
+from quanta_spec.files import replacing
+from quanta_spec.lru import LRU
 
 #: Where the official files come from; tests point these at a local server.
 _URL_BASES = {
@@ -143,8 +143,7 @@ def default_data_dir() -> Path:
 
 
 # Decoded datasets, most recently used last: key (task, paths) -> (file stamps, Dataset).
-_CACHE: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], Dataset]] = OrderedDict()
-_CACHE_SIZE = 8
+_CACHE: LRU[tuple[Any, ...], tuple[tuple[Any, ...], Dataset]] = LRU(size=8)
 # One load at a time: also stops two threads from downloading the same file.
 _LOCK = threading.RLock()
 
@@ -190,15 +189,11 @@ def validate_npz(path: str | Path) -> Dataset:
 
 def _cached(key: tuple[Any, ...], paths: tuple[Path, ...], load: Callable[[], Dataset]) -> Dataset:
     stamps = tuple((st.st_size, st.st_mtime_ns) for st in (p.stat() for p in paths))
-    hit = _CACHE.get(key)
+    hit = _CACHE.peek(key)
     if hit is not None and hit[0] == stamps:
-        _CACHE.move_to_end(key)
         return hit[1]
     dataset = load()
-    _CACHE[key] = (stamps, dataset)
-    _CACHE.move_to_end(key)
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    _CACHE.put(key, (stamps, dataset))
     return dataset
 
 
@@ -241,12 +236,10 @@ def _find_files(task: str, folder: Path, download: bool) -> tuple[Path, ...]:
 
 def _download(local: str, target: Path) -> Path:
     url, expected = _url(local), _SHA256[local]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
+    with replacing(target) as tmp:
         digest = hashlib.sha256()
         with (
-            os.fdopen(fd, "wb") as out,
+            open(tmp, "wb") as out,
             urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response,
         ):
             while chunk := response.read(1 << 20):
@@ -258,10 +251,6 @@ def _download(local: str, target: Path) -> Path:
                 f"expected {expected}; it was not kept. Retry later, or download it yourself "
                 f"to {target}."
             )
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return target
 
 

@@ -13,7 +13,6 @@ starts exactly where a new model would have, and its results are the same (teste
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ import keras
 import numpy as np
 
 from quanta import training
+from quanta_spec.lru import LRU
 
 #: How many compiled models a process keeps. A study runs its layers in turn, run after
 #: run: its 8 target shapes (layers 0-6 and all at once) and its witness must all fit,
@@ -43,9 +43,12 @@ class TracedModels:
     """An LRU of compiled models by shape key (everything that changes the graph)."""
 
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
-        self.size = size
-        self.items: OrderedDict[Hashable, Compiled] = OrderedDict()
+        self.items: LRU[Hashable, Compiled] = LRU(size)
         self.reused = 0
+
+    @property
+    def size(self) -> int:
+        return self.items.size
 
     def get(self, key: Hashable, build: Callable[[], Compiled]) -> Compiled:
         """A model in the initial state of `build()`, reusing a kept one if `key` has one.
@@ -55,20 +58,17 @@ class TracedModels:
         it shares with the kept model (the frozen source) are left as they are.
         """
         fresh = build()
-        kept = self.items.get(key)
+        kept = self.items.peek(key)
         if kept is None:
             self._keep(key, fresh)
             return fresh
-        self.items.move_to_end(key)
         _copy_initial_state(fresh, kept)
         self.reused += 1
         return kept
 
     def resize(self, size: int) -> None:
         """Keep at most `size` models from now on (0: keep none, so nothing is reused)."""
-        self.size = size
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
+        self.items.resize(size)
 
     def clear(self) -> None:
         self.items.clear()
@@ -79,8 +79,7 @@ class TracedModels:
         if not optimizer.built:
             optimizer.build(compiled.trainer.trainable_variables)
         compiled.optimizer_start = [keras.ops.convert_to_numpy(v) for v in optimizer.variables]
-        self.items[key] = compiled
-        self.resize(self.size)
+        self.items.put(key, compiled)
 
 
 def _copy_initial_state(fresh: Compiled, kept: Compiled) -> None:

@@ -120,10 +120,10 @@ def test_source_is_loaded_and_scored_once_per_weights_file(source_weights, tmp_p
                                                             monkeypatch):
     import os
 
-    from quanta import experiment
+    from quanta import sources
 
-    experiment._SOURCES.items.clear()
-    experiment._SOURCE_METRICS.items.clear()
+    sources.SOURCES.clear()
+    sources.SOURCE_METRICS.clear()
     evaluated = []
     real_evaluate = training.evaluate
 
@@ -138,13 +138,13 @@ def test_source_is_loaded_and_scored_once_per_weights_file(source_weights, tmp_p
                           tmp_path / "b")
     assert evaluated.count("source") == 1 and evaluated.count("target") == 3
     assert first.runs[1].source_metrics == second.runs[0].source_metrics
-    assert len(experiment._SOURCES.items) == 1
+    assert len(sources.SOURCES) == 1
     # A weights file rewritten in place is loaded (and scored) again.
     stat = source_weights.stat()
     os.utime(source_weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     run_transfer(_spec(source_weights, nb_of_target_epochs=1), tmp_path / "c")
     assert evaluated.count("source") == 2
-    assert len(experiment._SOURCES.items) == 2
+    assert len(sources.SOURCES) == 2
 
 
 class _Crash(Exception):
@@ -201,14 +201,14 @@ def test_interrupted_run_resumes_to_the_same_files(source_weights, tmp_path, mon
 
 
 def test_precomputed_source_features_match_the_on_the_fly_computation(source_weights, tmp_path):
-    from quanta import experiment
+    from quanta import sources
 
     spec = _spec(source_weights, layer_to_transfer=-1, source_inference_mode=True)
-    experiment._FEATURES.items.clear()
+    sources.FEATURES.clear()
     cached = run_transfer(spec, tmp_path / "cached")
-    assert len(experiment._FEATURES.items) == 1
+    assert len(sources.FEATURES) == 1
     on_the_fly = run_transfer(spec, tmp_path / "on_the_fly", source_cache_bytes=0)
-    assert len(experiment._FEATURES.items) == 1  # over budget: nothing cached
+    assert len(sources.FEATURES) == 1  # over budget: nothing cached
     a, b = _read(cached.experiment_dir), _read(on_the_fly.experiment_dir)
     assert a.keys() == b.keys()
     # The features match to float rounding (oneDNN's results vary by ~1e-8 with the batch

@@ -1,0 +1,303 @@
+"""The transfer loop: `nb_of_runs` QUANTA transfers of one layer (or all at once).
+
+Each run builds (or resumes) its target, trains it, evaluates it and the frozen source,
+optionally trains a witness, and writes the seed's files for the run. Checkpoints make a
+run resumable; compiled models are reused between runs of the same shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from quanta import export, training
+from quanta.checkpoint import RunCheckpoint
+from quanta.checkpoint import clear as clear_checkpoints
+from quanta.datasets import Dataset, load_dataset
+from quanta.errors import QuantaError
+from quanta.layer import quanta_layers
+from quanta.models import build_model, with_source_inputs, with_source_trunk
+from quanta.results import EpochEvent, ProgressHook, RunResult, TransferResult
+from quanta.sources import (
+    SOURCE_CACHE_BYTES,
+    load_previous,
+    load_source,
+    precision,
+    source_features,
+    source_test_metrics,
+    summary,
+)
+from quanta.traced_models import Compiled, TracedModels
+from quanta_spec import TransferSpec
+
+#: Targets and witnesses, traced once per shape (see `quanta.traced_models`).
+TRACED_MODELS = TracedModels()
+
+
+def _seed_for_run(seed: int | None, run: int) -> int | None:
+    # Each run gets its own seed so any run can be reproduced (or resumed) on its own.
+    return seed + run if seed is not None and seed >= 0 else None
+
+
+def _check_previous_target(model: keras.Model, spec: TransferSpec, data: Dataset) -> None:
+    found = tuple(layer.transferred_layer for layer in quanta_layers(model))
+    if found != spec.transferred_layers:
+        raise QuantaError(
+            f"previous training has QUANTA layers at {list(found)}, but layer_to_transfer "
+            f"{spec.layer_to_transfer} asks for {list(spec.transferred_layers)}"
+        )
+    shape, classes = tuple(model.input_shape[1:]), model.output_shape[-1]
+    if shape != data.input_shape or classes != data.nb_classes:
+        raise QuantaError(
+            f"previous training takes images {shape} with {classes} classes; the target task "
+            f"has images {data.input_shape} with {data.nb_classes} classes"
+        )
+
+
+def run_transfer(
+    spec: TransferSpec,
+    output_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    on_epoch: ProgressHook | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_interval_s: float = 0.0,
+    source_cache_bytes: int = SOURCE_CACHE_BYTES,
+) -> TransferResult:
+    """Runs `spec.nb_of_runs` QUANTA transfers and writes the seed's files for each.
+
+    With `spec.source_inference_mode`, the frozen source's activations for the training
+    samples are computed once (if they fit in `source_cache_bytes`) and reused.
+
+    With `checkpoint_dir`, every run is saved after each epoch there (or, with
+    `checkpoint_interval_s`, after an epoch that ends at least that long after the last
+    save), and a call that finds checkpoints (an earlier attempt that died) resumes from
+    them: finished runs are not redone, an interrupted run goes on from its last saved
+    epoch. The folder is removed once every run is exported.
+    """
+    for name in ("source_weights", "train_from_previous_training"):
+        if not isinstance(getattr(spec, name), str | None):
+            raise QuantaError(f"{name} must be a local path here, not a reference")
+    result = TransferResult(
+        experiment_dir=export.experiment_dir(output_dir, spec.source_task, spec.target_task)
+    )
+    clock = result.timings
+    with clock.phase("data"):
+        target_data = load_dataset(spec.target_task, data_dir).take(spec.nb_of_target_samples)
+        source_data = load_dataset(spec.source_task, data_dir).take(spec.nb_of_target_samples)
+    training.set_determinism(spec.seed)
+    with clock.phase("source"):
+        source = load_source(spec.source_weights, source_data, spec.width_multiplier)
+    target_y_train = training.one_hot(target_data.y_train, target_data.nb_classes)
+    target_y_test = training.one_hot(target_data.y_test, target_data.nb_classes)
+    features = None
+    if spec.source_inference_mode and not spec.show_only_build:
+        with clock.phase("source"):
+            features = source_features(spec, source, target_data.x_train, source_cache_bytes)
+
+    for run in range(spec.nb_of_runs):
+        ckpt = (RunCheckpoint(Path(checkpoint_dir) / f"run_{run}", checkpoint_interval_s)
+                if checkpoint_dir else None)
+        if ckpt is not None and (done := ckpt.exported()) is not None:
+            result.runs.append(RunResult.from_dict(done))  # finished by an earlier attempt
+            continue
+        seed = _seed_for_run(spec.seed, run)
+        training.set_determinism(seed)
+        training.reseed(source, seed)
+        with clock.phase("build"), precision(spec.precision):
+            target = _target_for_run(spec, ckpt, source, target_data, features is not None)
+        if spec.show_only_build:
+            result.summaries = {"source": summary(source), "target": summary(target.model)}
+            return result
+
+        def hook(epoch: int, metrics: dict, quantas: dict, run: int = run) -> None:
+            if on_epoch is not None:
+                on_epoch(
+                    EpochEvent(
+                        run, spec.nb_of_runs, epoch + 1, spec.nb_of_target_epochs, metrics, quantas
+                    )
+                )
+
+        with clock.phase("train"):
+            fitted = training.fit(
+                target.trainer,
+                target_data.x_train if features is None else (target_data.x_train, *features),
+                target_y_train,
+                spec.nb_of_target_epochs,
+                seed=seed,
+                resume=target.so_far,
+                on_epoch=hook,
+                should_cancel=should_cancel,
+                after_epoch=ckpt.save_epoch if ckpt is not None else None,
+                callbacks=callbacks,
+            )
+        with clock.phase("evaluate"):
+            outcome = _RunOutcome(
+                fitted=fitted,
+                target_metrics=training.evaluate(target.model, target_data.x_test,
+                                                 target_y_test),
+                source_metrics=source_test_metrics(spec, source, source_data, data_dir),
+            )
+        if spec.witness:
+            with clock.phase("witness"):
+                outcome.witness = _train_witness(spec, seed, target_data, should_cancel,
+                                                 callbacks)
+        with clock.phase("export"):
+            if ckpt is not None:
+                ckpt.rollback_export()  # an earlier attempt may have died while exporting
+                ckpt.begin_export(_jsonl_files(result.experiment_dir, spec, run))
+            run_result = _export_run(result.experiment_dir, spec, run, source, target.model,
+                                     outcome)
+            if ckpt is not None:
+                ckpt.finish_export(run_result.as_dict())
+        result.runs.append(run_result)
+    if checkpoint_dir is not None:
+        clear_checkpoints(checkpoint_dir)
+    return result
+
+
+@dataclass
+class _Target:
+    """The model exported (`model`) and the one trained (`trainer`): the same model, or,
+    with precomputed source features, a copy that takes them as inputs and shares every
+    layer with `model`."""
+
+    model: keras.Model
+    trainer: keras.Model
+    so_far: training.FitResult | None = None
+
+
+def _target_for_run(
+    spec: TransferSpec, ckpt: RunCheckpoint | None, source: keras.Model, data: Dataset,
+    precomputed: bool,
+) -> _Target:
+    """The target to train: resumed from a checkpoint, a previous training, or new."""
+    resumed = ckpt.resume() if ckpt is not None else None
+    if resumed is not None:
+        trainer, so_far = resumed
+        if not precomputed:
+            return _Target(trainer, trainer, so_far)
+        model = training.compile_model(with_source_trunk(trainer, source))
+        model.optimizer = trainer.optimizer
+        return _Target(model, trainer, so_far)
+    if spec.train_from_previous_training:
+        model = load_previous(spec.train_from_previous_training)
+        _check_previous_target(model, spec, data)
+        compiled = _trainer_for(model, precomputed)
+        return _Target(compiled.model, compiled.trainer)
+
+    def build() -> Compiled:
+        return _trainer_for(training.compile_model(build_model(
+            data.input_shape,
+            data.nb_classes,
+            source=source,
+            transfer_layers=spec.transferred_layers,
+            augment=spec.augment_data,
+            width_multiplier=spec.width_multiplier,
+            gradient_multiplier=spec.quanta_gradient_multiplier,
+            source_inference=spec.source_inference_mode,
+            name="target",
+        )), precomputed)
+
+    # Everything that shapes the graph; the source itself, since the target calls its layers.
+    key = ("target", source, data.input_shape, data.nb_classes, spec.transferred_layers,
+           spec.augment_data, spec.width_multiplier, spec.quanta_gradient_multiplier,
+           spec.source_inference_mode, spec.precision, precomputed)
+    compiled = TRACED_MODELS.get(key, build)
+    return _Target(compiled.model, compiled.trainer)
+
+
+def _trainer_for(model: keras.Model, precomputed: bool) -> Compiled:
+    if not precomputed:
+        return Compiled(model, model)
+    trainer = training.compile_model(with_source_inputs(model))
+    model.optimizer = trainer.optimizer  # saved with the target: training can continue
+    return Compiled(model, trainer)
+
+
+@dataclass
+class _RunOutcome:
+    fitted: training.FitResult
+    target_metrics: dict[str, float]
+    source_metrics: dict[str, float]
+    witness: tuple[training.FitResult, dict[str, float]] | None = None
+
+
+def _train_witness(
+    spec: TransferSpec,
+    seed: int | None,
+    data: Dataset,
+    should_cancel: Callable[[], bool] | None,
+    callbacks: list[keras.callbacks.Callback] | None,
+) -> tuple[training.FitResult, dict[str, float]]:
+    """The baseline without transfer: same architecture, data, seed and epochs."""
+    training.set_determinism(seed)
+
+    def build() -> Compiled:
+        witness = training.compile_model(
+            build_model(data.input_shape, data.nb_classes, augment=spec.augment_data,
+                        width_multiplier=spec.width_multiplier, name="witness")
+        )
+        return Compiled(witness, witness)
+
+    key = ("witness", data.input_shape, data.nb_classes, spec.augment_data,
+           spec.width_multiplier, spec.precision)
+    with precision(spec.precision):
+        witness = TRACED_MODELS.get(key, build).model
+    fitted = training.fit(
+        witness, data.x_train, training.one_hot(data.y_train, data.nb_classes),
+        spec.nb_of_target_epochs, seed=seed, should_cancel=should_cancel, callbacks=callbacks,
+    )
+    metrics = training.evaluate(
+        witness, data.x_test, training.one_hot(data.y_test, data.nb_classes)
+    )
+    return fitted, metrics
+
+
+def _jsonl_files(folder: Path, spec: TransferSpec, run: int) -> list[Path]:
+    names = export.run_file_names(run, spec.layer_label)
+    return [folder / name for key, name in names.items()
+            if name.endswith(".jsonl") and (spec.witness or not key.startswith("witness"))]
+
+
+def _export_run(
+    folder: Path,
+    spec: TransferSpec,
+    run: int,
+    source: keras.Model,
+    target: keras.Model,
+    outcome: _RunOutcome,
+) -> RunResult:
+    names = export.run_file_names(run, spec.layer_label)
+    fitted = outcome.fitted
+    files = [
+        export.save_model(target, folder / names["target_model"]),
+        export.save_model(source, folder / names["source_model"]),
+        export.append_jsonl(
+            folder / names["target_training"], export.training_record(fitted.history)
+        ),
+        export.append_jsonl(folder / names["target_testing"], outcome.target_metrics),
+        export.append_jsonl(folder / names["source_testing"], outcome.source_metrics),
+        export.append_jsonl(folder / names["quantas"], export.quantas_record(fitted.quantas)),
+    ]
+    witness_metrics = None
+    if outcome.witness is not None:
+        witness_fitted, witness_metrics = outcome.witness
+        files += [
+            export.append_jsonl(folder / names["witness_training"],
+                                export.training_record(witness_fitted.history)),
+            export.append_jsonl(folder / names["witness_testing"], witness_metrics),
+        ]
+    return RunResult(
+        run=run,
+        target_metrics=outcome.target_metrics,
+        source_metrics=outcome.source_metrics,
+        quantas=training.current_quantas(target),
+        files=files,
+        witness_metrics=witness_metrics,
+    )
