@@ -31,15 +31,10 @@ from quanta.sources import (
     summary,
 )
 from quanta.traced_models import Compiled, TracedModels
-from quanta_spec import TransferSpec
+from quanta_spec import TransferSpec, run_seed
 
 #: Targets and witnesses, traced once per shape (see `quanta.traced_models`).
 TRACED_MODELS = TracedModels()
-
-
-def _seed_for_run(seed: int | None, run: int) -> int | None:
-    # Each run gets its own seed so any run can be reproduced (or resumed) on its own.
-    return seed + run if seed is not None and seed >= 0 else None
 
 
 def _check_previous_target(model: keras.Model, spec: TransferSpec, data: Dataset) -> None:
@@ -106,7 +101,7 @@ def run_transfer(
         if ckpt is not None and (done := ckpt.exported()) is not None:
             result.runs.append(RunResult.from_dict(done))  # finished by an earlier attempt
             continue
-        seed = _seed_for_run(spec.seed, run)
+        seed = run_seed(spec.seed, run)
         training.set_determinism(seed)
         training.reseed(source, seed)
         with clock.phase("build"), precision(spec.precision):
