@@ -15,25 +15,19 @@ keeps authentication on, so revoking the last token never opens the API.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import re
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from api.deps import SessionDep
 from api.errors import Unauthorized
-from api.models import ApiToken
+from quanta_jobs.tokens import KnownToken, database_tokens, hash_token, parse_env_tokens
 
-#: Token names become owners (`jobs.owner` is 64 characters) and appear in logs.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
-#: Shorter secrets can be guessed; generated ones are 43 characters.
-MIN_TOKEN_LENGTH = 16
+__all__ = ["ANONYMOUS", "Principal", "PrincipalDep", "authenticate", "match",
+           "parse_env_tokens"]
 
 
 @dataclass(frozen=True)
@@ -51,56 +45,6 @@ class Principal:
 
 #: Every request when no token is configured (local use on a loopback address).
 ANONYMOUS = Principal(name="", admin=True)
-
-
-@dataclass(frozen=True)
-class KnownToken:
-    name: str
-    digest: str
-    admin: bool
-    revoked: bool = False
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def check_name(name: str) -> str:
-    if not NAME_PATTERN.match(name):
-        raise ValueError(f"token name '{name[:80]}' must be 1 to 64 letters, digits or _.@-")
-    return name
-
-
-def parse_env_tokens(value: str) -> list[KnownToken]:
-    """The tokens of `QUANTA_API_TOKENS`; ValueError naming the bad entry (never its secret)."""
-    tokens = []
-    for index, raw in enumerate((e.strip() for e in value.split(",")), start=1):
-        if not raw:
-            continue
-        name, _, secret = raw.partition(":")
-        admin = secret.endswith(":admin")
-        secret = secret.removesuffix(":admin")
-        where = f"QUANTA_API_TOKENS entry {index} ('{name[:64]}')"
-        if not secret:
-            raise ValueError(f"{where}: expected name:token or name:token:admin")
-        try:
-            check_name(name)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-        if len(secret) < MIN_TOKEN_LENGTH:
-            raise ValueError(f"{where}: the token is shorter than {MIN_TOKEN_LENGTH} "
-                             "characters; generate one with `python -c 'import secrets; "
-                             "print(secrets.token_urlsafe(32))'`")
-        tokens.append(KnownToken(name=name, digest=hash_token(secret), admin=admin))
-    return tokens
-
-
-def database_tokens(session: Session) -> list[KnownToken]:
-    rows = session.execute(
-        select(ApiToken.name, ApiToken.token_hash, ApiToken.admin, ApiToken.revoked_at)
-    ).all()
-    return [KnownToken(name, digest, bool(admin), revoked_at is not None)
-            for name, digest, admin, revoked_at in rows]
 
 
 def match(token: str, known: list[KnownToken]) -> KnownToken | None:

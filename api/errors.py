@@ -1,68 +1,58 @@
-"""The service's own errors, each mapped to one HTTP status by `api.main`.
+"""Domain errors to HTTP: the status and headers of each `quanta_jobs.errors` kind.
 
-Code below the routes raises these instead of `HTTPException` so that it stays
-usable from the worker, and so that every 4xx body has the same shape.
+Code below the routes raises the domain errors instead of `HTTPException`, so that it
+stays usable from the worker; `api.main` answers each with `http_status` and
+`http_headers`. `Unauthorized` is HTTP's own (a missing or unknown bearer token).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
-
-class ServiceError(Exception):
-    """A problem with the client's request; `status_code` says which kind."""
-
-    status_code = 400
-    error_type = "bad_request"
-    #: Extra response headers (WWW-Authenticate of a 401, Retry-After of a 429).
-    headers: ClassVar[dict[str, str] | None] = None
-
-    def __init__(self, message: str, *, loc: Sequence[str | int] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.loc = tuple(loc) if loc is not None else None
-
-    def detail(self) -> Any:
-        """FastAPI-style `detail`: a list with `loc` when a field is at fault, else a string."""
-        if self.loc is None:
-            return self.message
-        return [{"loc": list(self.loc), "msg": self.message, "type": self.error_type}]
-
-
-class NotFound(ServiceError):
-    status_code = 404
-    error_type = "not_found"
-
-
-class Conflict(ServiceError):
-    """The request is valid but the current state of a job forbids it."""
-
-    status_code = 409
-    error_type = "conflict"
-
-
-class Invalid(ServiceError):
-    status_code = 422
-    error_type = "value_error"
-
-
-class TooLarge(ServiceError):
-    status_code = 413
-    error_type = "too_large"
+from quanta_jobs.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    ServiceError,
+    TooLarge,
+    TooManyRequests,
+)
 
 
 class Unauthorized(ServiceError):
     """No bearer token, or one the service does not know (or revoked)."""
 
-    status_code = 401
     error_type = "unauthorized"
-    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
 
 
-class TooManyRequests(ServiceError):
-    """A quota is reached (queued jobs of one token); retrying later may succeed."""
+#: The HTTP status of each kind of error (a subclass takes its closest ancestor's).
+STATUS: dict[type[ServiceError], int] = {
+    ServiceError: 400,
+    NotFound: 404,
+    Conflict: 409,
+    Invalid: 422,
+    TooLarge: 413,
+    Unauthorized: 401,
+    TooManyRequests: 429,
+}
+#: Extra response headers (WWW-Authenticate of a 401, Retry-After of a 429).
+HEADERS: dict[type[ServiceError], dict[str, str]] = {
+    Unauthorized: {"WWW-Authenticate": "Bearer"},
+    TooManyRequests: {"Retry-After": "60"},
+}
 
-    status_code = 429
-    error_type = "too_many_requests"
-    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "60"}
+
+def _closest(table: dict[type[ServiceError], Any], exc: ServiceError) -> type[ServiceError] | None:
+    return next((kind for kind in type(exc).__mro__ if kind in table), None)
+
+
+def http_status(exc: ServiceError) -> int:
+    """The status code that answers `exc`."""
+    kind = _closest(STATUS, exc)
+    return STATUS[kind] if kind is not None else 400
+
+
+def http_headers(exc: ServiceError) -> dict[str, str] | None:
+    """The extra headers that go with `exc`'s answer, if any."""
+    kind = _closest(HEADERS, exc)
+    return HEADERS[kind] if kind is not None else None

@@ -28,9 +28,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from api import job_events
-from api.job_state import TERMINAL
-from api.models import Job, JobEvent
+from quanta_jobs import job_events
+from quanta_jobs.job_state import TERMINAL
+from quanta_jobs.models import Job, JobEvent
 
 #: Seconds between two polls of the database.
 POLL_S = 0.25

@@ -15,7 +15,7 @@ from typing import Annotated
 
 from fastapi import Header, Response
 
-from api.errors import Invalid
+from quanta_jobs.errors import Invalid
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"

@@ -8,7 +8,6 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -17,21 +16,20 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from api import crud
-from api.auth import authenticate, parse_env_tokens
+from api.auth import authenticate
 from api.body_limit import BodyLimit
-from api.db import make_engine, make_sessionmaker
-from api.errors import Conflict, ServiceError, Unauthorized
-from api.job_state import IllegalTransition
-from api.migrate import upgrade
-from api.models import utcnow
-from api.recovery import recover_stale_jobs
+from api.errors import STATUS, Unauthorized, http_headers, http_status
 from api.request_guard import RejectNul
 from api.routes import health, jobs, studies, uploads
 from api.schemas import ErrorBody
-from api.settings import Settings, get_settings
-from api.studies import resend_stuck_studies
-from worker.celery_app import make_celery, send_run_job
+from quanta_jobs.db import make_engine, make_sessionmaker
+from quanta_jobs.errors import Conflict, ServiceError
+from quanta_jobs.job_state import IllegalTransition
+from quanta_jobs.migrate import upgrade
+from quanta_jobs.queue import make_celery
+from quanta_jobs.recovery import sweep
+from quanta_jobs.settings import Settings, get_settings
+from quanta_jobs.tokens import parse_env_tokens
 
 log = logging.getLogger(__name__)
 
@@ -43,29 +41,9 @@ jobs that reference them, follow their progress and download their files.
 
 
 def resend_pending(app: FastAPI) -> int:
-    """Send the queued jobs whose message never reached the broker, after putting back in
-    the queue the running jobs whose worker was lost; returns how many were sent."""
-    settings: Settings = app.state.settings
-    older_than = utcnow() - timedelta(seconds=max(settings.requeue_interval_s, 5.0))
-    sent = 0
-    with app.state.sessionmaker() as session:
-        recovered = recover_stale_jobs(session, settings)
-        for job_id in recovered:
-            log.warning("job %s: its worker stopped beating; back in the queue", job_id)
-        pending = crud.jobs_to_enqueue(session, older_than=older_than)
-        for job_id in dict.fromkeys([*recovered, *pending]):
-            try:
-                send_run_job(app.state.celery, job_id)
-            except Exception as exc:
-                log.warning("broker still unreachable (%s); %s stays queued", exc, job_id)
-                break
-            crud.mark_enqueued(session, job_id)
-            session.commit()
-            sent += 1
-        sent += resend_stuck_studies(session, app.state.celery, settings)
-    if sent:
-        log.info("re-sent %d queued job(s) to the broker", sent)
-    return sent
+    """One pass of the sweeper (`quanta_jobs.recovery.sweep`) with the app's database and
+    broker; returns how many messages were sent."""
+    return sweep(app.state.sessionmaker, app.state.celery, app.state.settings)
 
 
 async def _resend_loop(app: FastAPI, interval: float) -> None:
@@ -98,13 +76,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 async def _service_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail()},
-                        headers=exc.headers)
+    return JSONResponse(status_code=http_status(exc), content={"detail": exc.detail()},
+                        headers=http_headers(exc))
 
 
 async def _illegal_transition(_request: Request, exc: Exception) -> JSONResponse:
     error = Conflict(str(exc))
-    return JSONResponse(status_code=error.status_code, content={"detail": error.detail()})
+    return JSONResponse(status_code=http_status(error), content={"detail": error.detail()})
 
 
 def _finite(value: Any) -> Any:
@@ -149,7 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 #: Every `/v1` router: each of their endpoints needs a token (when tokens are configured).
 V1_ROUTERS = (jobs.router, studies.router, uploads.router)
-UNAUTHORIZED: dict[int | str, dict[str, Any]] = {Unauthorized.status_code: {
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {STATUS[Unauthorized]: {
     "model": ErrorBody,
     "description": "No token, or an unknown or revoked one (header WWW-Authenticate: Bearer).",
     "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "`Bearer`"}},

@@ -1,48 +1,10 @@
-"""Apply the database migrations: `python -m api.migrate` or `quanta-serve migrate`.
-
-The Alembic scripts ship inside the package (`api/migrations`), so this works from
-an installed copy as well as from a checkout.
-"""
+"""`python -m api.migrate`, kept for existing scripts: the migrations are `quanta_jobs.migrate`."""
 
 from __future__ import annotations
 
-import argparse
-import logging
-from pathlib import Path
+from quanta_jobs.migrate import alembic_config, main, upgrade
 
-from alembic import command
-from alembic.config import Config
-
-from api.settings import get_settings
-
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-
-
-def alembic_config(url: str) -> Config:
-    """An Alembic config for `url`, passed as an attribute so `%` in it needs no escaping."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["url"] = url
-    return config
-
-
-def upgrade(url: str | None = None, revision: str = "head") -> None:
-    """Bring the database at `url` (default: QUANTA_DATABASE_URL) to `revision`."""
-    settings = get_settings()
-    if url is None:
-        settings.ensure_dirs()
-    command.upgrade(alembic_config(url or settings.database_url), revision)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m api.migrate", description=__doc__)
-    parser.add_argument("--url", help="database URL (default: QUANTA_DATABASE_URL)")
-    parser.add_argument("revision", nargs="?", default="head")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    upgrade(args.url, args.revision)
-    return 0
-
+__all__ = ["alembic_config", "main", "upgrade"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

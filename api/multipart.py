@@ -18,7 +18,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from api.errors import Invalid, ServiceError, TooLarge
+from quanta_jobs.errors import Invalid, ServiceError, TooLarge
 from quanta_spec.files import partial_path
 
 #: Bytes a text form field may hold (the `kind` field is a word).

@@ -24,8 +24,8 @@ import subprocess
 import sys
 import time
 
-from api.migrate import upgrade
-from api.settings import Settings, get_settings
+from quanta_jobs.migrate import upgrade
+from quanta_jobs.settings import Settings, get_settings
 
 log = logging.getLogger("quanta.serve")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
@@ -35,8 +35,8 @@ EXIT_CONFIG = 2
 
 def check_auth(settings: Settings, host: str) -> str | None:
     """None if serving on `host` is safe, else why not. Logs whether tokens are required."""
-    from api.db import make_engine, make_sessionmaker
-    from api.tokens import tokens_configured
+    from quanta_jobs.db import make_engine, make_sessionmaker
+    from quanta_jobs.tokens import tokens_configured
 
     try:
         engine = make_engine(settings.database_url)

@@ -1,56 +1,20 @@
-"""`quanta-serve token create|revoke|list`: API tokens stored hashed in the database.
+"""`quanta-serve token create|revoke|list`: the command line over the stored tokens.
 
-A token is shown once, when it is created; the database keeps only its SHA-256, so
-a copy of the database does not give access to the API. Several tokens may share a
-name (rotate: create a new one, move the clients, revoke the old ones by id); the
-name is the owner of what the token creates, so they share their jobs.
+The tokens themselves (hashing, storage, parsing QUANTA_API_TOKENS) are
+`quanta_jobs.tokens`; this is only what `quanta-serve token` prints and returns.
 """
 
 from __future__ import annotations
 
 import argparse
-import secrets
 import sys
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
-from api.auth import check_name, database_tokens, hash_token, parse_env_tokens
-from api.db import make_engine, make_sessionmaker
-from api.models import ApiToken, utcnow
-from api.settings import Settings
-
-
-def new_token() -> str:
-    """43 URL-safe characters (256 random bits)."""
-    return secrets.token_urlsafe(32)
-
-
-def create_token(session: Session, name: str, *, admin: bool = False) -> tuple[ApiToken, str]:
-    """Store a new token for `name`; returns the row and the secret (its only copy)."""
-    check_name(name)
-    secret = new_token()
-    row = ApiToken(name=name, token_hash=hash_token(secret), admin=admin)
-    session.add(row)
-    session.flush()
-    return row, secret
-
-
-def revoke_tokens(session: Session, name_or_id: str) -> int:
-    """Revoke every active token named `name_or_id` (or with that id); returns how many."""
-    result = session.execute(
-        update(ApiToken)
-        .where((ApiToken.name == name_or_id) | (ApiToken.id == name_or_id),
-               ApiToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-def tokens_configured(settings: Settings, session: Session) -> bool:
-    """True when requests need a token: some in QUANTA_API_TOKENS or in the database."""
-    return bool(parse_env_tokens(settings.api_tokens)) or bool(database_tokens(session))
+from quanta_jobs.db import make_engine, make_sessionmaker
+from quanta_jobs.models import ApiToken
+from quanta_jobs.settings import Settings
+from quanta_jobs.tokens import create_token, parse_env_tokens, revoke_tokens
 
 
 def command(args: argparse.Namespace, settings: Settings) -> int:

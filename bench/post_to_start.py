@@ -36,9 +36,9 @@ def measure(broker: str, nb_jobs: int, redis_url: str) -> list[float]:
     from fastapi.testclient import TestClient
 
     from api.main import create_app
-    from api.migrate import upgrade
-    from api.settings import Settings
-    from worker.celery_app import make_celery
+    from quanta_jobs.migrate import upgrade
+    from quanta_jobs.queue import make_celery
+    from quanta_jobs.settings import Settings
 
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)

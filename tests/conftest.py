@@ -49,7 +49,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A URL whose search_path is a fresh schema of the test database, dropped afterwards."""
-    from api.db import make_engine
+    from quanta_jobs.db import make_engine
 
     if not port_open("127.0.0.1", 5432):
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
@@ -73,7 +73,7 @@ def postgres_url() -> Iterator[str]:
                                                                 marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A migrated database, once per backend per session."""
-    from api.migrate import upgrade
+    from quanta_jobs.migrate import upgrade
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'quanta.db'}"
@@ -86,8 +86,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Any:
     """Settings on the backend under test, with empty tables and private folders."""
-    from api.db import make_engine
-    from api.settings import Settings
+    from quanta_jobs.db import make_engine
+    from quanta_jobs.settings import Settings
 
     engine = make_engine(database_url)
     with engine.begin() as conn:
@@ -174,9 +174,9 @@ def upload(client: Any) -> Callable[..., Any]:
 @pytest.fixture
 def finished_job(db: Any, settings: Any) -> Callable[..., Any]:
     """Arrange a job that ran (queued -> running -> status) and wrote `files`."""
-    from api import crud
-    from api.artifacts import scan
-    from api.job_state import JobStatus, transition
+    from quanta_jobs import crud
+    from quanta_jobs.artifacts import scan
+    from quanta_jobs.job_state import JobStatus, transition
 
     def make(kind: str, spec: dict[str, Any], files: dict[str, bytes] | None = None,
              status: str = "succeeded") -> Any:

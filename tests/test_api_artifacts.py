@@ -134,6 +134,6 @@ def test_archive_streams_large_files_in_pieces(tmp_path: Any) -> None:
      ("a//b", False), ("./a", False), ("a\\b", False), ("c:x", False), ("a\0b", False)],
 )
 def test_is_safe_relative(path: str, safe: bool) -> None:
-    from api.artifacts import is_safe_relative
+    from quanta_jobs.artifacts import is_safe_relative
 
     assert is_safe_relative(path) is safe

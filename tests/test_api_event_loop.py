@@ -13,7 +13,7 @@ from typing import Any
 from conftest import npz_bytes
 from sqlalchemy import event
 
-from api import job_events
+from quanta_jobs import job_events
 
 
 def _on_the_event_loop() -> bool:

@@ -34,8 +34,8 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @pytest.fixture
 def fuzz_schema(tmp_path: Path) -> Any:
     from api.main import create_app
-    from api.migrate import upgrade
-    from api.settings import Settings
+    from quanta_jobs.migrate import upgrade
+    from quanta_jobs.settings import Settings
 
     config = Settings(database_url=f"sqlite:///{tmp_path / 'q.db'}",
                       broker_url=f"sqla+sqlite:///{tmp_path / 'b.db'}",

@@ -81,9 +81,9 @@ def test_startup_applies_migrations(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
     from sqlalchemy import inspect
 
-    from api.db import make_engine
     from api.main import create_app
-    from api.settings import Settings
+    from quanta_jobs.db import make_engine
+    from quanta_jobs.settings import Settings
 
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'new.db'}",
                         broker_url=f"sqla+sqlite:///{tmp_path / 'b.db'}",

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from conftest import TINY_SOURCE
 
-from api.job_state import (
+from quanta_jobs.job_state import (
     ALLOWED,
     TERMINAL,
     ConcurrentChange,
@@ -54,7 +54,7 @@ def test_transition_stamps_times_and_attempts(finished_job: Any, db: Any) -> Non
 def test_concurrent_change_loses(finished_job: Any, app: Any) -> None:
     """Two sessions claim the same queued job: exactly one wins."""
     job_id = finished_job("source", TINY_SOURCE, status="queued").id
-    from api.models import Job
+    from quanta_jobs.models import Job
 
     with app.state.sessionmaker() as one, app.state.sessionmaker() as two:
         first, second = one.get(Job, job_id), two.get(Job, job_id)
@@ -91,7 +91,7 @@ def test_runner_leaves_a_job_running_elsewhere(runner: Any, finished_job: Any) -
 
 
 def test_runner_gives_up_after_max_attempts(runner: Any, finished_job: Any, db: Any) -> None:
-    from api.models import Job
+    from quanta_jobs.models import Job
 
     job = finished_job("source", TINY_SOURCE, status="running")
     db.get(Job, job.id).attempts = 2
@@ -108,7 +108,7 @@ def test_runner_fails_job_whose_upload_vanished(runner: Any, client: Any, upload
     """References are resolved again by the worker; a missing file fails the job clearly."""
     from conftest import npz_bytes
 
-    from api.models import Job
+    from quanta_jobs.models import Job
 
     dataset = upload("mine.npz", npz_bytes()).json()["id"]
     job_id = client.post("/v1/jobs", json={"kind": "source", "spec": {
@@ -124,7 +124,7 @@ def test_runner_fails_job_whose_upload_vanished(runner: Any, client: Any, upload
 
 def test_stale_running_job_is_taken_over(runner: Any, finished_job: Any, db: Any) -> None:
     """A running job whose worker stopped beating goes back to queued, then runs here."""
-    from api.models import Job
+    from quanta_jobs.models import Job
 
     job = finished_job("source", {**TINY_SOURCE, "source_task": "npz:/gone.npz"},
                        status="running")
@@ -141,8 +141,8 @@ def test_stale_running_job_is_taken_over(runner: Any, finished_job: Any, db: Any
 
 def test_cancel_racing_a_worker_start_flags_the_running_job(finished_job: Any, app: Any) -> None:
     """The cancel loaded the job queued, but a worker claimed it first: flag it instead."""
-    from api import crud
-    from api.models import Job
+    from quanta_jobs import crud
+    from quanta_jobs.models import Job
 
     job_id = finished_job("source", TINY_SOURCE, status="queued").id
     with app.state.sessionmaker() as api_side, app.state.sessionmaker() as worker_side:
@@ -163,7 +163,7 @@ def test_transition_with_owner_refuses_a_job_taken_over(finished_job: Any, db: A
 
 
 def _age_heartbeat(db: Any, job_id: str, **fields: Any) -> None:
-    from api.models import Job
+    from quanta_jobs.models import Job
 
     stored = db.get(Job, job_id)
     stored.heartbeat_at = stored.heartbeat_at - timedelta(hours=1)
@@ -174,7 +174,7 @@ def _age_heartbeat(db: Any, job_id: str, **fields: Any) -> None:
 
 def test_api_sweeper_recovers_jobs_of_lost_workers(app: Any, finished_job: Any, db: Any) -> None:
     from api.main import resend_pending
-    from api.models import Job
+    from quanta_jobs.models import Job
 
     fresh = finished_job("source", TINY_SOURCE, status="running").id
     retry = finished_job("source", TINY_SOURCE, status="running").id
@@ -195,7 +195,7 @@ def test_api_sweeper_recovers_jobs_of_lost_workers(app: Any, finished_job: Any, 
 
 def test_progress_with_a_nan_metric_is_served(client: Any, finished_job: Any, db: Any) -> None:
     """A diverging run reports NaN loss: stored as null (PostgreSQL JSON has no NaN)."""
-    from api.models import Job
+    from quanta_jobs.models import Job
     from worker.runner import clean_metrics
 
     metrics = clean_metrics({"loss": float("nan"), "categorical_accuracy": 0.5})

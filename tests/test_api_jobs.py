@@ -33,7 +33,7 @@ def test_create_source_job(client: Any) -> None:
 
 
 def test_create_job_sends_the_message(client: Any, app: Any, db: Any) -> None:
-    from api.models import Job
+    from quanta_jobs.models import Job
 
     job_id = client.post("/v1/jobs", json={"kind": "source", "spec": TINY_SOURCE}).json()["id"]
     assert db.get(Job, job_id).enqueued_at is not None
@@ -231,8 +231,8 @@ def test_broker_down_still_201_and_resent_later(settings: Any, tmp_path: Any) ->
     from fastapi.testclient import TestClient
 
     from api.main import create_app, resend_pending
-    from api.models import Job
-    from worker.celery_app import make_celery
+    from quanta_jobs.models import Job
+    from quanta_jobs.queue import make_celery
 
     down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
     app = create_app(down)

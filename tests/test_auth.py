@@ -91,7 +91,7 @@ def test_openapi_documents_bearer_auth(api: Any) -> None:
 
 
 def test_each_token_sees_only_its_own_jobs(api: Any, db: Any) -> None:
-    from api.models import Job
+    from quanta_jobs.models import Job
 
     spec = {**TINY_SOURCE, "show_only_build": True}
     mine = api.post("/v1/jobs", json={"kind": "source", "spec": spec}, headers=auth("alice"))
@@ -148,7 +148,7 @@ def test_another_owners_source_job_cannot_be_referenced(api: Any, db: Any,
 
 
 def test_database_tokens_and_revocation(api: Any, auth_app: Any) -> None:
-    from api.tokens import create_token, revoke_tokens
+    from quanta_jobs.tokens import create_token, revoke_tokens
 
     with auth_app.state.sessionmaker() as session:
         _, secret = create_token(session, "carol")
@@ -173,7 +173,7 @@ def test_revoking_the_last_token_keeps_the_api_closed(settings: Any) -> None:
     from fastapi.testclient import TestClient
 
     from api.main import create_app
-    from api.tokens import create_token, revoke_tokens
+    from quanta_jobs.tokens import create_token, revoke_tokens
 
     app = create_app(settings)
     with app.state.sessionmaker() as session:
@@ -196,7 +196,7 @@ def test_revoking_the_last_token_keeps_the_api_closed(settings: Any) -> None:
 
 
 def test_without_tokens_the_api_is_open_and_anonymous(client: Any, db: Any) -> None:
-    from api.models import Job
+    from quanta_jobs.models import Job
 
     response = client.post("/v1/jobs", json={"kind": "source", "spec": TINY_SOURCE})
     assert response.status_code == 201
@@ -204,7 +204,7 @@ def test_without_tokens_the_api_is_open_and_anonymous(client: Any, db: Any) -> N
 
 
 def test_env_tokens_are_parsed_strictly() -> None:
-    from api.auth import hash_token, parse_env_tokens
+    from quanta_jobs.tokens import hash_token, parse_env_tokens
 
     tokens = parse_env_tokens(API_TOKENS)
     assert [(t.name, t.admin) for t in tokens] == [("alice", False), ("bob", False),
@@ -244,7 +244,7 @@ def test_token_match_compares_every_digest(monkeypatch: pytest.MonkeyPatch) -> N
 def test_token_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                             capsys: pytest.CaptureFixture[str]) -> None:
     from api import serve
-    from api.settings import get_settings
+    from quanta_jobs.settings import get_settings
 
     monkeypatch.setenv("QUANTA_DATABASE_URL", f"sqlite:///{tmp_path / 'q.db'}")
     monkeypatch.setenv("QUANTA_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
@@ -257,8 +257,9 @@ def test_token_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         assert serve.main(["token", "list"]) == 0
         listing = capsys.readouterr().out
         assert "frank" in listing and "yes" in listing and secret not in listing
-        from api.auth import database_tokens, match
-        from api.db import make_engine, make_sessionmaker
+        from api.auth import match
+        from quanta_jobs.db import make_engine, make_sessionmaker
+        from quanta_jobs.tokens import database_tokens
 
         engine = make_engine(get_settings().database_url)
         with make_sessionmaker(engine)() as session:
@@ -277,9 +278,9 @@ def test_token_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 def test_serve_checks_auth_before_listening(tmp_path: Path,
                                             caplog: pytest.LogCaptureFixture) -> None:
-    from api.migrate import upgrade
     from api.serve import check_auth
-    from api.settings import Settings
+    from quanta_jobs.migrate import upgrade
+    from quanta_jobs.settings import Settings
 
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'q.db'}",
                         artifacts_dir=tmp_path / "artifacts")

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from api import events, job_events
+from api import events
 from quanta_client.api import parse_sse
+from quanta_jobs import job_events
 
 
 def test_format_and_resume_point() -> None:
@@ -29,8 +30,8 @@ def test_concurrent_writers_get_distinct_consecutive_numbers(db: Any, settings: 
                                                              finished_job: Any) -> None:
     """Children of one study, recorded by several workers at once: every event gets its
     own number, in commit order, without a gap."""
-    from api.db import make_engine, make_sessionmaker
-    from api.models import Job
+    from quanta_jobs.db import make_engine, make_sessionmaker
+    from quanta_jobs.models import Job
 
     root = finished_job("transfer", {"layer_to_transfer": 0}, status="running")
     engine = make_engine(settings.database_url)
@@ -67,7 +68,7 @@ def test_a_stream_follows_a_job_to_its_end(client: Any, db: Any, monkeypatch: An
                                            finished_job: Any) -> None:
     """Epochs recorded while the stream is open arrive in order, then the final status
     (here never recorded by a worker, so read from the job) and `end`."""
-    from api.job_state import JobStatus, transition
+    from quanta_jobs.job_state import JobStatus, transition
 
     monkeypatch.setattr(events, "END_GRACE_S", 0.3)
     job = finished_job("transfer", {"layer_to_transfer": 0, "nb_of_runs": 2},
@@ -122,7 +123,7 @@ def test_resume_after_the_last_event_seen(client: Any, db: Any, finished_job: An
     job = finished_job("transfer", {"layer_to_transfer": 0}, status="running")
     for number in (1, 2, 3):
         job_events.record(db, job, job_events.EPOCH, epoch(job, 0, number))
-    from api.job_state import JobStatus, transition
+    from quanta_jobs.job_state import JobStatus, transition
 
     transition(db, job, JobStatus.CANCELLED, owner="test@host")
     db.commit()

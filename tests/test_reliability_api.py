@@ -24,7 +24,7 @@ def job_body(**spec: Any) -> dict[str, Any]:
 
 # --- idempotency ------------------------------------------------------------------------
 def test_retried_job_post_returns_the_first_job(client: Any, db: Any) -> None:
-    from api.models import Job
+    from quanta_jobs.models import Job
 
     headers = {"Idempotency-Key": "retry-1"}
     first = client.post("/v1/jobs", json=job_body(), headers=headers)
@@ -75,7 +75,7 @@ def test_a_replay_is_not_refused_by_the_queue_cap(client: Any, app: Any) -> None
 
 def test_the_queue_cap_counts_submissions_not_a_studys_jobs(client: Any, app: Any,
                                                             db: Any) -> None:
-    from api.models import Job
+    from quanta_jobs.models import Job
 
     app.state.settings.max_queued_per_owner = 2
     parent = client.post("/v1/jobs", json=job_body()).json()["id"]
@@ -218,7 +218,7 @@ def test_object_npz_is_never_unpickled(upload: Any, monkeypatch: pytest.MonkeyPa
 @pytest.fixture
 def job_with_files(finished_job: Any, db: Any, settings: Any, tmp_path: Path) -> Any:
     """A succeeded job with one real file, and recorded symlinks to a secret outside it."""
-    from api.models import Artifact
+    from quanta_jobs.models import Artifact
 
     job = finished_job("source", dict(TINY_SOURCE), {"digits_training/a.jsonl": b"{}\n"})
     secret = tmp_path / "secret.txt"

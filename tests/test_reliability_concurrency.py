@@ -79,7 +79,7 @@ def test_concurrent_submissions_with_idempotency_keys(server: SimpleNamespace, c
                                                       ) -> None:
     """100 requests with unique keys and 5 copies of each of 20 keys, 32 at a time: 120
     jobs, each repeated key answered with one job, no server error."""
-    from api.db import make_engine
+    from quanta_jobs.db import make_engine
 
     body = {"kind": "source", "spec": {**TINY_SOURCE, "show_only_build": True}}
     run = uuid.uuid4().hex[:6]

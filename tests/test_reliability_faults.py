@@ -65,8 +65,8 @@ class RedisServer:
 
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    from api.migrate import upgrade
-    from api.settings import Settings
+    from quanta_jobs.migrate import upgrade
+    from quanta_jobs.settings import Settings
 
     tmp = tmp_path_factory.mktemp("faults")
     redis_server = RedisServer(tmp)
@@ -178,8 +178,8 @@ def test_sigkill_during_epoch_2_resumes_on_another_worker(faults: SimpleNamespac
     """A worker killed (SIGKILL) during epoch 2 of 3: the job is taken over once its
     heartbeat is stale, resumes on the other worker from epoch 1's checkpoint, and ends
     with exactly the files of an uninterrupted run."""
-    from api.db import make_engine, make_sessionmaker
-    from api.models import Job
+    from quanta_jobs.db import make_engine, make_sessionmaker
+    from quanta_jobs.models import Job
 
     source_id = submit(faults, "source", {**TINY_SOURCE, "nb_of_epochs": 1})
     succeeded(faults, source_id)

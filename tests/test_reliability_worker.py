@@ -89,7 +89,7 @@ class TcpRelay:
 
 @pytest.fixture(scope="module")
 def pg(postgres_url: str) -> str:
-    from api.migrate import upgrade
+    from quanta_jobs.migrate import upgrade
 
     upgrade(postgres_url)
     return postgres_url
@@ -105,8 +105,8 @@ def relay(pg: str) -> Iterator[TcpRelay]:
 @pytest.fixture
 def make_runner(pg: str, relay: TcpRelay, tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """A JobRunner whose database goes through `relay`, and a direct session for checks."""
-    from api.db import make_engine, make_sessionmaker
-    from api.settings import Settings
+    from quanta_jobs.db import make_engine, make_sessionmaker
+    from quanta_jobs.settings import Settings
     from worker.runner import JobRunner
 
     runners: list[Any] = []
@@ -132,7 +132,7 @@ def make_runner(pg: str, relay: TcpRelay, tmp_path: Path) -> Iterator[Callable[.
 
 
 def new_job(runner: Any, kind: str, spec: dict[str, Any]) -> str:
-    from api import crud
+    from quanta_jobs import crud
 
     with runner.direct() as session:
         job = crud.create_job(session, kind, spec)
@@ -141,14 +141,14 @@ def new_job(runner: Any, kind: str, spec: dict[str, Any]) -> str:
 
 
 def row(runner: Any, job_id: str) -> Any:
-    from api.models import Job
+    from quanta_jobs.models import Job
 
     with runner.direct() as session:
         return session.get(Job, job_id)
 
 
 def artifact_paths(runner: Any, job_id: str) -> list[str]:
-    from api import crud
+    from quanta_jobs import crud
 
     with runner.direct() as session:
         return [a.path for a in crud.list_artifacts(session, job_id)]
@@ -291,7 +291,7 @@ def test_keras_files_with_code_are_refused_by_safe_mode(make_runner: Callable[..
     check: the worker loads it in Keras' safe mode, refuses it, and the code never runs."""
     import keras
 
-    from api.models import Upload
+    from quanta_jobs.models import Upload
 
     runner = make_runner()
     canary = tmp_path / "pwned"

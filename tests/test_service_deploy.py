@@ -67,7 +67,7 @@ def test_compose_shares_volumes_and_env_file(compose: dict[str, Any]) -> None:
 
 
 def test_env_example_configures_the_service() -> None:
-    from api.settings import Settings
+    from quanta_jobs.settings import Settings
 
     values = env_example()
     assert "QUANTA_API_TOKENS" in values

@@ -39,9 +39,9 @@ def make_service(tmp: Path, broker: str, name: str) -> SimpleNamespace:
     from fastapi.testclient import TestClient
 
     from api.main import create_app
-    from api.migrate import upgrade
-    from api.settings import Settings
-    from worker.celery_app import make_celery
+    from quanta_jobs.migrate import upgrade
+    from quanta_jobs.queue import make_celery
+    from quanta_jobs.settings import Settings
 
     if broker == "redis":
         if not port_open("127.0.0.1", 6379):
@@ -245,9 +245,9 @@ def test_worker_stops_a_job_taken_from_it(service: SimpleNamespace) -> None:
     stops at its next check and leaves the job alone."""
     if service.broker != "redis":
         pytest.skip("broker-independent; run once")
-    from api.db import make_engine, make_sessionmaker
-    from api.job_state import JobStatus, transition
-    from api.models import Job
+    from quanta_jobs.db import make_engine, make_sessionmaker
+    from quanta_jobs.job_state import JobStatus, transition
+    from quanta_jobs.models import Job
 
     job_id = submit(service.client, "source", {**TINY_SOURCE, "nb_of_samples": None,
                                                "nb_of_epochs": 500})

@@ -38,8 +38,8 @@ def children(client: Any, study_id: str) -> list[dict[str, Any]]:
 
 def test_a_study_fans_out_one_transfer_job_per_layer_and_run(client: Any, source_job: Any,
                                                              db: Any, settings: Any) -> None:
-    from api.models import Job
-    from worker.celery_app import make_celery
+    from quanta_jobs.models import Job
+    from quanta_jobs.queue import make_celery
 
     study = post_study(client, source_job, include_all_at_once=True, witness=True)
     assert study["kind"] == "study" and study["status"] == "queued"
@@ -155,8 +155,8 @@ def test_cancel_a_queued_study_cancels_every_child(client: Any, source_job: Any)
 
 
 def running(db: Any, job_id: str, worker: str = "w@host") -> Any:
-    from api.job_state import JobStatus, transition
-    from api.models import Job
+    from quanta_jobs.job_state import JobStatus, transition
+    from quanta_jobs.models import Job
 
     job = db.get(Job, job_id)
     transition(db, job, JobStatus.RUNNING, worker=worker)
@@ -166,7 +166,7 @@ def running(db: Any, job_id: str, worker: str = "w@host") -> Any:
 
 def test_cancel_a_running_study_ends_it_when_its_running_jobs_stop(
         client: Any, source_job: Any, db: Any, settings: Any) -> None:
-    from api.job_state import JobStatus, transition
+    from quanta_jobs.job_state import JobStatus, transition
     from worker import studies
     from worker.runner import JobRunner
 
@@ -223,9 +223,9 @@ def test_a_failed_job_is_missing_from_the_summary(client: Any, source_job: Any, 
                                                   settings: Any) -> None:
     """Three children succeed and one fails: the study succeeds, its summary over the
     three, and `missing` names the failed job and its error; ended exactly once."""
-    from api import crud
-    from api.artifacts import scan
-    from api.job_state import JobStatus, transition
+    from quanta_jobs import crud
+    from quanta_jobs.artifacts import scan
+    from quanta_jobs.job_state import JobStatus, transition
     from worker import studies
     from worker.runner import JobRunner
 
@@ -283,8 +283,8 @@ def test_a_study_whose_jobs_all_ended_unnoticed_is_handed_to_a_worker(
         client: Any, source_job: Any, db: Any, settings: Any) -> None:
     from sqlalchemy import update
 
-    from api import studies
-    from api.models import Job, utcnow
+    from quanta_jobs import studies
+    from quanta_jobs.models import Job, utcnow
 
     study = post_study(client, source_job)
     client.post(f"/v1/jobs/{study['id']}/cancel")
@@ -322,8 +322,8 @@ def test_children_inherit_the_owner_of_their_study(tmp_path: Path, settings: Any
         assert alice.get(f"/v1/jobs/{study_id}/children").status_code == 401
         jobs = alice.get(f"/v1/jobs/{study_id}/children", headers=headers).json()["items"]
         assert len(jobs) == 4
-    from api.db import make_engine, make_sessionmaker
-    from api.models import Job
+    from quanta_jobs.db import make_engine, make_sessionmaker
+    from quanta_jobs.models import Job
 
     engine = make_engine(config.database_url)
     with make_sessionmaker(engine)() as session:
@@ -336,7 +336,7 @@ def test_listing_studies_counts_their_progress_in_one_query(client: Any, source_
                                                             db: Any, app: Any) -> None:
     from sqlalchemy import event
 
-    from api.models import Job
+    from quanta_jobs.models import Job
 
     ids = [post_study(client, source_job)["id"] for _ in range(3)]
     # Arrange different progress per study: one child done in the 2nd, one running in the 3rd.

@@ -70,8 +70,8 @@ def wait_job(http: httpx.Client, job_id: str, statuses: tuple[str, ...] = TERMIN
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     import redis
 
-    from api.migrate import upgrade
-    from api.settings import Settings
+    from quanta_jobs.migrate import upgrade
+    from quanta_jobs.settings import Settings
 
     if not port_open("127.0.0.1", 6379):
         pytest.skip("Redis is not reachable on 127.0.0.1:6379")

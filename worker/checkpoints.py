@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from api.settings import Settings
+from quanta_jobs.settings import Settings
 from quanta_spec.files import atomic_write
 
 log = logging.getLogger(__name__)

@@ -24,18 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from celery import Celery
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import crud
-from api.artifacts import scan
-from api.db import make_engine, make_sessionmaker
-from api.errors import ServiceError
-from api.job_state import TERMINAL, ConcurrentChange, JobStatus, transition
-from api.models import Job, utcnow
-from api.recovery import is_stale, recover
-from api.refs import remote_spec, resolve_spec
-from api.settings import Settings
+from quanta_jobs import crud
+from quanta_jobs.artifacts import scan
+from quanta_jobs.db import make_engine, make_sessionmaker
+from quanta_jobs.errors import ServiceError
+from quanta_jobs.job_state import TERMINAL, ConcurrentChange, JobKind, JobStatus, transition
+from quanta_jobs.models import Job, utcnow
+from quanta_jobs.queue import enqueue
+from quanta_jobs.recovery import is_stale, recover
+from quanta_jobs.refs import remote_spec, resolve_spec
+from quanta_jobs.settings import Settings
 from worker import checkpoints, studies
 from worker.db_retry import RETRYABLE, DatabaseUnavailable, retry_db
 
@@ -151,12 +153,13 @@ class CancelCheck:
 class JobRunner:
     """Runs jobs for one worker process; `shutting_down` is set when the worker stops."""
 
-    def __init__(self, settings: Settings, *, resend: Callable[[str], None] | None = None) -> None:
+    def __init__(self, settings: Settings, *, celery: Celery | None = None) -> None:
         self.settings = settings
         self.engine = make_engine(settings.database_url)
         self.sessions = make_sessionmaker(self.engine)
         self.shutting_down = threading.Event()
-        self.resend = resend
+        #: Where a job handed back to the queue is sent at once (else the sweeper sends it).
+        self.celery = celery
 
     def redact(self, message: str) -> str:
         """Server folders in a message become `uploads/`, `artifacts/`, `data/`: clients
@@ -174,7 +177,7 @@ class JobRunner:
         job = session.get(Job, job_id)
         if job is None:
             return Outcome("missing", f"no job {job_id} in the database")
-        if job.kind == "study":  # never run: its children are; worker.studies ends it
+        if job.kind == JobKind.STUDY:  # never run: its children are; worker.study_end ends it
             return Outcome("skipped", f"job {job_id} is a study")
         if job.status == JobStatus.RUNNING:
             # A copy of the message: drop it, unless the job's worker is lost (it is us,
@@ -289,12 +292,10 @@ class JobRunner:
             return Outcome("lost")
         log.info("job %s: %s%s", job.id, status.value,
                  f" ({fields['error']})" if fields.get("error") else "")
-        if status is JobStatus.QUEUED and self.resend is not None:
+        if status is JobStatus.QUEUED and self.celery is not None:
             try:
-                self.resend(job.id)
                 with self.sessions() as again:
-                    crud.mark_enqueued(again, job.id)
-                    again.commit()
+                    enqueue(self.celery, again, [job.id])
             except Exception:
                 log.warning("job %s stays queued until the API re-sends it", job.id)
         studies.job_ended(self, job.id, owner)
@@ -350,7 +351,7 @@ class JobRunner:
             "checkpoint_interval_s": self.settings.checkpoint_interval_s,
         }
         try:
-            if kind == "source":
+            if kind == JobKind.SOURCE:
                 source = train_source(spec, output, **hooks)
                 result: dict[str, Any] = {
                     "training_dir": _relative(source.training_dir, output),

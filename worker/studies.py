@@ -21,18 +21,24 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import crud, job_events
-from api.artifacts import scan
-from api.job_state import TERMINAL, ConcurrentChange, JobStatus, transition
-from api.models import Job, utcnow
-from api.studies import ACTIVE, KIND, study_progress, study_spec, unfinished_children
+from quanta_jobs import crud, job_events
+from quanta_jobs.artifacts import scan
+from quanta_jobs.job_state import TERMINAL, ConcurrentChange, JobStatus, transition
+from quanta_jobs.models import Job
+from quanta_jobs.studies import (
+    KIND,
+    claim_study_end,
+    start_study,
+    study_progress,
+    study_spec,
+    unfinished_children,
+)
 from quanta_spec import layer_label
 
 if TYPE_CHECKING:
@@ -55,23 +61,12 @@ def job_started(runner: JobRunner, job_id: str) -> None:
             if job is None:
                 return
             job_events.record_status(session, job)
-            if job.parent_id is not None:
-                _start_study(session, job.parent_id)
+            if job.parent_id is not None and start_study(session, job.parent_id):
+                study = session.get(Job, job.parent_id)
+                if study is not None:
+                    job_events.record_status(session, study)
     except Exception:
         log.warning("job %s: start not reported", job_id, exc_info=True)
-
-
-def _start_study(session: Session, study_id: str) -> None:
-    study = session.get(Job, study_id)
-    if study is None or study.status != JobStatus.QUEUED:
-        return
-    try:
-        transition(session, study, JobStatus.RUNNING)
-        session.commit()
-    except ConcurrentChange:  # another child started it first
-        return
-    log.info("study %s: running", study_id)
-    job_events.record_status(session, study)
 
 
 def epoch_event(session: Session, job_id: str, progress: dict[str, Any]) -> None:
@@ -104,25 +99,6 @@ def job_ended(runner: JobRunner, job_id: str, worker: str) -> None:
 
 
 # --- ending a study --------------------------------------------------------------------
-def _claim(session: Session, runner: JobRunner, study_id: str, me: str) -> Job | None:
-    """Take the study for ending it: compare-and-swap on `worker` (free, or stale)."""
-    stale = utcnow() - timedelta(seconds=runner.settings.stale_after_s)
-    claimed = session.execute(
-        update(Job)
-        .where(Job.id == study_id, Job.kind == KIND, Job.status.in_(ACTIVE),
-               or_(Job.worker.is_(None), Job.heartbeat_at < stale))
-        .values(worker=me, heartbeat_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]
-    session.commit()
-    if claimed != 1:
-        return None
-    study = session.get(Job, study_id)
-    assert study is not None
-    session.refresh(study)
-    return study
-
-
 def finish_study(runner: JobRunner, study_id: str, worker: str) -> str:
     """End the study if all its children ended and nobody else is ending it; idempotent.
 
@@ -136,7 +112,7 @@ def finish_study(runner: JobRunner, study_id: str, worker: str) -> str:
             return "skipped"
         if unfinished_children(session, study_id):
             return "waiting"
-        study = _claim(session, runner, study_id, me)
+        study = claim_study_end(session, runner.settings, study_id, me)
         if study is None:
             return "skipped"
         try:

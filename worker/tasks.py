@@ -1,7 +1,7 @@
 """The Celery task of the worker process: `run_job(job_id)`.
 
 Imported only by the worker (it pulls in `worker.runner`, which imports TensorFlow
-when a job starts). The API sends the task by name through `worker.celery_app`.
+when a job starts). The API sends the task by name through `quanta_jobs.queue`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 from celery.exceptions import Reject
 from celery.signals import worker_shutting_down
 
-from api.settings import get_settings
+from quanta_jobs.queue import FINISH_STUDY_TASK, TASK_NAME, make_celery
+from quanta_jobs.settings import get_settings
 from worker import studies
-from worker.celery_app import FINISH_STUDY_TASK, TASK_NAME, make_celery, send_run_job
 from worker.db_retry import DatabaseUnavailable
 from worker.runner import JobRunner
 
@@ -28,7 +28,7 @@ def runner() -> JobRunner:
     """The process's runner (one engine per worker process), created on first use."""
     global _runner
     if _runner is None:
-        _runner = JobRunner(get_settings(), resend=lambda job_id: send_run_job(app, job_id))
+        _runner = JobRunner(get_settings(), celery=app)
     return _runner
 
 

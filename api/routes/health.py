@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from api.deps import CeleryDep, SessionDep
 from api.schemas import Health, Readiness
-from worker.celery_app import ping_broker
+from quanta_jobs.queue import ping_broker
 
 router = APIRouter(tags=["health"])
 

@@ -6,22 +6,16 @@ import logging
 import shutil
 from typing import Annotated
 
-from celery import Celery
 from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
-from api import crud, job_events, studies
-from api.artifacts import content_type, safe_file, zip_stream
+from api.artifacts import content_type, zip_stream
 from api.auth import PrincipalDep
 from api.deps import CeleryDep, SessionDep, SettingsDep
-from api.errors import Conflict, NotFound, TooManyRequests
 from api.idempotency import IdempotencyKey, check_key, mark_replayed, reused
-from api.job_state import TERMINAL, JobStatus
-from api.models import Job
 from api.pagination import next_page
-from api.refs import resolve_spec
 from api.schemas import (
     MAX_OFFSET,
     ArtifactList,
@@ -36,7 +30,13 @@ from api.schemas import (
     Progress,
     StudyProgress,
 )
-from worker.celery_app import send_run_job
+from quanta_jobs import crud, job_events, studies
+from quanta_jobs.artifacts import safe_file
+from quanta_jobs.errors import Conflict, NotFound, TooManyRequests
+from quanta_jobs.job_state import TERMINAL, JobStatus
+from quanta_jobs.models import Job
+from quanta_jobs.queue import enqueue
+from quanta_jobs.refs import resolve_spec
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -99,19 +99,6 @@ def _progress(job: Job, study_progress: dict | None) -> Progress | StudyProgress
     return Progress.model_validate(job.progress) if job.progress else None
 
 
-def enqueue(celery: Celery, session: Session, job_id: str) -> bool:
-    """Send the job to the broker; if it is down, the job stays queued for a later resend."""
-    try:
-        send_run_job(celery, job_id)
-    except Exception as exc:
-        log.warning("job %s stays queued: broker unreachable (%s: %s)", job_id,
-                    type(exc).__name__, exc)
-        return False
-    crud.mark_enqueued(session, job_id)
-    session.commit()
-    return True
-
-
 @router.post(
     "",
     status_code=201,
@@ -162,7 +149,7 @@ def create_job(
     if job.kind == studies.KIND:
         studies.enqueue_children(celery, session, job)
     else:
-        enqueue(celery, session, job.id)
+        enqueue(celery, session, [job.id])
     response.headers["Location"] = f"{PREFIX}/{job.id}"
     return job_out(job)
 

@@ -15,16 +15,17 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from api import crud, events, studies
-from api.artifacts import safe_file
+from api import events
 from api.auth import PrincipalDep
 from api.deps import SessionDep, SettingsDep
-from api.errors import Conflict, NotFound
-from api.job_state import JobStatus
-from api.models import Job
 from api.pagination import next_page
 from api.routes.jobs import CONFLICT, NOT_FOUND, PREFIX, jobs_out
 from api.schemas import MAX_OFFSET, JobPage, JobStatusName
+from quanta_jobs import crud, studies
+from quanta_jobs.artifacts import safe_file
+from quanta_jobs.errors import Conflict, NotFound
+from quanta_jobs.job_state import JobStatus
+from quanta_jobs.models import Job
 
 router = APIRouter(prefix=PREFIX, tags=["studies"])
 PLOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

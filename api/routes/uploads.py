@@ -12,16 +12,16 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import crud
 from api.auth import PrincipalDep
 from api.deps import SessionDep, SettingsDep
-from api.errors import Invalid
 from api.idempotency import IdempotencyKey, check_key, mark_replayed, reused
-from api.models import Upload, new_id
 from api.multipart import ReceivedFile, receive_upload
 from api.pagination import next_page
 from api.schemas import MAX_OFFSET, ErrorBody, UploadKind, UploadOut, UploadPage
 from api.upload_check import KINDS, check, sniff_kind, stored_name
+from quanta_jobs import crud
+from quanta_jobs.errors import Invalid
+from quanta_jobs.models import Upload, new_id
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])

@@ -1,24 +1,32 @@
-"""Jobs whose worker was lost: what to do with them, for the API's sweeper and the workers.
+"""Jobs whose worker was lost, and the sweeper: for the API's sweep loop and the workers.
 
 A worker stamps `heartbeat_at` every few seconds while it runs a job. A running job
 whose stamp is older than `stale_after_s` lost its worker (killed, out of memory,
 host down): it goes back to the queue for another attempt, or fails after
 `max_attempts`, or ends cancelled if a cancel was requested meanwhile. The message
 broker cannot be trusted to redeliver it in time (Redis only does so after its
-visibility timeout), so the API sweeps for such jobs itself.
+visibility timeout), so the API sweeps for such jobs itself (`sweep`), and sends on
+the way the queued jobs whose message never reached the broker and asks a worker to
+end the studies nobody ended.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 from datetime import timedelta
 
+from celery import Celery
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from api.job_state import ConcurrentChange, JobStatus, transition
-from api.models import Job, utcnow
-from api.settings import Settings
+from quanta_jobs import crud, queue
+from quanta_jobs.job_state import ConcurrentChange, JobKind, JobStatus, transition
+from quanta_jobs.models import Job, utcnow
+from quanta_jobs.settings import Settings
+from quanta_jobs.studies import resend_stuck_studies
+
+log = logging.getLogger(__name__)
 
 
 def is_stale(job: Job, settings: Settings) -> bool:
@@ -51,7 +59,8 @@ def recover_stale_jobs(session: Session, settings: Settings, limit: int = 100) -
     cutoff = utcnow() - timedelta(seconds=settings.stale_after_s)
     stale = session.scalars(
         select(Job)
-        .where(Job.status == JobStatus.RUNNING.value, Job.kind != "study",  # run by no worker
+        .where(Job.status == JobStatus.RUNNING.value,
+               Job.kind != JobKind.STUDY.value,  # run by no worker
                func.coalesce(Job.heartbeat_at, Job.updated_at) < cutoff)
         .order_by(Job.created_at)
         .limit(limit)
@@ -65,3 +74,20 @@ def recover_stale_jobs(session: Session, settings: Settings, limit: int = 100) -
         except ConcurrentChange:
             continue
     return requeued
+
+
+def sweep(sessions: sessionmaker[Session], celery: Celery, settings: Settings) -> int:
+    """Put back in the queue the running jobs whose worker was lost, then send the queued
+    jobs whose message never reached the broker, then ask a worker to end each stuck
+    study; returns how many messages were sent."""
+    older_than = utcnow() - timedelta(seconds=max(settings.requeue_interval_s, 5.0))
+    with sessions() as session:
+        recovered = recover_stale_jobs(session, settings)
+        for job_id in recovered:
+            log.warning("job %s: its worker stopped beating; back in the queue", job_id)
+        pending = crud.jobs_to_enqueue(session, older_than=older_than)
+        sent = queue.enqueue(celery, session, dict.fromkeys([*recovered, *pending]))
+        sent += resend_stuck_studies(session, celery, settings)
+    if sent:
+        log.info("re-sent %d queued job(s) to the broker", sent)
+    return sent

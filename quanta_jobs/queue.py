@@ -1,15 +1,29 @@
-"""The Celery application, built from the service settings.
+"""The queue: the Celery application, and sending jobs to the broker.
 
-Imported by the API to send `run_job` by name, so it must never import TensorFlow,
-Keras or `quanta`. There is no result backend: the database is the source of truth.
+The API and the workers send tasks by name (the task code is `worker.tasks`, which
+the API never imports), so this never imports TensorFlow, Keras or `quanta`. There is
+no result backend: the database is the source of truth.
+
+A job is sent to the broker after its row is committed, never before, and marked
+`enqueued_at` once the broker took it; when the broker is down it simply stays queued
+with no `enqueued_at`, and the API's sweeper (`quanta_jobs.recovery.sweep`) sends it
+later. `enqueue` and `request_study_end` are the one place that does this.
 """
 
 from __future__ import annotations
 
-from celery import Celery
+import logging
+from collections.abc import Callable, Iterable
 
-from api.settings import Settings, get_settings
-from worker.sqla_transport import install as install_sqla_transport
+from celery import Celery
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from quanta_jobs.models import Job, utcnow
+from quanta_jobs.settings import Settings, get_settings
+from quanta_jobs.sqla_transport import install as install_sqla_transport
+
+log = logging.getLogger(__name__)
 
 TASK_NAME = "worker.tasks.run_job"
 #: How long an unacknowledged message waits before the broker hands it out again.
@@ -84,3 +98,39 @@ def send_finish_study(app: Celery, study_id: str) -> None:
         retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.5,
                       "interval_max": 0.5},
     )
+
+
+def _send_each(send: Callable[[str], None], ids: list[str], what: str) -> list[str]:
+    """Send `ids` in order until the broker fails; the ids sent."""
+    sent: list[str] = []
+    for item in ids:
+        try:
+            send(item)
+        except Exception as exc:
+            log.warning("broker unreachable (%s: %s); %s %s and %d more wait for the sweeper",
+                        type(exc).__name__, exc, what, item, len(ids) - len(sent) - 1)
+            break
+        sent.append(item)
+    return sent
+
+
+def enqueue(app: Celery, session: Session, job_ids: Iterable[str]) -> int:
+    """Send each (committed, queued) job to the broker, or leave it queued for the sweeper.
+
+    The jobs sent get `enqueued_at` (committed here); at the first failure the rest stay
+    as they are, unmarked, and the sweeper sends them once the broker is back. A job sent
+    twice is harmless: the worker that claims it first runs it. Returns how many were sent.
+    """
+    sent = _send_each(lambda job_id: send_run_job(app, job_id), list(job_ids), "job")
+    if sent:
+        session.execute(update(Job).where(Job.id.in_(sent)).values(enqueued_at=utcnow())
+                        .execution_options(synchronize_session=False))
+        session.commit()
+    return len(sent)
+
+
+def request_study_end(app: Celery, study_ids: Iterable[str]) -> int:
+    """Ask a worker to end each study, or leave it to the sweeper (which finds studies
+    whose children all ended); returns how many requests were sent."""
+    return len(_send_each(lambda study_id: send_finish_study(app, study_id), list(study_ids),
+                          "study end"))

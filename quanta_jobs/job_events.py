@@ -24,8 +24,9 @@ from sqlalchemy import func, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.models import Job, JobEvent, utcnow
+from quanta_jobs.models import Job, JobEvent, utcnow
 from quanta_spec import layer_label
+from quanta_spec.jobs import JobKind
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def root_of(job: Job) -> str:
 def coordinates(job: Job) -> dict[str, Any]:
     """Which job an event is about: id, kind, study, and for a transfer its layer and run."""
     data: dict[str, Any] = {"job": job.id, "kind": job.kind, "parent": job.parent_id}
-    if job.kind == "transfer" and "layer_to_transfer" in (job.spec or {}):
+    if job.kind == JobKind.TRANSFER and "layer_to_transfer" in (job.spec or {}):
         data["layer"] = layer_label(int(job.spec["layer_to_transfer"]))
         data["run"] = job.study_run if job.study_run is not None else None
     return data
@@ -124,7 +125,7 @@ def fetch(session: Session, job: Job, after: int, limit: int = 500) -> list[Even
     """
     query = select(JobEvent.seq, JobEvent.kind, JobEvent.job_id, JobEvent.data,
                    JobEvent.created_at)
-    if job.kind == "study":
+    if job.kind == JobKind.STUDY:
         query = query.where(JobEvent.root_id == job.id)
     else:
         query = query.where(JobEvent.job_id == job.id, JobEvent.root_id == root_of(job))

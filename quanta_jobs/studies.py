@@ -3,11 +3,13 @@
 A study is a job of kind `study` that no worker runs itself. Its children are ordinary
 transfer jobs (`parent_id` = the study, `study_run` = their run in the study), queued
 through the broker like any job, so every idle worker takes one. The study starts
-running when its first child does (see `worker.studies`), and when its last child ends
-a worker computes the statistics and plots and ends the study, exactly once.
+running when its first child does (`start_study`), and when its last child ends a
+worker claims the study (`claim_study_end`), computes the statistics and plots
+(`worker.study_end`) and ends it, exactly once.
 
-This module is the API's side: creating the children, reporting progress, cancelling,
-and noticing a study whose last child ended without anyone finishing it.
+This module is the database side, shared by the API and the workers: creating the
+children, reporting progress, cancelling, starting and claiming a study, and noticing
+a study whose last child ended without anyone finishing it.
 """
 
 from __future__ import annotations
@@ -17,20 +19,20 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from api import crud, job_events
-from api.errors import Conflict
-from api.job_state import TERMINAL, ConcurrentChange, JobStatus, transition
-from api.models import Job, utcnow
-from api.settings import Settings
+from quanta_jobs import crud, job_events
+from quanta_jobs.errors import Conflict
+from quanta_jobs.job_state import TERMINAL, ConcurrentChange, JobKind, JobStatus, transition
+from quanta_jobs.models import Job, utcnow
+from quanta_jobs.queue import enqueue, request_study_end
+from quanta_jobs.settings import Settings
 from quanta_spec import RemoteStudySpec, layer_label
-from worker.celery_app import send_finish_study, send_run_job
 
 log = logging.getLogger(__name__)
 
-KIND = "study"
+KIND = JobKind.STUDY.value
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 #: How long a study may wait, every child ended, before the API asks a worker to end it.
 STUCK_AFTER_S = 30.0
@@ -47,7 +49,7 @@ def add_children(session: Session, study: Job) -> list[Job]:
     children = []
     for run in range(spec.nb_of_runs):
         for layer in spec.study_layers:
-            child = Job(kind="transfer", status=JobStatus.QUEUED.value,
+            child = Job(kind=JobKind.TRANSFER.value, status=JobStatus.QUEUED.value,
                         spec=spec.child_spec(layer, run).model_dump(mode="json"),
                         parent_id=study.id, study_run=run, owner=study.owner)
             session.add(child)
@@ -60,24 +62,11 @@ def add_children(session: Session, study: Job) -> list[Job]:
 
 def enqueue_children(celery: Celery, session: Session, study: Job) -> int:
     """Send every queued child to the broker; those it misses stay for the re-sender."""
-    ids = list(session.scalars(
+    ids = session.scalars(
         select(Job.id).where(Job.parent_id == study.id, Job.status == JobStatus.QUEUED.value,
                              Job.enqueued_at.is_(None))
-        .order_by(Job.study_run, Job.created_at)))
-    sent: list[str] = []
-    for job_id in ids:
-        try:
-            send_run_job(celery, job_id)
-        except Exception as exc:
-            log.warning("study %s: %d children stay queued, broker unreachable (%s)",
-                        study.id, len(ids) - len(sent), exc)
-            break
-        sent.append(job_id)
-    if sent:
-        session.execute(update(Job).where(Job.id.in_(sent)).values(enqueued_at=utcnow())
-                        .execution_options(synchronize_session=False))
-        session.commit()
-    return len(sent)
+        .order_by(Job.study_run, Job.created_at))
+    return enqueue(celery, session, ids)
 
 
 def list_children(session: Session, study_id: str, *, status: str | None = None,
@@ -198,11 +187,7 @@ def after_cancel(session: Session, celery: Celery, job: Job) -> None:
     if job.parent_id is None or job.status not in TERMINAL:
         return
     if unfinished_children(session, job.parent_id) == 0:
-        try:
-            send_finish_study(celery, job.parent_id)
-        except Exception as exc:
-            log.warning("study %s: cannot ask a worker to end it (%s); the sweeper will",
-                        job.parent_id, exc)
+        request_study_end(celery, [job.parent_id])
 
 
 def stuck_studies(session: Session, settings: Settings,
@@ -230,12 +215,40 @@ def stuck_studies(session: Session, settings: Settings,
 
 def resend_stuck_studies(session: Session, celery: Celery, settings: Settings) -> int:
     """Ask a worker to end each stuck study; returns how many were sent."""
-    sent = 0
-    for study_id in stuck_studies(session, settings):
-        try:
-            send_finish_study(celery, study_id)
-        except Exception as exc:
-            log.warning("study %s stays unfinished: broker unreachable (%s)", study_id, exc)
-            break
-        sent += 1
-    return sent
+    return request_study_end(celery, stuck_studies(session, settings))
+
+
+def start_study(session: Session, study_id: str) -> bool:
+    """A child started running: the study, if still queued, runs too (committed); True if
+    this call started it (another child may have been first)."""
+    study = session.get(Job, study_id)
+    if study is None or study.status != JobStatus.QUEUED:
+        return False
+    try:
+        transition(session, study, JobStatus.RUNNING)
+        session.commit()
+    except ConcurrentChange:  # another child started it first
+        return False
+    log.info("study %s: running", study_id)
+    return True
+
+
+def claim_study_end(session: Session, settings: Settings, study_id: str, me: str
+                    ) -> Job | None:
+    """Take the study for ending it (committed): a compare-and-swap on `worker`, which
+    must be free or stale (the worker that claimed it died). None if someone else has it."""
+    stale = utcnow() - timedelta(seconds=settings.stale_after_s)
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == study_id, Job.kind == KIND, Job.status.in_(ACTIVE),
+               or_(Job.worker.is_(None), Job.heartbeat_at < stale))
+        .values(worker=me, heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    if claimed != 1:
+        return None
+    study = session.get(Job, study_id)
+    assert study is not None
+    session.refresh(study)
+    return study

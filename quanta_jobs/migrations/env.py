@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from the caller (api.migrate) or the settings."""
+"""Alembic environment: the URL comes from the caller (quanta_jobs.migrate) or the settings."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import logging
 
 from alembic import context
 
-from api.db import make_engine
-from api.models import Base
-from api.settings import get_settings
+from quanta_jobs.db import make_engine
+from quanta_jobs.models import Base
+from quanta_jobs.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and not logging.getLogger().handlers:

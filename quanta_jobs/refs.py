@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, Invalid
-from api.job_state import JobStatus
-from api.models import Artifact, Job, Upload
-from api.settings import Settings
+from quanta_jobs.errors import Conflict, Invalid
+from quanta_jobs.job_state import JobStatus
+from quanta_jobs.models import Artifact, Job, Upload
+from quanta_jobs.settings import Settings
 from quanta_spec import (
     JobRef,
     RemoteSourceSpec,
@@ -26,7 +26,10 @@ from quanta_spec import (
     TransferSpec,
     UploadRef,
     layer_label,
+    run_seed,
 )
+from quanta_spec.jobs import JobKind
+from quanta_spec.layout import SOURCE_FILE_NAMES, run_file_names
 
 #: Which upload kind each field accepts.
 UPLOAD_KIND_OF_FIELD = {
@@ -101,18 +104,18 @@ def _finished_job(session: Session, ref: JobRef, field: str, kind: str,
 def _job_file(session: Session, settings: Settings, ref: JobRef, field: str, kind: str,
               owner: str | None = None) -> Path:
     job = _finished_job(session, ref, field, kind, owner)
-    if kind == "source":
+    if kind == JobKind.SOURCE:
         if ref.run != 0:
             raise Invalid("a source job has no runs; leave 'run' out",
                           loc=(*LOC, field, "run"))
-        name = "source.weights.h5" if field == "source_weights" else "source.keras"
+        name = SOURCE_FILE_NAMES["weights" if field == "source_weights" else "model"]
     else:
         nb_of_runs = int(job.spec.get("nb_of_runs", 1))
         if ref.run >= nb_of_runs:
             raise Invalid(f"job '{ref.job}' has runs 0 to {nb_of_runs - 1}, not {ref.run}",
                           loc=(*LOC, field, "run"))
         layer = layer_label(int(job.spec["layer_to_transfer"]))
-        name = f"target_r_{ref.run}_l_{layer}.keras"
+        name = run_file_names(ref.run, layer)["target_model"]
     artifact = _find_artifact(session, job, name)
     if artifact is None:
         raise Invalid(f"job '{ref.job}' produced no {name} (was it a show_only_build job?)",
@@ -150,9 +153,9 @@ def check_ranges(spec: RemoteSourceSpec | RemoteTransferSpec) -> None:
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > limit:
             raise Invalid(f"{field} must be at most {limit} in absolute value (got {value})",
                           loc=(*LOC, field))
-    if isinstance(spec, RemoteTransferSpec) and spec.seed is not None and spec.seed >= 0:
-        last = spec.seed + spec.nb_of_runs - 1
-        if last > MAX_SEED:
+    if isinstance(spec, RemoteTransferSpec):
+        last = run_seed(spec.seed, spec.nb_of_runs - 1)
+        if last is not None and last > MAX_SEED:
             raise Invalid(f"seed + nb_of_runs - 1 must be at most {MAX_SEED} (got {last})",
                           loc=(*LOC, "seed"))
 
@@ -174,20 +177,21 @@ def resolve_spec(
     if isinstance(spec, RemoteTransferSpec):
         values["target_task"] = _task(session, settings, spec.target_task, "target_task", owner)
         values["source_weights"] = _file(session, settings, spec.source_weights,
-                                         "source_weights", "source", owner)
+                                         "source_weights", JobKind.SOURCE, owner)
         values["train_from_previous_training"] = _file(
             session, settings, spec.train_from_previous_training,
-            "train_from_previous_training", "transfer", owner,
+            "train_from_previous_training", JobKind.TRANSFER, owner,
         )
         return TransferSpec.model_validate(values)
     values["train_from_previous_training"] = _file(
         session, settings, spec.train_from_previous_training,
-        "train_from_previous_training", "source", owner,
+        "train_from_previous_training", JobKind.SOURCE, owner,
     )
     return SourceSpec.model_validate(values)
 
 
 def remote_spec(kind: str, spec: dict[str, Any]) -> RemoteSourceSpec | RemoteTransferSpec:
     """Parse a stored spec back into its model (the database holds it as JSON)."""
-    model = {"source": RemoteSourceSpec, "study": RemoteStudySpec}.get(kind, RemoteTransferSpec)
+    model = {JobKind.SOURCE: RemoteSourceSpec, JobKind.STUDY: RemoteStudySpec}.get(
+        kind, RemoteTransferSpec)
     return model.model_validate(spec)

@@ -1,5 +1,8 @@
 """THE one place that changes a job's status, for the API and the workers alike.
 
+The statuses themselves (`JobStatus`, `TERMINAL`) are `quanta_spec.jobs`, shared with
+the client; this module adds the table of legal changes and the change itself.
+
 Every change is a compare-and-swap (`UPDATE ... WHERE status = <expected>`), so two
 processes racing on one job (a cancel and a worker starting it, or a message
 delivered twice) cannot both win: the loser gets `ConcurrentChange`.
@@ -8,26 +11,16 @@ delivered twice) cannot both win: the loser gets `ConcurrentChange`.
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from api.models import Job, utcnow
+from quanta_jobs.models import Job, utcnow
+from quanta_spec.jobs import TERMINAL, JobKind, JobStatus
 
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL: frozenset[JobStatus] = frozenset(
-    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
-)
+__all__ = ["ALLOWED", "TERMINAL", "ConcurrentChange", "IllegalTransition", "JobKind",
+           "JobStatus", "check_transition", "transition"]
 
 #: The only legal status changes. running -> queued is a retry after a lost worker.
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {

@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, NotFound
-from api.job_state import TERMINAL, ConcurrentChange, JobStatus, transition
-from api.models import Artifact, Job, Upload, utcnow
+from quanta_jobs.errors import Conflict, NotFound
+from quanta_jobs.job_state import TERMINAL, ConcurrentChange, JobStatus, transition
+from quanta_jobs.models import Artifact, Job, Upload, utcnow
 
 
 def create_job(session: Session, kind: str, spec: dict[str, Any], *, owner: str = "",

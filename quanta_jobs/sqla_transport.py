@@ -3,7 +3,7 @@
 The stock transport passes every transport option to `create_engine`, so options
 it reads itself (`polling_interval`) make it fail; and SQLite gets no WAL and the
 default 5 s lock wait, so an API and a worker polling the same file trip over
-"database is locked". `worker.celery_app` installs this class for `sqla+` URLs.
+"database is locked". `quanta_jobs.queue` installs this class for `sqla+` URLs.
 """
 
 from __future__ import annotations
