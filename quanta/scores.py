@@ -194,7 +194,7 @@ def transrate(f: ArrayLike, y: ArrayLike, *, eps: float = 1e-4, normalize: bool 
         z = z / np.maximum(norms, np.finfo(np.float64).tiny)
     conditional = sum(np.count_nonzero(codes == c) / n * coding_rate(z[codes == c], eps)
                       for c in range(k))
-    return coding_rate(z, eps) - conditional
+    return float(coding_rate(z, eps) - conditional)
 
 
 # --- GBC -------------------------------------------------------------------------------
