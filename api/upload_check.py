@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from quanta_spec.layout import SOURCE_FILE_NAMES
+
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 #: HDF5 allows a user block before the superblock; it then starts at one of these offsets.
 HDF5_OFFSETS = (0, 512, 1024, 2048)
@@ -174,7 +176,7 @@ def stored_name(kind: str, filename: str) -> str:
     which becomes the task's name in output folder names.
     """
     if kind == "weights":
-        return "source.weights.h5"
+        return SOURCE_FILE_NAMES["weights"]
     if kind == "model":
         return "model.keras"
     stem = Path(filename.replace("\\", "/")).name

@@ -11,14 +11,13 @@ the files of its children: each child ran one run (its files say `r_0`), which i
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from quanta_client.api import Client, ClientError
-
-_RUN_0 = re.compile(r"_r_0_l_(\d+|all)\.")
+from quanta_spec import layer_label
+from quanta_spec import layout as seed_layout
 
 
 def safe_relative(path: str) -> PurePosixPath:
@@ -31,14 +30,13 @@ def safe_relative(path: str) -> PurePosixPath:
 
 def as_run(path: str, run: int) -> str:
     """A child's file name for run 0 renamed to the study's run `run`."""
-    return _RUN_0.sub(lambda m: f"_r_{run}_l_{m.group(1)}.", path)
+    return seed_layout.as_run(path, run)
 
 
 def child_plot(path: str, child: dict[str, Any]) -> str:
     """A child's `plots/quantas.png` under a name of its own in the study's folder."""
-    layer = child["spec"]["layer_to_transfer"]
-    label = "all" if layer < 0 else str(layer)
-    return f"plots/quantas_r_{child['study_run']}_l_{label}.png"
+    return seed_layout.child_plot(int(child["study_run"]),
+                                  layer_label(int(child["spec"]["layer_to_transfer"])))
 
 
 def download_job(client: Client, job: dict[str, Any], folder: str | Path,
@@ -54,7 +52,7 @@ def download_job(client: Client, job: dict[str, Any], folder: str | Path,
                 continue
             for artifact in client.artifacts(child["id"]):
                 path = artifact["path"]
-                target = (child_plot(path, child) if path == "plots/quantas.png"
+                target = (child_plot(path, child) if path == seed_layout.TRANSFER_PLOT
                           else as_run(path, int(child["study_run"])))
                 plan.append((child["id"], artifact, target))
     targets = [t for _, _, t in plan]

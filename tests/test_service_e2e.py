@@ -149,7 +149,7 @@ def test_transfer_job_files_in_the_seed_layout(service: SimpleNamespace,
                        ("testing_metrics_of_source", "jsonl"),
                        ("testing_metrics_of_target", "jsonl"),
                        ("training_metrics_of_target", "jsonl"))}
-    # ... and the service's plot of the quantas per epoch (worker.studies.transfer_plot).
+    # ... and the service's plot of the quantas per epoch (worker.job_plots.transfer_plot).
     assert {a["path"] for a in listing} == seed_layout | {"plots/quantas.png"}
 
 

@@ -167,14 +167,14 @@ def running(db: Any, job_id: str, worker: str = "w@host") -> Any:
 def test_cancel_a_running_study_ends_it_when_its_running_jobs_stop(
         client: Any, source_job: Any, db: Any, settings: Any) -> None:
     from quanta_jobs.job_state import JobStatus, transition
-    from worker import studies
+    from worker import hooks, study_end
     from worker.runner import JobRunner
 
     study = post_study(client, source_job)
     first = children(client, study["id"])[0]
     child = running(db, first["id"])
     runner = JobRunner(settings)
-    studies.job_started(runner, child.id)  # the worker's hook: the study starts running
+    hooks.job_started(runner.context, child.id)  # the worker's hook: the study starts running
     assert client.get(f"/v1/jobs/{study['id']}").json()["status"] == "running"
 
     body = client.post(f"/v1/jobs/{study['id']}/cancel").json()
@@ -186,10 +186,10 @@ def test_cancel_a_running_study_ends_it_when_its_running_jobs_stop(
     db.refresh(child)
     transition(db, child, JobStatus.CANCELLED, owner="w@host")
     db.commit()
-    studies.job_ended(runner, child.id, "w@host")
+    hooks.job_ended(runner.context, child.id, "w@host")
     body = client.get(f"/v1/jobs/{study['id']}").json()
     assert body["status"] == "cancelled" and body["progress"]["cancelled"] == 4
-    assert studies.finish_study(runner, study["id"], "w@host") == "skipped"  # only once
+    assert study_end.finish_study(runner.context, study["id"], "w@host") == "skipped"  # only once
     runner.engine.dispose()
 
 
@@ -226,7 +226,7 @@ def test_a_failed_job_is_missing_from_the_summary(client: Any, source_job: Any, 
     from quanta_jobs import crud
     from quanta_jobs.artifacts import scan
     from quanta_jobs.job_state import JobStatus, transition
-    from worker import studies
+    from worker import hooks, study_end
     from worker.runner import JobRunner
 
     study = post_study(client, source_job, witness=True)
@@ -235,7 +235,7 @@ def test_a_failed_job_is_missing_from_the_summary(client: Any, source_job: Any, 
     values = {}
     for index, item in enumerate(jobs):
         child = running(db, item["id"])
-        studies.job_started(runner, child.id)
+        hooks.job_started(runner.context, child.id)
         layer, run = str(item["spec"]["layer_to_transfer"]), item["study_run"]
         if index == 3:
             transition(db, child, JobStatus.FAILED, owner="w@host", error="out of memory")
@@ -247,8 +247,8 @@ def test_a_failed_job_is_missing_from_the_summary(client: Any, source_job: Any, 
             transition(db, child, JobStatus.SUCCEEDED, owner="w@host",
                        result={"experiment_dir": "digits_to_digits"})
         db.commit()
-        studies.job_ended(runner, child.id, "w@host")  # the last one ends the study
-    assert studies.finish_study(runner, study["id"], "other@host") == "skipped"
+        hooks.job_ended(runner.context, child.id, "w@host")  # the last one ends the study
+    assert study_end.finish_study(runner.context, study["id"], "other@host") == "skipped"
     runner.engine.dispose()
 
     body = client.get(f"/v1/jobs/{study['id']}").json()

@@ -38,7 +38,8 @@ from quanta_jobs.queue import enqueue
 from quanta_jobs.recovery import is_stale, recover
 from quanta_jobs.refs import remote_spec, resolve_spec
 from quanta_jobs.settings import Settings
-from worker import checkpoints, studies
+from worker import checkpoints, hooks, job_plots
+from worker.context import JobContext
 from worker.db_retry import RETRYABLE, DatabaseUnavailable, retry_db
 
 log = logging.getLogger(__name__)
@@ -157,20 +158,15 @@ class JobRunner:
         self.settings = settings
         self.engine = make_engine(settings.database_url)
         self.sessions = make_sessionmaker(self.engine)
+        #: What the job hooks and the end of a study get (they never see the runner).
+        self.context = JobContext(settings, self.sessions)
         self.shutting_down = threading.Event()
         #: Where a job handed back to the queue is sent at once (else the sweeper sends it).
         self.celery = celery
 
     def redact(self, message: str) -> str:
-        """Server folders in a message become `uploads/`, `artifacts/`, `data/`: clients
-        name files by id and have no business knowing the server's layout."""
-        folders = [(self.settings.uploads_path, "uploads"),
-                   (self.settings.artifacts_dir, "artifacts")]
-        if self.settings.data_dir is not None:
-            folders.append((self.settings.data_dir, "data"))
-        for folder, name in sorted(folders, key=lambda f: -len(str(f[0]))):
-            message = message.replace(str(folder), name)
-        return message
+        """`JobContext.redact`: no server folder in a message a client reads."""
+        return self.context.redact(message)
 
     # -- claiming ---------------------------------------------------------------------
     def _claim(self, session: Session, job_id: str, worker: str) -> Job | Outcome:
@@ -209,7 +205,7 @@ class JobRunner:
             job = claimed
             log.info("job %s: started (%s, attempt %d) on %s", job.id, job.kind, job.attempts,
                      worker)
-            studies.job_started(self, job.id)
+            hooks.job_started(self.context, job.id)
             try:
                 local = resolve_spec(session, self.settings, remote_spec(job.kind, job.spec))
             except ServiceError as exc:
@@ -298,7 +294,7 @@ class JobRunner:
                     enqueue(self.celery, again, [job.id])
             except Exception:
                 log.warning("job %s stays queued until the API re-sends it", job.id)
-        studies.job_ended(self, job.id, owner)
+        hooks.job_ended(self.context, job.id, owner)
         return Outcome(status.value, fields.get("error") or "")
 
     def _progress_hook(self, job_id: str) -> Callable[[Any], None]:
@@ -320,7 +316,7 @@ class JobRunner:
                         .execution_options(synchronize_session=False)
                     )
                     session.commit()
-                    studies.epoch_event(session, job_id, progress)
+                    hooks.epoch_event(session, job_id, progress)
 
             try:
                 retry_db(write, what=f"progress of job {job_id}", budget_s=PROGRESS_RETRY_S)
@@ -376,8 +372,8 @@ class JobRunner:
                     "timings": {k: round(v, 3) for k, v in transfer.timings.items()},
                 }
                 if transfer.runs:
-                    studies.transfer_plot(spec, transfer.experiment_dir, output,
-                                          spec.nb_of_runs)
+                    job_plots.transfer_plot(spec, transfer.experiment_dir, output,
+                                            spec.nb_of_runs)
         except Cancelled as exc:
             if cancel_check.lost:
                 return None, {}

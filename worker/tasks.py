@@ -14,7 +14,7 @@ from celery.signals import worker_shutting_down
 
 from quanta_jobs.queue import FINISH_STUDY_TASK, TASK_NAME, make_celery
 from quanta_jobs.settings import get_settings
-from worker import studies
+from worker import study_end
 from worker.db_retry import DatabaseUnavailable
 from worker.runner import JobRunner
 
@@ -54,4 +54,4 @@ def run_job(self: Any, job_id: str) -> str:
 def finish_study(self: Any, study_id: str) -> str:
     """End a study whose children all ended (statistics, plots, final status); safe to
     receive twice or while another worker ends it (the first to claim it does)."""
-    return studies.finish_study(runner(), study_id, self.request.hostname or "worker")
+    return study_end.finish_study(runner().context, study_id, self.request.hostname or "worker")

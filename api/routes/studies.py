@@ -26,6 +26,7 @@ from quanta_jobs.artifacts import safe_file
 from quanta_jobs.errors import Conflict, NotFound
 from quanta_jobs.job_state import JobStatus
 from quanta_jobs.models import Job
+from quanta_spec.layout import SUMMARY_JSON, study_plot
 
 router = APIRouter(prefix=PREFIX, tags=["studies"])
 PLOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -100,7 +101,7 @@ def get_summary(job_id: str, session: SessionDep, settings: SettingsDep,
     if study.status != JobStatus.SUCCEEDED:
         reason = f": {study.error}" if study.error else ""
         raise Conflict(f"study '{job_id}' {study.status}{reason}; it has no summary")
-    file = _artifact_file(session, settings, job_id, "summary.json")
+    file = _artifact_file(session, settings, job_id, SUMMARY_JSON)
     if file is None:
         raise NotFound(f"study '{job_id}' has no summary.json (deleted?)")
     return JSONResponse(json.loads(file.read_text()))
@@ -126,7 +127,7 @@ def get_plot(job_id: str, name: str, session: SessionDep, settings: SettingsDep,
     λ_s per layer) and `accuracy` (target and witness accuracy per layer) for a study.
     Plots are drawn when the job ends; until then, and for other names, a 404."""
     job = crud.get_job(session, job_id, owner=principal.owner_filter)
-    path = f"plots/{name}.png"
+    path = study_plot(name)
     file = _artifact_file(session, settings, job_id, path) if PLOT_NAME.match(name) else None
     if file is None:
         found = sorted(a.path.removeprefix("plots/").removesuffix(".png")

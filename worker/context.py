@@ -1,0 +1,32 @@
+"""What the worker's job hooks and the end of a study need from the worker process.
+
+A small object instead of the `JobRunner`, so that `worker.hooks`, `worker.study_end`
+and the others never import the runner (the runner imports them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from quanta_jobs.settings import Settings
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """The settings and database sessions of one worker process."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+
+    def redact(self, message: str) -> str:
+        """Server folders in a message become `uploads/`, `artifacts/`, `data/`: clients
+        name files by id and have no business knowing the server's layout."""
+        folders = [(self.settings.uploads_path, "uploads"),
+                   (self.settings.artifacts_dir, "artifacts")]
+        if self.settings.data_dir is not None:
+            folders.append((self.settings.data_dir, "data"))
+        for folder, name in sorted(folders, key=lambda f: -len(str(f[0]))):
+            message = message.replace(str(folder), name)
+        return message

@@ -1,0 +1,63 @@
+"""The service's plots beside a job's files: λ_s per epoch of a transfer job, and a
+study's transferability and accuracy. A plot that cannot be drawn is logged, never
+fatal: the job's outcome is decided before these run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quanta_jobs.models import Job
+from quanta_jobs.studies import study_spec
+from quanta_spec.layout import STUDY_PLOTS, TRANSFER_PLOT, run_file_names, study_plot
+from worker.results import last_line, task_name
+
+if TYPE_CHECKING:
+    from quanta.summary import Summary
+
+log = logging.getLogger(__name__)
+
+
+def _title(spec: dict[str, Any]) -> str:
+    return f"{task_name(spec['source_task'])} → {task_name(spec['target_task'])}"
+
+
+def write_study_plots(output: Path, study: Job, summary: Summary) -> None:
+    from quanta import plots
+
+    spec = study_spec(study)
+    runs = f"{spec.nb_of_runs} run{'s' if spec.nb_of_runs > 1 else ''}"
+    detail = f"{runs} × {spec.nb_of_target_epochs} epochs per layer"
+    title = _title(study.spec)
+    try:
+        transferability, accuracy = STUDY_PLOTS
+        plots.transferability(summary, output / study_plot(transferability),
+                              f"Transferability, {title}\n{detail}")
+        plots.accuracy(summary, output / study_plot(accuracy),
+                       f"Test accuracy, {title}\n{detail}")
+    except Exception:
+        log.exception("study %s: plots not drawn", study.id)
+
+
+def transfer_plot(spec: Any, experiment: Path, output: Path, nb_of_runs: int) -> None:
+    """`plots/quantas.png` of a finished transfer job: λ_s per epoch of each run."""
+    try:
+        from quanta import plots
+
+        lines = []
+        for run in range(nb_of_runs):
+            path = experiment / run_file_names(run, spec.layer_label)["quantas"]
+            if path.is_file():
+                lines.append(last_line(path))
+        if not lines:
+            return
+        layer = "all layers" if spec.layer_to_transfer < 0 else f"layer {spec.layer_to_transfer}"
+        runs = f"{len(lines)} run{'s' if len(lines) > 1 else ''}"
+        title = (f"λ_s per epoch, {experiment.name.replace('_to_', ' → ')}, {layer} "
+                 f"({runs}, seed {spec.seed})" if spec.seeded else
+                 f"λ_s per epoch, {experiment.name.replace('_to_', ' → ')}, {layer} ({runs})")
+        plots.quantas_per_epoch(lines, output / TRANSFER_PLOT, title)
+    except Exception:
+        log.exception("quantas plot of %s not drawn", output.name)

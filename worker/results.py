@@ -1,0 +1,51 @@
+"""Reading a finished job's results back from its files, for the statistics of a study.
+
+The files are the seed's layout (`quanta_spec.layout`); a study's child ran one run,
+its run 0, which is run `study_run` of the study.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quanta_jobs.models import Job
+from quanta_spec.layout import experiment_dir, run_file_names
+
+if TYPE_CHECKING:
+    from quanta.summary import RunRecord
+
+
+def last_line(path: Path) -> dict[str, Any]:
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{path.name} is empty")
+    return json.loads(lines[-1])
+
+
+def read_record(folder: Path, child: Job, entry: str, run: int) -> RunRecord:
+    """A child's run as the statistics want it, read from its JSONL files."""
+    from quanta.summary import RunRecord
+
+    spec = child.spec
+    experiment = folder / (child.result or {}).get("experiment_dir", "")
+    if not (child.result or {}).get("experiment_dir"):
+        experiment = experiment_dir(folder, task_name(spec["source_task"]),
+                                    task_name(spec["target_task"]))
+    names = run_file_names(0, entry)  # a child has one run, its run 0
+    witness = experiment / names["witness_testing"]
+    return RunRecord(
+        entry=entry,
+        run=run,
+        quantas=last_line(experiment / names["quantas"]),
+        target_metrics=last_line(experiment / names["target_testing"]),
+        witness_metrics=last_line(witness) if spec.get("witness") else None,
+    )
+
+
+def task_name(task: Any) -> str:
+    """A task as it appears in titles and folder names: its name, or `upload ID`."""
+    if isinstance(task, dict):
+        return f"upload-{task.get('upload', '?')[:8]}"
+    return str(task)

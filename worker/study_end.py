@@ -1,0 +1,167 @@
+"""The end of a study: its statistics, plots and final status, computed exactly once.
+
+Every worker that ends a child of a study whose children have all ended tries to
+claim the study (`quanta_jobs.studies.claim_study_end`, a compare-and-swap on its
+`worker` column); the one that wins writes `summary.json`, `summary.csv` and the
+plots, and moves the study to its final status with
+`quanta_jobs.job_state.transition(..., owner=itself)`. A claim whose worker died
+(stale heartbeat) may be taken over; `finish_study` is also a Celery task, sent by
+the API's sweeper when a study's children all ended without anyone ending it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from quanta_jobs import crud, job_events
+from quanta_jobs.artifacts import scan
+from quanta_jobs.job_state import TERMINAL, ConcurrentChange, JobStatus, transition
+from quanta_jobs.models import Job
+from quanta_jobs.studies import KIND, claim_study_end, study_progress, unfinished_children
+from quanta_spec import layer_label
+from quanta_spec.files import atomic_write
+from quanta_spec.layout import STUDY_PLOTS, SUMMARY_CSV, SUMMARY_JSON, study_plot
+from worker.context import JobContext
+from worker.job_plots import write_study_plots
+from worker.results import read_record
+
+if TYPE_CHECKING:
+    from quanta.summary import Missing, RunRecord, Summary
+
+log = logging.getLogger(__name__)
+
+
+def finish_study(context: JobContext, study_id: str, worker: str) -> str:
+    """End the study if all its children ended and nobody else is ending it; idempotent.
+
+    Returns what happened: `waiting` (children still to end), `skipped` (ended, or
+    being ended elsewhere), or the study's final status.
+    """
+    me = f"{worker} (ending the study)"[:255]
+    with context.sessions() as session:
+        study = session.get(Job, study_id)
+        if study is None or study.kind != KIND or study.status in TERMINAL:
+            return "skipped"
+        if unfinished_children(session, study_id):
+            return "waiting"
+        study = claim_study_end(session, context.settings, study_id, me)
+        if study is None:
+            return "skipped"
+        try:
+            if study.status == JobStatus.QUEUED:  # its children ended before it was seen running
+                transition(session, study, JobStatus.RUNNING, worker=me)
+                session.commit()
+            if study.cancel_requested:
+                status = JobStatus.CANCELLED
+                fields: dict[str, Any] = {"result": {
+                    "message": "cancelled", "progress": study_progress(session, study)}}
+            else:
+                status, fields = aggregate(context, session, study)
+            transition(session, study, status, owner=me, **fields)
+            output = context.settings.artifacts_dir / study.id
+            crud.replace_artifacts(session, study.id, scan(output))
+            session.commit()
+        except ConcurrentChange:
+            log.warning("study %s changed while being ended (cancelled?); leaving it", study_id)
+            return "skipped"
+        except Exception as exc:  # a bug: end the study failed rather than leave it hanging
+            log.exception("study %s: ending it failed", study_id)
+            session.rollback()
+            session.refresh(study)
+            if study.status not in TERMINAL:
+                transition(session, study, JobStatus.FAILED, owner=me,
+                           error=context.redact(f"internal error: {type(exc).__name__}: {exc}"))
+                session.commit()
+            status = JobStatus.FAILED
+        log.info("study %s: %s", study_id, status.value)
+        job_events.record_status(session, study)
+        return status.value
+
+
+def aggregate(context: JobContext, session: Session, study: Job
+              ) -> tuple[JobStatus, dict[str, Any]]:
+    """Statistics and plots of a study whose children all ended: (final status, fields)."""
+    from quanta.summary import Missing, summarise
+
+    children = list(session.scalars(select(Job).where(Job.parent_id == study.id)
+                                    .order_by(Job.study_run, Job.created_at)))
+    records: list[RunRecord] = []
+    missing: list[Missing] = []
+    missing_out: list[dict[str, Any]] = []
+    for child in children:
+        entry = layer_label(int(child.spec["layer_to_transfer"]))
+        run = int(child.study_run or 0)
+        reason = None
+        if child.status == JobStatus.SUCCEEDED:
+            try:
+                records.append(read_record(context.settings.artifacts_dir / child.id, child,
+                                           entry, run))
+            except (OSError, ValueError, KeyError, IndexError) as exc:
+                reason = context.redact(f"its results cannot be read: {exc}")
+        else:
+            reason = child.error or (child.result or {}).get("message") or child.status
+        if reason is not None:
+            missing.append(Missing(entry, run, f"job {child.id} {child.status}: {reason}"))
+            missing_out.append({"job": child.id, "layer": entry, "run": run,
+                                "status": child.status, "error": reason})
+    progress = study_progress(session, study)
+    if not records:
+        first = missing_out[0]["error"] if missing_out else "no child"
+        return JobStatus.FAILED, {
+            "error": f"no child job succeeded ({len(missing_out)} of {len(children)} failed "
+                     f"or were cancelled); first: {first}",
+            "result": {"missing": missing_out, "progress": progress},
+        }
+    summary = summarise(records, missing)
+    output = context.settings.artifacts_dir / study.id
+    write_summary(output, study, summary, children)
+    write_study_plots(output, study, summary)
+    return JobStatus.SUCCEEDED, {"result": {
+        "children": len(children),
+        "succeeded": len(records),
+        "missing": missing_out,
+        "complete": not missing_out,
+        "entries": compact_entries(summary),
+        "summary": f"/v1/jobs/{study.id}/summary",
+        "plots": [f"/v1/jobs/{study.id}/{study_plot(name)}"
+                  for name in STUDY_PLOTS if (output / study_plot(name)).is_file()],
+        "progress": progress,
+    }}
+
+
+def compact_entries(summary: Summary) -> dict[str, Any]:
+    """Per entry, the numbers one reads first (the full detail is in summary.json)."""
+    out: dict[str, Any] = {}
+    for entry, data in summary.entries.items():
+        def brief(stat: dict[str, Any] | None) -> dict[str, Any] | None:
+            if not stat or not stat["n"]:
+                return None
+            return {"mean": stat["mean"], "std": stat["std"], "ci95": stat["ci95"]}
+
+        out[entry] = {
+            "runs": len(data["runs"]),
+            "lambda_s": {layer: brief(stat) for layer, stat in data["lambda_s"].items()},
+            "target_accuracy": brief(data["target_accuracy"]),
+            "witness_accuracy": brief(data["witness_accuracy"]),
+            "transfer_gain": brief(data["transfer_gain"]),
+        }
+    return out
+
+
+def write_summary(output: Path, study: Job, summary: Summary, children: list[Job]) -> None:
+    body = {
+        "study": study.id,
+        "spec": study.spec,
+        **summary.as_dict(),
+        "children": [{"job": c.id, "layer": layer_label(int(c.spec["layer_to_transfer"])),
+                      "run": c.study_run, "seed": c.spec.get("seed"), "status": c.status}
+                     for c in children],
+    }
+    atomic_write(output / SUMMARY_JSON, (json.dumps(body, indent=1) + "\n").encode())
+    atomic_write(output / SUMMARY_CSV, summary.as_csv().encode())
