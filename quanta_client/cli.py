@@ -23,22 +23,16 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from quanta_client.api import DEFAULT_SERVER, ApiError, Client, ClientError, Unreachable
 from quanta_client.follow import TERMINAL, follow
 from quanta_client.layout import download_job
+from quanta_client.report import describe_job, report
+from quanta_client.specs import TASK_HELP, Files, Usage, source_spec, transfer_spec
 from quanta_spec.options import positive_int
 
 PROG = "quanta-client"
-BUILTIN_TASKS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits")
-TASK_HELP = (f"one of {', '.join(BUILTIN_TASKS)}; a local .npz file (or npz:PATH) to upload; "
-             "or upload:ID")
-
-
-class Usage(Exception):
-    """A bad option found after parsing (exit 2, like argparse's own errors)."""
 
 
 # --- option types ----------------------------------------------------------------------
@@ -54,49 +48,6 @@ def layers_option(text: str) -> list[int] | str:
     if not layers or any(not -1 <= k <= 6 for k in layers):
         raise argparse.ArgumentTypeError(f"layers must be 0-6 or -1 (all at once), got '{text}'")
     return layers
-
-
-class Files:
-    """Turns the file options into references, uploading local files (once each)."""
-
-    def __init__(self, client: Client, out: Callable[[str], None]) -> None:
-        self.client, self.out = client, out
-        self.done: dict[tuple[str, str], dict[str, str]] = {}
-
-    def _upload(self, path: str, kind: str, option: str) -> dict[str, str]:
-        file = Path(path)
-        if not file.is_file():
-            raise Usage(f"argument {option}: '{path}' does not exist")
-        key = (str(file.resolve()), kind)
-        if key not in self.done:
-            self.out(f"uploading {file.name} ({file.stat().st_size} bytes)...")
-            self.done[key] = {"upload": self.client.upload(file, kind)["id"]}
-        return self.done[key]
-
-    def reference(self, value: str, kind: str, suffixes: tuple[str, ...],
-                  option: str) -> dict[str, Any]:
-        """`job:ID[:RUN]`, `upload:ID`, or a local file to upload."""
-        if value.startswith("job:"):
-            job, _, run = value[4:].partition(":")
-            if not job or (run and not run.isdigit()):
-                raise Usage(f"argument {option}: '{value}' is not job:ID or job:ID:RUN")
-            return {"job": job, **({"run": int(run)} if run else {})}
-        if value.startswith("upload:"):
-            return {"upload": value[7:]}
-        if not value.endswith(suffixes):
-            raise Usage(f"argument {option}: '{value}' must be a {' or '.join(suffixes)} file, "
-                        "job:ID or upload:ID")
-        return self._upload(value, kind, option)
-
-    def task(self, value: str, option: str) -> str | dict[str, Any]:
-        if value in BUILTIN_TASKS:
-            return value
-        if value.startswith("upload:"):
-            return {"upload": value[7:]}
-        path = value[4:] if value.startswith("npz:") else value
-        if not path.endswith(".npz"):
-            raise Usage(f"argument {option}: unknown task '{value}': expected {TASK_HELP}")
-        return self._upload(path, "dataset", option)
 
 
 # --- parser ----------------------------------------------------------------------------
@@ -209,109 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- specs -----------------------------------------------------------------------------
-def _optional(args: argparse.Namespace, *names: str) -> dict[str, Any]:
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-
-
-def transfer_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "source_task": files.task(args.source_task, "-s/--source_task"),
-        "target_task": files.task(args.target_task, "-t/--target_task"),
-        "source_weights": files.reference(args.source_weights, "weights", (".h5",),
-                                          "-sw/--source_weights"),
-        "nb_of_runs": args.nb_of_runs,
-        "nb_of_target_epochs": args.nb_of_target_epochs,
-        "augment_data": args.augment_data,
-        "witness": args.witness,
-        **_optional(args, "nb_of_target_samples", "seed", "width_multiplier",
-                    "quanta_gradient_multiplier", "precision"),
-    }
-    if args.command == "submit":
-        spec["layer_to_transfer"] = args.layer_to_transfer
-        spec["show_only_build"] = args.show_only_build
-        if args.train_from_previous_training:
-            spec["train_from_previous_training"] = files.reference(
-                args.train_from_previous_training, "model", (".keras",),
-                "--train_from_previous_training")
-    else:
-        spec["layers"] = args.layers
-        spec["include_all_at_once"] = args.include_all_at_once
-    return spec
-
-
-def source_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "source_task": files.task(args.source_task, "-s/--source_task"),
-        "nb_of_epochs": args.nb_of_epochs,
-        "augment_data": args.augment_data,
-        "show_only_build": args.show_only_build,
-        **_optional(args, "nb_of_samples", "seed", "width_multiplier", "precision"),
-    }
-    if args.train_from_previous_training:
-        ref = files.reference(args.train_from_previous_training, "model", (".keras",),
-                              "--train_from_previous_training")
-        ref.pop("run", None)
-        spec["train_from_previous_training"] = ref
-    return spec
-
-
-# --- reporting -------------------------------------------------------------------------
-def _acc(metrics: dict[str, Any] | None) -> str:
-    value = (metrics or {}).get("categorical_accuracy")
-    return f"{value:.4f}" if isinstance(value, int | float) else "n/a"
-
-
-def _mean_ci(stat: dict[str, Any] | None, signed: bool = False) -> str:
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    low, high = stat["ci95"]
-    fmt = "+.4f" if signed else ".4f"
-    return f"{stat['mean']:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
-
-
-def report(client: Client, job: dict[str, Any], out: Callable[[str], None]) -> None:
-    """What the job found, in the words of the local command line."""
-    result = job.get("result") or {}
-    if job["status"] != "succeeded":
-        reason = job.get("error") or result.get("message") or ""
-        out(f"job {job['id']} {job['status']}{': ' + reason if reason else ''}")
-        for gap in result.get("missing", []):
-            out(f"  layer {gap['layer']} run {gap['run']}: job {gap['job']} {gap['status']}: "
-                f"{gap['error']}")
-        return
-    if result.get("summaries"):
-        for name, text in result["summaries"].items():
-            out(f"== {name} ==\n{text}")
-    elif job["kind"] == "source":
-        out(f"source model trained: test accuracy {_acc(result.get('test_metrics'))}")
-        if result.get("summary") and job["spec"].get("show_only_build"):
-            out(result["summary"])
-    elif job["kind"] == "transfer":
-        for run in result.get("runs", []):
-            lam = ", ".join(f"{k}: {v['source']:.4f}" for k, v in run["quantas"].items()
-                            if v.get("source") is not None)
-            out(f"run {run['run']}: source accuracy {_acc(run['source_metrics'])}, target "
-                f"accuracy {_acc(run['target_metrics'])}, final λ_s by layer {{{lam}}}")
-            if run.get("witness_metrics"):
-                gain = run.get("transfer_gain")
-                gain_text = f"{gain:+.4f}" if isinstance(gain, int | float) else "n/a"
-                out(f"       witness accuracy {_acc(run['witness_metrics'])}, transfer gain "
-                    f"{gain_text}")
-    elif job["kind"] == "study":
-        summary = client.summary(job["id"])
-        out(f"{'layer':>6}  {'runs':>4}  {'final λ_s, mean [95% CI]':<28}  "
-            f"{'target accuracy':<28}  transfer gain")
-        for entry, data in summary["entries"].items():
-            lam = data["lambda_s"].get(entry) if entry != "all" else None
-            lam_text = _mean_ci(lam) if entry != "all" else "see summary.json"
-            out(f"{entry:>6}  {len(data['runs']):>4}  {lam_text:<28}  "
-                f"{_mean_ci(data['target_accuracy']):<28}  "
-                f"{_mean_ci(data.get('transfer_gain'), signed=True)}")
-        for gap in summary.get("missing", []):
-            out(f"missing: layer {gap['entry']} run {gap['run']}: {gap['reason']}")
-
-
 # --- commands --------------------------------------------------------------------------
 def _finish(client: Client, job: dict[str, Any], args: argparse.Namespace,
             err: Callable[[str], None]) -> int:
@@ -372,25 +220,6 @@ def run(args: argparse.Namespace, err: Callable[[str], None]) -> int:
             err(f"{len(files)} files written under {args.directory}")
             return 0
     raise Usage(f"unknown command {command}")
-
-
-def describe_job(job: dict[str, Any]) -> str:
-    """A few lines about a job: status, progress, error."""
-    lines = [f"{job['id']}  {job['kind']}  {job['status']}"]
-    progress = job.get("progress") or {}
-    if job["kind"] == "study" and progress:
-        layers = ", ".join(f"{k}: {v['done']}/{v['total']}"
-                           for k, v in progress.get("by_layer", {}).items())
-        lines.append(f"  jobs done {progress['done']}/{progress['total']} "
-                     f"({progress['succeeded']} succeeded, {progress['failed']} failed, "
-                     f"{progress['cancelled']} cancelled); by layer {layers}")
-    elif progress:
-        lines.append(f"  run {progress['run'] + 1}/{progress['nb_of_runs']}, epoch "
-                     f"{progress['epoch']}/{progress['nb_of_epochs']} "
-                     f"({100 * progress['fraction']:.0f}%)")
-    if job.get("error"):
-        lines.append(f"  error: {job['error']}")
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,8 +15,8 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from quanta_client.api import ApiError, Client, Unreachable
+from quanta_spec.jobs import TERMINAL
 
-TERMINAL = ("succeeded", "failed", "cancelled")
 POLL_S = 1.0
 #: Broken streams in a row before falling back to polling.
 MAX_BROKEN_STREAMS = 5

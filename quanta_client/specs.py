@@ -1,0 +1,111 @@
+"""Building a job's spec from the client's options, uploading local files on the way.
+
+The options are the local command lines' (`quanta`, `quanta-train-source`); the
+spec is what `POST /v1/jobs` takes (`quanta_spec`'s remote specs, as JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from quanta_client.api import Client
+from quanta_spec import BUILTIN_TASKS
+
+TASK_HELP = (f"one of {', '.join(BUILTIN_TASKS)}; a local .npz file (or npz:PATH) to upload; "
+             "or upload:ID")
+
+
+class Usage(Exception):
+    """A bad option found after parsing (exit 2, like argparse's own errors)."""
+
+
+class Files:
+    """Turns the file options into references, uploading local files (once each)."""
+
+    def __init__(self, client: Client, out: Callable[[str], None]) -> None:
+        self.client, self.out = client, out
+        self.done: dict[tuple[str, str], dict[str, str]] = {}
+
+    def _upload(self, path: str, kind: str, option: str) -> dict[str, str]:
+        file = Path(path)
+        if not file.is_file():
+            raise Usage(f"argument {option}: '{path}' does not exist")
+        key = (str(file.resolve()), kind)
+        if key not in self.done:
+            self.out(f"uploading {file.name} ({file.stat().st_size} bytes)...")
+            self.done[key] = {"upload": self.client.upload(file, kind)["id"]}
+        return self.done[key]
+
+    def reference(self, value: str, kind: str, suffixes: tuple[str, ...],
+                  option: str) -> dict[str, Any]:
+        """`job:ID[:RUN]`, `upload:ID`, or a local file to upload."""
+        if value.startswith("job:"):
+            job, _, run = value[4:].partition(":")
+            if not job or (run and not run.isdigit()):
+                raise Usage(f"argument {option}: '{value}' is not job:ID or job:ID:RUN")
+            return {"job": job, **({"run": int(run)} if run else {})}
+        if value.startswith("upload:"):
+            return {"upload": value[7:]}
+        if not value.endswith(suffixes):
+            raise Usage(f"argument {option}: '{value}' must be a {' or '.join(suffixes)} file, "
+                        "job:ID or upload:ID")
+        return self._upload(value, kind, option)
+
+    def task(self, value: str, option: str) -> str | dict[str, Any]:
+        if value in BUILTIN_TASKS:
+            return value
+        if value.startswith("upload:"):
+            return {"upload": value[7:]}
+        path = value[4:] if value.startswith("npz:") else value
+        if not path.endswith(".npz"):
+            raise Usage(f"argument {option}: unknown task '{value}': expected {TASK_HELP}")
+        return self._upload(path, "dataset", option)
+
+
+def _optional(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def transfer_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "source_task": files.task(args.source_task, "-s/--source_task"),
+        "target_task": files.task(args.target_task, "-t/--target_task"),
+        "source_weights": files.reference(args.source_weights, "weights", (".h5",),
+                                          "-sw/--source_weights"),
+        "nb_of_runs": args.nb_of_runs,
+        "nb_of_target_epochs": args.nb_of_target_epochs,
+        "augment_data": args.augment_data,
+        "witness": args.witness,
+        **_optional(args, "nb_of_target_samples", "seed", "width_multiplier",
+                    "quanta_gradient_multiplier", "precision"),
+    }
+    if args.command == "submit":
+        spec["layer_to_transfer"] = args.layer_to_transfer
+        spec["show_only_build"] = args.show_only_build
+        if args.train_from_previous_training:
+            spec["train_from_previous_training"] = files.reference(
+                args.train_from_previous_training, "model", (".keras",),
+                "--train_from_previous_training")
+    else:
+        spec["layers"] = args.layers
+        spec["include_all_at_once"] = args.include_all_at_once
+    return spec
+
+
+def source_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "source_task": files.task(args.source_task, "-s/--source_task"),
+        "nb_of_epochs": args.nb_of_epochs,
+        "augment_data": args.augment_data,
+        "show_only_build": args.show_only_build,
+        **_optional(args, "nb_of_samples", "seed", "width_multiplier", "precision"),
+    }
+    if args.train_from_previous_training:
+        ref = files.reference(args.train_from_previous_training, "model", (".keras",),
+                              "--train_from_previous_training")
+        ref.pop("run", None)
+        spec["train_from_previous_training"] = ref
+    return spec
