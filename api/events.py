@@ -1,6 +1,6 @@
 """Server-Sent Events of a job (or a whole study) until it ends.
 
-The stream polls the database (`api.job_events`) every `POLL_S` seconds, each query in
+The stream polls the database (`quanta_jobs.job_events`) every `POLL_S` seconds, each query in
 the thread pool so the event loop never waits on the database, and sends what was
 recorded since the last poll, in `seq` order:
 

@@ -108,7 +108,7 @@ def serve(args: argparse.Namespace) -> int:
     server = uvicorn.Server(config)
     # What is imported and built by now lives as long as the process: out of the cyclic
     # collector's reach, full collections stop walking it. They otherwise paused a request
-    # for about 50 ms once in a few hundred (the p99 in docs/performance.md).
+    # now and then (the p99 in docs/performance.md).
     gc.collect()
     gc.freeze()
     stopping = [False]

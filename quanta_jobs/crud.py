@@ -1,6 +1,6 @@
 """Database reads and writes of jobs, uploads and artifacts (no HTTP, no Celery).
 
-Status changes are not here: they go through `api.job_state`.
+Status changes are not here: they go through `quanta_jobs.job_state`.
 """
 
 from __future__ import annotations
@@ -113,15 +113,6 @@ def jobs_to_enqueue(session: Session, *, older_than: datetime, limit: int = 100)
         .limit(limit)
     )
     return list(session.scalars(query))
-
-
-def mark_enqueued(session: Session, job_id: str) -> None:
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(enqueued_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
 
 
 def create_upload(

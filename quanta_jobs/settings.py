@@ -83,7 +83,7 @@ class Settings(BaseSettings):
         default=10,
         ge=0,
         description="Compiled models a worker keeps to reuse across runs, one per network "
-        "shape (about 65 MB each at full width); 0 builds and traces a model for every run.",
+        "shape (their memory: docs/performance.md); 0 builds and traces a model for every run.",
     )
     cancel_poll_s: float = Field(
         default=1.0, ge=0, description="Least time between two database reads of the cancel flag."

@@ -98,8 +98,8 @@ def test_migrations_are_packaged() -> None:
     scripts = data["project"]["scripts"]
     assert scripts["quanta-serve"] == "api.serve:main"
     assert scripts["quanta-worker"] == "worker.main:main"
-    patterns = data["tool"]["setuptools"]["package-data"]["api"]
-    migrations = REPO / "api"
+    patterns = data["tool"]["setuptools"]["package-data"]["quanta_jobs"]
+    migrations = REPO / "quanta_jobs"
     packaged = {p.relative_to(migrations).as_posix() for pattern in patterns
                 for p in migrations.glob(pattern)}
     assert "migrations/env.py" in packaged and "migrations/script.py.mako" in packaged

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quanta_jobs.models import Job
-from quanta_spec.layout import experiment_dir, run_file_names
+from quanta_spec.layout import run_file_names
 
 if TYPE_CHECKING:
     from quanta.summary import RunRecord
@@ -25,14 +25,12 @@ def last_line(path: Path) -> dict[str, Any]:
 
 
 def read_record(folder: Path, child: Job, entry: str, run: int) -> RunRecord:
-    """A child's run as the statistics want it, read from its JSONL files."""
+    """A child's run as the statistics want it, read from its JSONL files (in the folder
+    its result names: a succeeded transfer job always records `experiment_dir`)."""
     from quanta.summary import RunRecord
 
     spec = child.spec
-    experiment = folder / (child.result or {}).get("experiment_dir", "")
-    if not (child.result or {}).get("experiment_dir"):
-        experiment = experiment_dir(folder, task_name(spec["source_task"]),
-                                    task_name(spec["target_task"]))
+    experiment = folder / (child.result or {})["experiment_dir"]
     names = run_file_names(0, entry)  # a child has one run, its run 0
     witness = experiment / names["witness_testing"]
     return RunRecord(
