@@ -14,10 +14,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from quanta.summary import Summary
+from quanta.summary import Summary, mean_curve
 from quanta_spec.files import replacing
 
 _COLORS = plt.get_cmap("tab10").colors
@@ -34,21 +33,24 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
-def quantas_per_epoch(runs: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
+def quantas_per_epoch(runs: Sequence[dict[str, Any]], path: str | Path, title: str,
+                      tests: Sequence[dict[str, dict[str, float]]] = ()) -> Path:
     """λ_s after each epoch, one thin line per run, the mean in bold, a colour per layer.
 
-    `runs` are lines of a `quantas_*.jsonl` file (one per run).
+    `runs` are lines of a `quantas_*.jsonl` file (one per run). `tests` are lines of
+    `testing_metrics_of_target_per_epoch_*.jsonl` (`test_every_epoch`): the target's
+    test accuracy is then drawn beside λ_s, on its own axis at the right. A mean over
+    runs of different lengths averages, at each epoch, the runs that reached it.
     """
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(7.6 if tests else 7, 4.2))
     layers = sorted({k for run in runs for k in run}, key=int)
     for i, layer in enumerate(layers):
         color = _COLORS[i % len(_COLORS)]
         curves = [run[layer]["quantas"]["source"] for run in runs if layer in run]
         for curve in curves:
             ax.plot(range(len(curve)), curve, color=color, alpha=0.35, linewidth=1)
-        length = min(len(c) for c in curves)
-        mean = np.mean([c[:length] for c in curves], axis=0)
-        ax.plot(range(length), mean, color=color, linewidth=2.2, marker="o", markersize=3,
+        mean, _ = mean_curve(curves)
+        ax.plot(range(len(mean)), mean, color=color, linewidth=2.2, marker="o", markersize=3,
                 label=f"layer {layer}")
     ax.set_xlabel("epoch (0 = start of training)")
     ax.set_ylabel("λ_s (share of source features)")
@@ -57,7 +59,24 @@ def quantas_per_epoch(runs: Sequence[dict[str, Any]], path: str | Path, title: s
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.get_major_formatter().set_useOffset(False)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize="small", ncol=2 if len(layers) > 4 else 1)
+    handles, labels = ax.get_legend_handles_labels()
+    if tests:
+        right = ax.twinx()
+        # After epoch e is x = e + 1: x = 0 is the start of training, as for λ_s.
+        accuracy_curves = [[run[str(e)]["categorical_accuracy"]
+                            for e in sorted(map(int, run))] for run in tests]
+        for curve in accuracy_curves:
+            right.plot(range(1, len(curve) + 1), curve, color="0.35", alpha=0.35,
+                       linewidth=1, linestyle="--")
+        mean, _ = mean_curve(accuracy_curves)
+        line = right.plot(range(1, len(mean) + 1), mean, color="0.2", linewidth=1.8,
+                          linestyle="--", marker="s", markersize=3,
+                          label="target test accuracy")
+        right.set_ylabel("target test accuracy (dashed)")
+        right.set_ylim(0, 1)
+        handles, labels = [*handles, *line], [*labels, "target test accuracy"]
+    ax.legend(handles, labels, loc="best", fontsize="small",
+              ncol=2 if len(labels) > 4 else 1)
     return _save(fig, path)
 
 
@@ -83,8 +102,9 @@ def _points(summary: Summary, key: str, with_all: bool = False
             continue
         xs.append(ALL_X if entry == "all" else int(entry))
         means.append(stat["mean"])
-        errs[0].append(stat["mean"] - stat["ci95"][0])
-        errs[1].append(stat["ci95"][1] - stat["mean"])
+        low, high = stat["ci95"] or (stat["mean"], stat["mean"])  # one run: no interval
+        errs[0].append(stat["mean"] - low)
+        errs[1].append(high - stat["mean"])
     return xs, means, errs
 
 
@@ -132,8 +152,9 @@ def transferability(summary: Summary, path: str | Path, title: str) -> Path:
         layers = sorted(lam, key=int)
         all_x = [int(k) + 0.15 for k in layers]
         all_means = [lam[k]["mean"] for k in layers]
-        all_errs = [[lam[k]["mean"] - lam[k]["ci95"][0] for k in layers],
-                    [lam[k]["ci95"][1] - lam[k]["mean"] for k in layers]]
+        intervals = [lam[k]["ci95"] or (lam[k]["mean"], lam[k]["mean"]) for k in layers]
+        all_errs = [[lam[k]["mean"] - ci[0] for k, ci in zip(layers, intervals, strict=True)],
+                    [ci[1] - lam[k]["mean"] for k, ci in zip(layers, intervals, strict=True)]]
         ax.errorbar(all_x, all_means, yerr=all_errs, marker="s", capsize=4, linewidth=1,
                     linestyle=":", color=_COLORS[1], label="all seven layers at once")
         _label_points(ax, all_x, all_means, all_errs, _COLORS[1], below=True)

@@ -4,7 +4,10 @@ For every entry of a study (a layer number, or `all` when every layer is transfe
 once) and every QUANTA layer in it: the final λ_s over runs (mean, standard deviation,
 95% confidence interval from Student's t), the mean λ_s curve over epochs, and the test
 accuracy of the target, of the witness and their difference (the transfer gain).
-Runs whose results are missing are listed, never silently dropped.
+Runs whose results are missing are listed, never silently dropped. With a single run the
+spread is unknown: its standard deviation and interval are None, not 0. Curves of runs
+that lasted different numbers of epochs are averaged over the runs that reached each
+epoch, and `lambda_s_runs_per_epoch` says how many did.
 """
 
 from __future__ import annotations
@@ -41,19 +44,31 @@ class Missing:
 
 
 def describe(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation and 95% confidence interval of the mean."""
+    """Mean, sample standard deviation and 95% confidence interval of the mean (the last
+    two None below two values: one run says nothing of the spread)."""
     x = np.asarray(values, dtype=np.float64)
     n = len(x)
     if n == 0:
         return {"n": 0, "mean": None, "std": None, "ci95": None, "values": []}
     mean = float(x.mean())
-    std = float(x.std(ddof=1)) if n > 1 else 0.0
-    if n > 1:
-        half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
-        ci = [mean - half, mean + half]
-    else:
-        ci = [mean, mean]
-    return {"n": n, "mean": mean, "std": std, "ci95": ci, "values": x.tolist()}
+    if n == 1:
+        return {"n": 1, "mean": mean, "std": None, "ci95": None, "values": x.tolist()}
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+    return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half],
+            "values": x.tolist()}
+
+
+def mean_curve(curves: Sequence[Sequence[float]]) -> tuple[list[float], list[int]]:
+    """The mean of curves of possibly different lengths, epoch by epoch, over the curves
+    that reach that epoch; and how many do at each epoch."""
+    length = max((len(c) for c in curves), default=0)
+    means, counts = [], []
+    for epoch in range(length):
+        values = [c[epoch] for c in curves if len(c) > epoch]
+        means.append(float(np.mean(values)))
+        counts.append(len(values))
+    return means, counts
 
 
 @dataclass
@@ -80,15 +95,20 @@ class Summary:
         writer.writerow(columns)
         for entry, data in self.entries.items():
             for layer, lam in data["lambda_s"].items():
-                row = [entry, layer, lam["n"], lam["mean"], lam["std"], *(lam["ci95"] or ["", ""])]
+                row = [entry, layer, lam["n"], lam["mean"], _blank(lam["std"]),
+                       *(lam["ci95"] or ["", ""])]
                 for metric in ("target_accuracy", "witness_accuracy", "transfer_gain"):
                     d = data.get(metric)
                     if d and d["n"]:
-                        row += [d["mean"], d["std"], *d["ci95"]]
+                        row += [d["mean"], _blank(d["std"]), *(d["ci95"] or ["", ""])]
                     else:
                         row += ["", "", "", ""]
                 writer.writerow(row)
         return out.getvalue()
+
+
+def _blank(value: float | None) -> float | str:
+    return "" if value is None else value
 
 
 def _entry_order(entry: str) -> tuple[int, int]:
@@ -103,12 +123,11 @@ def summarise(records: Iterable[RunRecord], missing: Iterable[Missing] = ()) -> 
     for entry in sorted(by_entry, key=_entry_order):
         runs = sorted(by_entry[entry], key=lambda r: r.run)
         layers = sorted({k for r in runs for k in r.quantas}, key=int)
-        lambda_s, curves = {}, {}
+        lambda_s, curves, counts = {}, {}, {}
         for layer in layers:
             histories = [r.quantas[layer]["quantas"]["source"] for r in runs if layer in r.quantas]
             lambda_s[layer] = describe([h[-1] for h in histories])
-            length = min(len(h) for h in histories)
-            curves[layer] = np.mean([h[:length] for h in histories], axis=0).tolist()
+            curves[layer], counts[layer] = mean_curve(histories)
         target = [r.target_metrics[ACCURACY] for r in runs]
         witnessed = [r for r in runs if r.witness_metrics is not None]
         witness = [r.witness_metrics[ACCURACY] for r in witnessed]
@@ -117,6 +136,9 @@ def summarise(records: Iterable[RunRecord], missing: Iterable[Missing] = ()) -> 
             "runs": [r.run for r in runs],
             "lambda_s": lambda_s,
             "lambda_s_per_epoch": curves,
+            # Runs averaged at each epoch: fewer at the end when runs differ in length.
+            "lambda_s_runs_per_epoch": counts,
+            "equal_run_lengths": all(len(set(c)) == 1 for c in counts.values()),
             "target_accuracy": describe(target),
             "witness_accuracy": describe(witness) if witnessed else None,
             "transfer_gain": describe(gain) if witnessed else None,

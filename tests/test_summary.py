@@ -41,8 +41,36 @@ def test_describe_matches_students_t_interval():
     assert d["mean"] == pytest.approx(np.mean(values))
     assert d["std"] == pytest.approx(sd)
     assert d["ci95"] == pytest.approx([np.mean(values) - half, np.mean(values) + half])
-    assert describe([0.4])["ci95"] == [0.4, 0.4]
     assert describe([])["mean"] is None
+
+
+def test_one_run_has_no_spread_and_unequal_curves_say_so(tmp_path):
+    import json
+
+    one = describe([0.4])
+    assert one["mean"] == 0.4 and one["std"] is None and one["ci95"] is None
+    assert json.loads(json.dumps(one))["std"] is None  # null in JSON, not 0
+    # Three runs, the last cut short after one epoch: every epoch is averaged over the
+    # runs that reached it, and the counts tell.
+    records = [_record("0", 0, {"0": 0.5}, 0.6), _record("0", 1, {"0": 0.7}, 0.7),
+               _record("0", 2, {"0": 0.8}, 0.8, epochs=1)]
+    entry = summarise(records).entries["0"]
+    curves = [r.quantas["0"]["quantas"]["source"] for r in records]
+    assert entry["lambda_s_runs_per_epoch"]["0"] == [3, 3, 2, 2]
+    assert entry["lambda_s_per_epoch"]["0"][1] == pytest.approx(np.mean([c[1] for c in curves]))
+    assert entry["lambda_s_per_epoch"]["0"][3] == pytest.approx(np.mean([curves[0][3],
+                                                                         curves[1][3]]))
+    assert entry["equal_run_lengths"] is False
+    single = summarise(records[:1])
+    assert single.entries["0"]["lambda_s"]["0"]["ci95"] is None
+    assert single.entries["0"]["equal_run_lengths"] is True
+    assert single.as_csv().splitlines()[1].startswith("0,0,1,0.5,,,")
+    # Plots draw a single run without an interval, and ragged runs without cutting.
+    plots.transferability(single, tmp_path / "t.png", "one run")
+    plots.accuracy(single, tmp_path / "a.png", "one run")
+    lines = [{"0": r.quantas["0"]} for r in records]
+    tests = [{"0": {"categorical_accuracy": 0.5}, "1": {"categorical_accuracy": 0.6}}]
+    plots.quantas_per_epoch(lines, tmp_path / "q.png", "ragged", tests=tests)
 
 
 def test_summary_per_layer_and_missing_runs(records):
