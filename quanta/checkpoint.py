@@ -61,6 +61,7 @@ class RunCheckpoint:
             {
                 "model": name,
                 "history": {str(k): v for k, v in result.history.items()},
+                "test_history": {str(k): v for k, v in result.test_history.items()},
                 "quantas": asdict(result.quantas),
                 "rng_states": rng_states(model),
             }
@@ -77,7 +78,9 @@ class RunCheckpoint:
         model = keras.saving.load_model(self.folder / state["model"])
         set_rng_states(model, state["rng_states"])
         history = {int(k): v for k, v in state["history"].items()}
-        return model, FitResult(history=history, quantas=QuantaHistory(**state["quantas"]))
+        tests = {int(k): v for k, v in state.get("test_history", {}).items()}
+        return model, FitResult(history=history, quantas=QuantaHistory(**state["quantas"]),
+                                test_history=tests)
 
     # -- exporting ------------------------------------------------------------------------
     def begin_export(self, files: list[Path]) -> None:

@@ -33,7 +33,8 @@ def existing_file(*suffixes: str) -> Callable[[str], str]:
     return check
 
 
-def add_common_options(parser: argparse.ArgumentParser, *, output_default: str = "./expe") -> None:
+def add_common_options(parser: argparse.ArgumentParser, *, output_default: str = "./expe",
+                       architecture_default: str | None = "kes2021") -> None:
     """Options shared by the transfer and source-training command lines."""
     parser.add_argument(
         "-o", "--output_dir", "--outdir", dest="output_dir", default=output_default,
@@ -62,8 +63,20 @@ def add_common_options(parser: argparse.ArgumentParser, *, output_default: str =
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--architecture", choices=("kes2021", "compact2025"), default=architecture_default,
+        help="the network: kes2021 (64-128-512 filters + Dense(2048), the seed's tool) or "
+        "compact2025 (64-128-256 + Dense(1024), the reference's 2025 revision) (default: "
+        + ("%(default)s)" if architecture_default else
+           "read off the source weights file, kes2021 when it cannot tell)"),
+    )
+    parser.add_argument(
         "--width_multiplier", type=float, default=1.0,
-        help="scale the network's filters and units (default: %(default)s, the paper's network)",
+        help="scale the network's filters and units (default: %(default)s, full width)",
+    )
+    parser.add_argument(
+        "--shuffle", action="store_true",
+        help="reshuffle the training samples every epoch, in an order fixed by the seed and "
+        "the epoch (default: the same order every epoch, as the reference)",
     )
 
 
@@ -85,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "-l", "--layer_to_transfer", required=True, type=int,
-        help="layer whose transferability is assessed (0-5: Conv2D layers, 6: Dense(1024)); "
+        help="layer whose transferability is assessed (0-5: Conv2D layers, 6: the Dense layer); "
         "a negative value transfers all layers at once",
     )
     parser.add_argument(
@@ -110,10 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
         "activations once, reused by every epoch: faster, not the reference's behaviour",
     )
     parser.add_argument(
-        "--quanta_gradient_multiplier", type=float, default=1.0,
-        help="multiply the quanta weights' gradient (default: %(default)s)",
+        "--quanta_lr_multiplier", "--quanta_learning_rate_multiplier",
+        dest="quanta_learning_rate_multiplier", type=float, default=1.0,
+        help="multiply the learning rate of the quanta weights only, so they move faster "
+        "than the network's (default: %(default)s)",
     )
-    add_common_options(parser)
+    parser.add_argument(
+        "--quanta_gradient_multiplier", dest="quanta_learning_rate_multiplier", type=float,
+        default=argparse.SUPPRESS,
+        help="deprecated name of --quanta_lr_multiplier",
+    )
+    parser.add_argument(
+        "--test_every_epoch", action="store_true",
+        help="evaluate the target on the test split after every epoch (the paper's protocol)",
+    )
+    add_common_options(parser, architecture_default=None)
     return parser
 
 

@@ -27,10 +27,13 @@ class QuantaLayer(keras.layers.Layer):
             saved with the model so exports can name the quanta by it.
         initial_weights: `(w_s, w_t)` before the softmax; the default `(1.1, -1.1)`
             starts with about 90% of the source's features.
-        gradient_multiplier: scales the gradient of `(w_s, w_t)` only, so the quantas
-            can move faster than the network's weights (the 2020 version's
-            learning-rate modifier). The forward pass is unchanged.
+        gradient_multiplier: scales the gradient of `(w_s, w_t)` only (the 2020
+            version's learning-rate modifier). Kept so that models saved with it load;
+            under Adam it leaves the update unchanged, so the experiments scale the
+            quantas' learning rate instead (`training.QuantaAdam`).
         activation: the activation `f` applied after mixing (ELU in the paper).
+        init_quanta_weights: the reference's name for `initial_weights`, so that the
+            targets it saved (an unregistered `quanta_layer.QuantaLayer`) load here.
     """
 
     def __init__(
@@ -38,10 +41,13 @@ class QuantaLayer(keras.layers.Layer):
         transferred_layer: int | None = None,
         initial_weights: Sequence[float] = DEFAULT_INITIAL_WEIGHTS,
         gradient_multiplier: float = 1.0,
-        activation: str = "elu",
+        activation: Any = "elu",
+        init_quanta_weights: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if init_quanta_weights is not None:
+            initial_weights = np.ravel(np.asarray(init_quanta_weights, dtype=np.float64))
         if len(initial_weights) != 2:
             raise ValueError(f"initial_weights must be (w_s, w_t), got {initial_weights!r}")
         if gradient_multiplier <= 0:

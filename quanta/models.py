@@ -1,10 +1,12 @@
 """The network that source and target share, and the wiring of QUANTA layers into it.
 
-Three blocks of [Conv2D → ELU → BatchNorm] × 2 → MaxPool → Dropout(0.3), with 64, 128
-and 256 filters, then Flatten → Dense(1024) → ELU → Dropout(0.5) → Dense(softmax). The transferable
-layers are numbered in order: the six Conv2D layers are 0-5, the Dense(1024) is 6;
-the output layer is never transferred. Every layer has a fixed name (`conv_3`,
-`act_3`, `bn_3`, ...) so that weights files and tests can find layers by number.
+Three blocks of [Conv2D → ELU → BatchNorm] × 2 → MaxPool → Dropout(0.3), then Flatten →
+Dense → ELU → Dropout(0.5) → Dense(softmax). Two widths, by name (`quanta_spec.networks`):
+`kes2021`, the seed's tool, with 64, 128 and 512 filters and a Dense(2048) (the default),
+and `compact2025`, the reference's 2025 revision, with 64-128-256 and Dense(1024). The
+transferable layers are numbered in order: the six Conv2D layers are 0-5, the Dense is
+6; the output layer is never transferred. Every layer has a fixed name (`conv_3`,
+`act_3`, `bn_3`, ...) so that tests and checkpoints can find layers by number.
 """
 
 from __future__ import annotations
@@ -16,13 +18,7 @@ import keras
 from quanta.errors import QuantaError
 from quanta.layer import DEFAULT_INITIAL_WEIGHTS, QuantaLayer, quanta_layers
 from quanta_spec import NB_TRANSFERABLE_LAYERS
-
-BLOCK_FILTERS = (64, 128, 256)
-DENSE_UNITS = 1024
-
-
-def _scaled(units: int, width_multiplier: float) -> int:
-    return max(1, round(units * width_multiplier))
+from quanta_spec.networks import DEFAULT_ARCHITECTURE, NETWORKS, widths
 
 
 def transferable_layer_name(k: int) -> str:
@@ -53,6 +49,7 @@ def build_model(
     transfer_layers: Iterable[int] = (),
     augment: bool = False,
     width_multiplier: float = 1.0,
+    architecture: str = DEFAULT_ARCHITECTURE,
     gradient_multiplier: float = 1.0,
     initial_weights: Sequence[float] = DEFAULT_INITIAL_WEIGHTS,
     source_inference: bool = False,
@@ -68,6 +65,10 @@ def build_model(
     reference (Keras does not turn Dropout off for a frozen layer); `source_inference`
     runs the source in inference mode.
     """
+    if architecture not in NETWORKS:
+        raise QuantaError(f"unknown architecture '{architecture}': expected one of "
+                          f"{', '.join(NETWORKS)}")
+    filters, units = widths(architecture, width_multiplier)
     transfer_layers = tuple(sorted(set(transfer_layers)))
     for k in transfer_layers:
         transferable_layer_name(k)  # validates k
@@ -105,18 +106,16 @@ def build_model(
     if augment:
         x = augmentation()(x)
     k = 0
-    for block, filters in enumerate(BLOCK_FILTERS):
+    for block in range(3):
         for _ in range(2):
-            z = keras.layers.Conv2D(
-                _scaled(filters, width_multiplier), 3, padding="same", name=f"conv_{k}"
-            )(x)
+            z = keras.layers.Conv2D(filters[k], 3, padding="same", name=f"conv_{k}")(x)
             x = activation(k, z)
             x = keras.layers.BatchNormalization(name=f"bn_{k}")(x)
             k += 1
         x = keras.layers.MaxPooling2D(2, name=f"pool_{block}")(x)
         x = keras.layers.Dropout(0.3, name=f"dropout_{block}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
-    z = keras.layers.Dense(_scaled(DENSE_UNITS, width_multiplier), name="dense_6")(x)
+    z = keras.layers.Dense(units, name="dense_6")(x)
     x = activation(6, z)
     x = keras.layers.Dropout(0.5, name="dropout_head")(x)
     # float32 output whatever the policy: a float16 softmax loses small probabilities.

@@ -14,6 +14,7 @@ from quanta.datasets import load_dataset
 from quanta.errors import QuantaError
 from quanta.layer import QuantaLayer
 from quanta.models import build_model
+from quanta.reference import save_reference_weights
 from quanta.results import EpochEvent, ProgressHook, SourceResult
 from quanta.sources import load_previous, precision, summary
 from quanta_spec import SourceSpec
@@ -65,6 +66,7 @@ def train_source(
                     data.nb_classes,
                     augment=spec.augment_data,
                     width_multiplier=spec.width_multiplier,
+                    architecture=spec.architecture,
                     name="source",
                 )
             )
@@ -83,6 +85,7 @@ def train_source(
             model, data.x_train, y_train, spec.nb_of_epochs, seed=seed, resume=so_far,
             on_epoch=hook, should_cancel=should_cancel, callbacks=callbacks,
             after_epoch=ckpt.save_epoch if ckpt is not None else None,
+            shuffle=spec.shuffle,
         )
     with clock.phase("evaluate"):
         result.test_metrics = training.evaluate(
@@ -95,7 +98,8 @@ def train_source(
             ckpt.begin_export(jsonl)
         result.files = [
             export.save_model(model, folder / names["model"]),
-            export.save_weights(model, folder / names["weights"]),
+            # The reference's layout, so that its own code loads this file too.
+            save_reference_weights(model, folder / names["weights"]),
             export.append_jsonl(jsonl[0], export.training_record(fitted.history)),
             export.append_jsonl(jsonl[1], result.test_metrics),
         ]

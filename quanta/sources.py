@@ -20,8 +20,16 @@ from quanta import training
 from quanta.datasets import Dataset
 from quanta.errors import QuantaError
 from quanta.models import build_model, freeze, source_trunk
+from quanta.reference import load_source_weights
 from quanta_spec import TransferSpec
 from quanta_spec.lru import LRU
+from quanta_spec.networks import DEFAULT_ARCHITECTURE
+from quanta_spec.weights_layout import (
+    WeightsLayoutError,
+    check_fits,
+    read_shapes,
+    resolve_architecture,
+)
 
 #: Frozen, compiled sources by (weights file, network shape).
 SOURCES: LRU[Hashable, keras.Model] = LRU(size=4)
@@ -67,33 +75,47 @@ def load_previous(path: str | Path) -> keras.Model:
         raise QuantaError(f"cannot load previous training '{path}': {exc}") from exc
 
 
+def source_architecture(weights: str | Path, architecture: str | None,
+                        width_multiplier: float, data: Dataset) -> str:
+    """The network of a source weights file: `architecture`, or when None the one its
+    shapes have; raises, naming expected and found shapes, if the file does not fit."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise QuantaError(f"source weights '{weights}' do not exist")
+    try:
+        shapes = read_shapes(weights)
+        chosen = resolve_architecture(shapes, architecture, width_multiplier)
+        check_fits(shapes, chosen, width_multiplier, data.input_shape, data.nb_classes)
+    except WeightsLayoutError as exc:
+        raise QuantaError(f"source weights '{weights}' {exc}" if str(exc).startswith("do not")
+                          else f"source weights '{weights}': {exc}") from None
+    return chosen
+
+
 def load_source(
-    weights: str | Path, data: Dataset, width_multiplier: float = 1.0
+    weights: str | Path, data: Dataset, width_multiplier: float = 1.0,
+    architecture: str | None = DEFAULT_ARCHITECTURE,
 ) -> keras.Model:
-    """The frozen, compiled source: the shared network with the weights of `weights`.
+    """The frozen, compiled source: the shared network with the weights of `weights`, in
+    the reference's layout or this project's earlier one (`architecture` None: the
+    network the file's shapes have).
 
     Loaded once per weights file (and network shape) in a process: every run and every
     layer of a study shares the same frozen model.
     """
+    architecture = source_architecture(weights, architecture, width_multiplier, data)
     weights = Path(weights)
-    if not weights.is_file():
-        raise QuantaError(f"source weights '{weights}' do not exist")
-    key = (file_key(weights), data.input_shape, data.nb_classes, width_multiplier)
-    return SOURCES.get(key, lambda: _load_source(weights, data, width_multiplier))
+    key = (file_key(weights), data.input_shape, data.nb_classes, width_multiplier,
+           architecture)
+    return SOURCES.get(key, lambda: _load_source(weights, data, width_multiplier,
+                                                 architecture))
 
 
-def _load_source(weights: Path, data: Dataset, width_multiplier: float) -> keras.Model:
-    model = build_model(
-        data.input_shape, data.nb_classes, width_multiplier=width_multiplier, name="source"
-    )
-    try:
-        model.load_weights(weights)
-    except Exception as exc:
-        raise QuantaError(
-            f"source weights '{weights}' do not fit a source network for images of shape "
-            f"{data.input_shape} with {data.nb_classes} classes and width multiplier "
-            f"{width_multiplier}: {exc}"
-        ) from exc
+def _load_source(weights: Path, data: Dataset, width_multiplier: float,
+                 architecture: str) -> keras.Model:
+    model = build_model(data.input_shape, data.nb_classes, width_multiplier=width_multiplier,
+                        architecture=architecture, name="source")
+    load_source_weights(model, weights)
     freeze(model)
     return training.compile_model(model)
 
@@ -104,7 +126,8 @@ def source_test_metrics(spec: TransferSpec, source: keras.Model, data: Dataset,
     task_key: Hashable = spec.source_task
     if spec.source_task.startswith("npz:"):
         task_key = file_key(Path(spec.source_task[4:]))
-    key = (file_key(Path(spec.source_weights)), spec.width_multiplier, task_key,
+    key = (file_key(Path(spec.source_weights)), spec.width_multiplier, spec.architecture,
+           task_key,
            str(data_dir), spec.nb_of_target_samples)
     return dict(SOURCE_METRICS.get(key, lambda: training.evaluate(
         source, data.x_test, training.one_hot(data.y_test, data.nb_classes))))

@@ -1,8 +1,9 @@
 """Compiling, seeding, fitting and evaluating, as the reference does.
 
 Adam (learning rate 2e-4, weight decay 1e-6), categorical cross-entropy on one-hot
-labels, batch size 32, and the reference's eight metrics. The quantas are recorded
-when training starts and after every epoch.
+labels, batch size 32, and the reference's eight metrics. Batches come in the same order
+every epoch, as in the reference, unless `shuffle` asks for a reshuffle per epoch. The
+quantas are recorded when training starts and after every epoch.
 """
 
 from __future__ import annotations
@@ -44,6 +45,42 @@ def metrics() -> list[keras.metrics.Metric]:
     ]
 
 
+@keras.saving.register_keras_serializable(package="quanta")
+class QuantaAdam(keras.optimizers.Adam):
+    """Adam with its own learning rate for the quanta weights: `multiplier` times the rest.
+
+    Adam divides each step by the gradient's running scale, so a factor on the quantas'
+    gradient leaves their update as it was; a factor on their learning rate is what makes
+    them move faster (or slower) than the network's weights.
+    """
+
+    def __init__(self, quanta_learning_rate_multiplier: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if quanta_learning_rate_multiplier <= 0:
+            raise ValueError("quanta_learning_rate_multiplier must be > 0, got "
+                             f"{quanta_learning_rate_multiplier}")
+        self.quanta_learning_rate_multiplier = float(quanta_learning_rate_multiplier)
+
+    def build(self, var_list: list[Any]) -> None:
+        super().build(var_list)
+        # The backend hands update_step its own variables, not Keras's: match by key.
+        self._quanta_keys = {self._var_key(v) for v in var_list if is_quanta_variable(v)}
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        if (self.quanta_learning_rate_multiplier != 1.0
+                and self._var_key(variable) in self._quanta_keys):
+            learning_rate = learning_rate * self.quanta_learning_rate_multiplier
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(),
+                "quanta_learning_rate_multiplier": self.quanta_learning_rate_multiplier}
+
+
+def is_quanta_variable(variable: Any) -> bool:
+    return variable.name == "quanta_weights"
+
+
 def _jit_compile() -> bool | str:
     """XLA only where it pays: Keras's "auto" turns it on for CPUs too, where it made
     these training steps slower, not faster."""
@@ -52,7 +89,8 @@ def _jit_compile() -> bool | str:
     return "auto" if tf.config.list_physical_devices("GPU") else False
 
 
-def compile_model(model: keras.Model) -> keras.Model:
+def compile_model(model: keras.Model, quanta_learning_rate_multiplier: float = 1.0
+                  ) -> keras.Model:
     """Compiles `model` and builds its optimizer now.
 
     Keras otherwise creates the optimizer's variables while tracing the first training
@@ -62,7 +100,8 @@ def compile_model(model: keras.Model) -> keras.Model:
     """
     model.compile(
         jit_compile=_jit_compile(),
-        optimizer=keras.optimizers.Adam(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY),
+        optimizer=QuantaAdam(quanta_learning_rate_multiplier, learning_rate=LEARNING_RATE,
+                             weight_decay=WEIGHT_DECAY),
         loss=keras.losses.CategoricalCrossentropy(),
         metrics=metrics(),
     )
@@ -170,24 +209,33 @@ class FitResult:
     #: Metrics of each finished epoch, by epoch index.
     history: dict[int, dict[str, float]] = field(default_factory=dict)
     quantas: QuantaHistory = field(default_factory=QuantaHistory)
+    #: Test metrics after each epoch, by epoch index (with `fit(test=...)`).
+    test_history: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 #: Model inputs: images, or images and precomputed source features.
 Inputs = np.ndarray | tuple[np.ndarray, ...]
 #: Called after every finished epoch, e.g. to save a checkpoint.
 AfterEpoch = Callable[[keras.Model, FitResult], None]
+#: What to test after every epoch: (model, or None for the one trained; x; one-hot y).
+Test = tuple[keras.Model | None, np.ndarray, np.ndarray]
 
 
 class EpochBatches(keras.utils.PyDataset):
-    """Batches in an order fixed by (seed, epoch), so an interrupted run that resumes at
-    epoch k sees exactly the batches an uninterrupted run would have seen."""
+    """The batches of each epoch: the samples in order (the reference's), or with
+    `shuffle` in an order fixed by (seed, epoch); either way an interrupted run that
+    resumes at epoch k sees exactly the batches an uninterrupted run would have seen."""
 
-    def __init__(self, x: Inputs, y: np.ndarray, seed: int | None, first_epoch: int) -> None:
+    def __init__(self, x: Inputs, y: np.ndarray, seed: int | None, first_epoch: int,
+                 shuffle: bool = False) -> None:
         super().__init__()
-        self.x, self.y, self.seed, self.epoch = x, y, seed, first_epoch
+        self.x, self.y, self.seed, self.epoch, self.shuffle = x, y, seed, first_epoch, shuffle
         self._shuffle()
 
     def _shuffle(self) -> None:
+        if not self.shuffle:
+            self.order = np.arange(len(self.y))
+            return
         rng = np.random.default_rng(None if self.seed is None else [self.seed, self.epoch])
         self.order = rng.permutation(len(self.y))
 
@@ -212,8 +260,10 @@ class _Hooks(keras.callbacks.Callback):
         on_epoch: EpochHook | None,
         should_cancel: CancelCheck | None,
         after_epoch: AfterEpoch | None,
+        test: Test | None = None,
     ) -> None:
         super().__init__()
+        self.test = test
         self.result = result
         self.on_epoch = on_epoch
         self.should_cancel = should_cancel
@@ -235,6 +285,10 @@ class _Hooks(keras.callbacks.Callback):
         metrics_ = {name: float(value) for name, value in (logs or {}).items()}
         self.result.history[epoch] = metrics_
         self.result.quantas.record(self.model)
+        if self.test is not None:
+            # Inference mode draws no random numbers: training goes on exactly as without.
+            model, x, y = self.test
+            self.result.test_history[epoch] = evaluate(model or self.model, x, y)
         if self.after_epoch is not None:
             self.after_epoch(self.model, self.result)
         if self.on_epoch is not None:
@@ -254,18 +308,26 @@ def fit(
     after_epoch: AfterEpoch | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
     verbose: int = 0,
+    shuffle: bool = False,
+    test: Test | None = None,
+    layer_indices: dict[str, int] | None = None,
 ) -> FitResult:
     """Trains `model` on one-hot labels `y` up to `epochs` epochs in all.
 
     `resume` is what earlier epochs produced (from a checkpoint): training goes on from
-    the epoch after them. Raises `Cancelled` if `should_cancel` said so.
+    the epoch after them. With `test`, that model is evaluated on the test split after
+    every epoch. `layer_indices` is the `keras_layer_index` each QUANTA layer is recorded
+    under (default: its index in `model.layers`). Raises `Cancelled` if `should_cancel`
+    said so.
     """
     result = resume if resume is not None else FitResult()
+    if layer_indices and not result.history:
+        result.quantas.keras_layer_index.update(layer_indices)
     done = len(result.history)
     if done < epochs:
-        hooks = _Hooks(result, on_epoch, should_cancel, after_epoch)
+        hooks = _Hooks(result, on_epoch, should_cancel, after_epoch, test)
         model.fit(
-            EpochBatches(x, y, seed, first_epoch=done),
+            EpochBatches(x, y, seed, first_epoch=done, shuffle=shuffle),
             epochs=epochs,
             initial_epoch=done,
             shuffle=False,  # EpochBatches orders the samples; Keras would reorder the

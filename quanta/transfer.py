@@ -20,12 +20,13 @@ from quanta.datasets import Dataset, load_dataset
 from quanta.errors import QuantaError
 from quanta.layer import quanta_layers
 from quanta.models import build_model, with_source_inputs, with_source_trunk
+from quanta.reference import load_target, reference_layer_indices
 from quanta.results import EpochEvent, ProgressHook, RunResult, TransferResult
 from quanta.sources import (
     SOURCE_CACHE_BYTES,
-    load_previous,
     load_source,
     precision,
+    source_architecture,
     source_features,
     source_test_metrics,
     summary,
@@ -87,7 +88,12 @@ def run_transfer(
         source_data = load_dataset(spec.source_task, data_dir).take(spec.nb_of_target_samples)
     training.set_determinism(spec.seed)
     with clock.phase("source"):
-        source = load_source(spec.source_weights, source_data, spec.width_multiplier)
+        # The network the weights file has, when the spec leaves it open; from here on
+        # every model of the experiment is built with it.
+        spec = spec.model_copy(update={"architecture": source_architecture(
+            spec.source_weights, spec.architecture, spec.width_multiplier, source_data)})
+        source = load_source(spec.source_weights, source_data, spec.width_multiplier,
+                             spec.architecture)
     target_y_train = training.one_hot(target_data.y_train, target_data.nb_classes)
     target_y_test = training.one_hot(target_data.y_test, target_data.nb_classes)
     features = None
@@ -130,6 +136,10 @@ def run_transfer(
                 should_cancel=should_cancel,
                 after_epoch=ckpt.save_epoch if ckpt is not None else None,
                 callbacks=callbacks,
+                shuffle=spec.shuffle,
+                test=((None if target.model is target.trainer else target.model,
+                       target_data.x_test, target_y_test) if spec.test_every_epoch else None),
+                layer_indices=_reference_indices(target.model),
             )
         with clock.phase("evaluate"):
             outcome = _RunOutcome(
@@ -181,9 +191,14 @@ def _target_for_run(
         model.optimizer = trainer.optimizer
         return _Target(model, trainer, so_far)
     if spec.train_from_previous_training:
-        model = load_previous(spec.train_from_previous_training)
+        model = load_target(spec.train_from_previous_training)
         _check_previous_target(model, spec, data)
-        compiled = _trainer_for(model, precomputed)
+        if precomputed and not _is_nested(model):
+            raise QuantaError("source_inference_mode cannot continue a target saved by the "
+                              "reference (its source layers are part of the target)")
+        if model.optimizer is None:
+            model = training.compile_model(model, spec.quanta_learning_rate_multiplier)
+        compiled = _trainer_for(model, precomputed, spec.quanta_learning_rate_multiplier)
         return _Target(compiled.model, compiled.trainer)
 
     def build() -> Compiled:
@@ -194,23 +209,40 @@ def _target_for_run(
             transfer_layers=spec.transferred_layers,
             augment=spec.augment_data,
             width_multiplier=spec.width_multiplier,
-            gradient_multiplier=spec.quanta_gradient_multiplier,
+            architecture=spec.architecture,
             source_inference=spec.source_inference_mode,
             name="target",
-        )), precomputed)
+        ), spec.quanta_learning_rate_multiplier), precomputed,
+            spec.quanta_learning_rate_multiplier)
 
     # Everything that shapes the graph; the source itself, since the target calls its layers.
     key = ("target", source, data.input_shape, data.nb_classes, spec.transferred_layers,
-           spec.augment_data, spec.width_multiplier, spec.quanta_gradient_multiplier,
-           spec.source_inference_mode, spec.precision, precomputed)
+           spec.augment_data, spec.width_multiplier, spec.architecture,
+           spec.quanta_learning_rate_multiplier, spec.source_inference_mode, spec.precision,
+           precomputed)
     compiled = TRACED_MODELS.get(key, build)
     return _Target(compiled.model, compiled.trainer)
 
 
-def _trainer_for(model: keras.Model, precomputed: bool) -> Compiled:
+def _is_nested(model: keras.Model) -> bool:
+    """This project's target (the source nested in it), not a flat one the reference saved."""
+    return any(layer.name == "source_trunk" for layer in model.layers)
+
+
+def _reference_indices(model: keras.Model) -> dict[str, int] | None:
+    """The reference's `keras_layer_index` of each QUANTA layer of this project's target.
+    None for a flat target the reference saved: its own indices are the reference's."""
+    if not _is_nested(model):
+        return None
+    layers = [q.transferred_layer for q in quanta_layers(model)]
+    augment = any(layer.name == "augmentation" for layer in model.layers)
+    return {str(k): i for k, i in reference_layer_indices(layers, augment).items()}
+
+
+def _trainer_for(model: keras.Model, precomputed: bool, multiplier: float = 1.0) -> Compiled:
     if not precomputed:
         return Compiled(model, model)
-    trainer = training.compile_model(with_source_inputs(model))
+    trainer = training.compile_model(with_source_inputs(model), multiplier)
     model.optimizer = trainer.optimizer  # saved with the target: training can continue
     return Compiled(model, trainer)
 
@@ -236,17 +268,19 @@ def _train_witness(
     def build() -> Compiled:
         witness = training.compile_model(
             build_model(data.input_shape, data.nb_classes, augment=spec.augment_data,
-                        width_multiplier=spec.width_multiplier, name="witness")
+                        width_multiplier=spec.width_multiplier,
+                        architecture=spec.architecture, name="witness")
         )
         return Compiled(witness, witness)
 
     key = ("witness", data.input_shape, data.nb_classes, spec.augment_data,
-           spec.width_multiplier, spec.precision)
+           spec.width_multiplier, spec.architecture, spec.precision)
     with precision(spec.precision):
         witness = TRACED_MODELS.get(key, build).model
     fitted = training.fit(
         witness, data.x_train, training.one_hot(data.y_train, data.nb_classes),
         spec.nb_of_target_epochs, seed=seed, should_cancel=should_cancel, callbacks=callbacks,
+        shuffle=spec.shuffle,
     )
     metrics = training.evaluate(
         witness, data.x_test, training.one_hot(data.y_test, data.nb_classes)
@@ -257,7 +291,8 @@ def _train_witness(
 def _jsonl_files(folder: Path, spec: TransferSpec, run: int) -> list[Path]:
     names = export.run_file_names(run, spec.layer_label)
     return [folder / name for key, name in names.items()
-            if name.endswith(".jsonl") and (spec.witness or not key.startswith("witness"))]
+            if name.endswith(".jsonl") and (spec.witness or not key.startswith("witness"))
+            and (spec.test_every_epoch or key != "target_testing_per_epoch")]
 
 
 def _export_run(
@@ -280,6 +315,9 @@ def _export_run(
         export.append_jsonl(folder / names["source_testing"], outcome.source_metrics),
         export.append_jsonl(folder / names["quantas"], export.quantas_record(fitted.quantas)),
     ]
+    if spec.test_every_epoch:
+        files.append(export.append_jsonl(folder / names["target_testing_per_epoch"],
+                                         export.training_record(fitted.test_history)))
     witness_metrics = None
     if outcome.witness is not None:
         witness_fitted, witness_metrics = outcome.witness

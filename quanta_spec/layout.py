@@ -71,6 +71,9 @@ def run_file_names(run: int, layer: str) -> dict[str, str]:
         # Only with the witness option; not part of the seed's layout.
         "witness_testing": f"testing_metrics_of_witness_{suffix}.jsonl",
         "witness_training": f"training_metrics_of_witness_{suffix}.jsonl",
+        # Only with test_every_epoch (the paper's protocol): one line per run, epoch to
+        # test metrics.
+        "target_testing_per_epoch": f"testing_metrics_of_target_per_epoch_{suffix}.jsonl",
     }
 
 

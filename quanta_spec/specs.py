@@ -12,14 +12,16 @@ named by reference to a finished job or an upload, never by a server path.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from quanta_spec.networks import DEFAULT_ARCHITECTURE, Architecture
+
 #: Tasks that `quanta.datasets` knows by name; `npz:PATH` names a user file.
 BUILTIN_TASKS: tuple[str, ...] = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits")
-#: The six Conv2D layers (0-5) and the Dense(1024) layer (6).
+#: The six Conv2D layers (0-5) and the Dense layer (6).
 NB_TRANSFERABLE_LAYERS = 7
 #: The `{l}` of the file names when every layer is transferred at once.
 ALL_LAYERS_LABEL = "all"
@@ -112,7 +114,13 @@ class _CommonSpec(_Strict):
         gt=0,
         le=4,
         description="Scales the number of filters and units of the network (1.0 is the "
-        "paper's network; small values give a narrow copy for quick checks).",
+        "architecture at its full width; small values give a narrow copy for quick checks).",
+    )
+    shuffle: bool = Field(
+        default=False,
+        description="Reshuffle the training samples every epoch, in an order fixed by the "
+        "seed and the epoch. Off by default, as in the reference: every epoch sees the same "
+        "batches in the same order.",
     )
 
     @property
@@ -124,6 +132,12 @@ class SourceSpec(_CommonSpec):
     """Training of a source model (the reference's source-training script)."""
 
     source_task: TaskRef = Field(description="Task the source model learns.")
+    architecture: Architecture = Field(
+        default=DEFAULT_ARCHITECTURE,
+        description="The network: kes2021 (64-128-512 filters + Dense(2048), the seed's tool "
+        "and the KES 2021 paper) or compact2025 (64-128-256 + Dense(1024), the reference's "
+        "2025 revision).",
+    )
     nb_of_epochs: PositiveInt = Field(default=1, description="Number of training epochs.")
     nb_of_samples: PositiveInt | None = Field(
         default=None,
@@ -151,7 +165,14 @@ class TransferSpec(_CommonSpec):
     layer_to_transfer: int = Field(
         le=NB_TRANSFERABLE_LAYERS - 1,
         description="Layer whose transferability is assessed: 0-5 are the Conv2D layers, "
-        "6 the Dense(1024) layer; a negative value transfers all seven at once.",
+        "6 the Dense(2048) (or Dense(1024)) layer; a negative value transfers all seven at "
+        "once.",
+    )
+    architecture: Architecture | None = Field(
+        default=None,
+        description="The network of source and target: kes2021 (64-128-512 + Dense(2048), the "
+        "seed's tool) or compact2025 (64-128-256 + Dense(1024), the 2025 revision). Absent: "
+        "read off the source weights file's shapes (kes2021 when they cannot tell).",
     )
     nb_of_runs: PositiveInt = Field(default=1, description="Number of runs.")
     nb_of_target_epochs: PositiveInt = Field(
@@ -179,15 +200,37 @@ class TransferSpec(_CommonSpec):
         "are computed on the fly, still in inference mode). Faster, but not the reference's "
         "behaviour: there the source's Dropout layers stay active while the target trains.",
     )
-    quanta_gradient_multiplier: float = Field(
+    quanta_learning_rate_multiplier: float = Field(
         default=1.0,
         gt=0,
         le=1000,
-        description="Multiplies the gradient of the quanta weights (the 2020 version's "
-        "learning-rate modifier); 1.0 leaves it unchanged.",
+        description="Multiplies the learning rate of the quanta weights only, so that the "
+        "quantas move faster (or slower) than the network's weights; 1.0 leaves it as the "
+        "network's. Replaces quanta_gradient_multiplier (still accepted, deprecated): under "
+        "Adam a factor on the gradient leaves the update unchanged.",
+    )
+    test_every_epoch: bool = Field(
+        default=False,
+        description="Evaluate the target on the test split after every epoch (the paper's "
+        "protocol), written to testing_metrics_of_target_per_epoch_r_{r}_l_{l}.jsonl.",
     )
 
     _tasks = field_validator("source_task", "target_task")(_check_task)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_gradient_multiplier(cls, data: Any) -> Any:
+        """`quanta_gradient_multiplier` (deprecated) is read as the learning-rate factor, so
+        that specs stored before the rename still load."""
+        if not isinstance(data, dict) or "quanta_gradient_multiplier" not in data:
+            return data
+        data = dict(data)
+        old = data.pop("quanta_gradient_multiplier")
+        new = data.setdefault("quanta_learning_rate_multiplier", old)
+        if new != old:
+            raise ValueError("give quanta_learning_rate_multiplier only (quanta_gradient_"
+                             "multiplier is its deprecated name)")
+        return data
 
     @field_validator("source_weights")
     @classmethod
@@ -245,6 +288,21 @@ class RemoteTransferSpec(TransferSpec):
 StudyLayer = Annotated[int, Field(ge=-1, le=NB_TRANSFERABLE_LAYERS - 1)]
 
 
+#: The settings each study protocol fills in (fields given explicitly win).
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    # The KES 2021 paper: every layer, 30 runs of 60 epochs with augmentation, the seed's
+    # network, the target tested after every epoch.
+    "kes2021": {
+        "layers": "all",
+        "nb_of_runs": 30,
+        "nb_of_target_epochs": 60,
+        "augment_data": True,
+        "architecture": "kes2021",
+        "test_every_epoch": True,
+    },
+}
+
+
 class RemoteStudySpec(RemoteTransferSpec):
     """The paper's protocol as one request: `nb_of_runs` runs of each layer in `layers`.
 
@@ -253,6 +311,12 @@ class RemoteStudySpec(RemoteTransferSpec):
     spec without `layer_to_transfer` (each child has its own) and with `layers`.
     """
 
+    protocol: Literal["kes2021"] | None = Field(
+        default=None,
+        description="A preset of settings: kes2021 is the paper's protocol (layers 0-6, 30 "
+        "runs, 60 epochs, augmentation, the kes2021 network, test every epoch). Fields "
+        "given explicitly override it.",
+    )
     layer_to_transfer: SkipJsonSchema[int | None] = Field(default=None, exclude=True)
     layers: list[StudyLayer] | Literal["all"] = Field(
         description="Layers to measure: numbers 0-6 and/or -1 (all seven at once), or "
@@ -261,6 +325,13 @@ class RemoteStudySpec(RemoteTransferSpec):
     include_all_at_once: bool = Field(
         default=False, description="Also measure the seven layers transferred at once (-1)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_protocol(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("protocol") in PROTOCOLS:
+            data = {**PROTOCOLS[data["protocol"]], **data}
+        return data
 
     @field_validator("layer_to_transfer")
     @classmethod
@@ -332,6 +403,6 @@ class RemoteStudySpec(RemoteTransferSpec):
 
     def child_spec(self, layer: int, run: int) -> RemoteTransferSpec:
         """The transfer job that measures `layer` in run `run` of the study."""
-        values = self.model_dump(exclude={"layers", "include_all_at_once"})
+        values = self.model_dump(exclude={"layers", "include_all_at_once", "protocol"})
         values.update(layer_to_transfer=layer, nb_of_runs=1, seed=self.child_seed(run))
         return RemoteTransferSpec.model_validate(values)

@@ -1,6 +1,7 @@
 """The shared network: layer numbering, QUANTA wiring, shapes, witness, width."""
 
 import keras
+import numpy as np
 import pytest
 
 from quanta.errors import QuantaError
@@ -72,15 +73,53 @@ def test_witness_is_the_target_architecture_without_transfer():
     assert witness.get_layer("augmentation") is not None
 
 
-def test_width_multiplier_and_classes_shape_the_network():
-    full = build_model((32, 32, 3), 100)
-    assert full.get_layer("conv_0").filters == 64
-    assert full.get_layer("conv_5").filters == 256
-    assert full.get_layer("dense_6").units == 1024
+@pytest.mark.parametrize(("architecture", "filters", "units"),
+                         [("kes2021", (64, 128, 512), 2048), ("compact2025", (64, 128, 256), 1024)])
+def test_architecture_width_multiplier_and_classes_shape_the_network(architecture, filters,
+                                                                      units):
+    full = build_model((32, 32, 3), 100, architecture=architecture)
+    assert [full.get_layer(f"conv_{k}").filters for k in range(6)] == [
+        f for f in filters for _ in range(2)]
+    assert full.get_layer("dense_6").units == units
     assert full.output_shape == (None, 100)
-    narrow = build_model((32, 32, 3), 10, width_multiplier=0.25)
-    assert narrow.get_layer("conv_0").filters == 16
-    assert narrow.get_layer("dense_6").units == 256
+    narrow = build_model((32, 32, 3), 10, width_multiplier=0.25, architecture=architecture)
+    assert narrow.get_layer("conv_5").filters == filters[2] // 4
+    assert narrow.get_layer("dense_6").units == units // 4
+
+
+def test_the_seeds_network_is_the_default():
+    model = build_model((32, 32, 3), 10)
+    assert model.get_layer("conv_5").filters == 512
+    assert model.get_layer("dense_6").units == 2048
+    with pytest.raises(QuantaError, match="kes2021, compact2025"):
+        build_model((32, 32, 3), 10, architecture="vgg")
+
+
+def _counts(model):
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+    return trainable + frozen, trainable, frozen
+
+
+#: (total, trainable, frozen) of cifar10 -> cifar100 targets, measured by the reference
+#: semantics document on the reference's own code.
+REFERENCE_COUNTS = {
+    "kes2021": {(0,): (20_201_894, 20_197_286, 4_608),
+                (6,): (40_195_302, 20_197_286, 19_998_016),
+                tuple(range(7)): (40_195_314, 20_197_298, 19_998_016)},
+    "compact2025": {(0,): (5_448_614, 5_445_030, 3_584),
+                    (6,): (10_791_142, 5_445_030, 5_346_112),
+                    tuple(range(7)): (10_791_154, 5_445_042, 5_346_112)},
+}
+
+
+@pytest.mark.parametrize("architecture", ["kes2021", "compact2025"])
+def test_cifar10_to_cifar100_targets_have_the_reference_parameter_counts(architecture):
+    source = freeze(build_model((32, 32, 3), 10, architecture=architecture, name="source"))
+    for layers, expected in REFERENCE_COUNTS[architecture].items():
+        target = build_model((32, 32, 3), 100, source=source, transfer_layers=layers,
+                             architecture=architecture)
+        assert _counts(target) == expected, layers
 
 
 def test_images_are_uint8_and_rescaled_inside_the_model():

@@ -154,12 +154,15 @@ class _Crash(Exception):
 _UNINTERRUPTED: dict = {}
 
 
-@pytest.mark.parametrize(("crash_at", "precomputed"),
-                         [(("epoch", 2), False), (("export", 3), False), (("epoch", 2), True)])
+@pytest.mark.parametrize(("crash_at", "precomputed", "shuffle"),
+                         [(("epoch", 2), False, False), (("export", 3), False, False),
+                          (("epoch", 2), True, False), (("epoch", 2), False, True)])
 def test_interrupted_run_resumes_to_the_same_files(source_weights, tmp_path, monkeypatch,
-                                                   crash_at, precomputed):
+                                                   crash_at, precomputed, shuffle):
+    # In both data orders: the reference's (the same batches every epoch) and reshuffled.
     spec = _spec(source_weights, nb_of_runs=2, nb_of_target_epochs=3, witness=not precomputed,
-                 augment_data=True, source_inference_mode=precomputed, nb_of_target_samples=64)
+                 augment_data=True, source_inference_mode=precomputed, nb_of_target_samples=64,
+                 shuffle=shuffle, test_every_epoch=shuffle)
     if spec not in _UNINTERRUPTED:  # the same reference run serves both crash points
         _UNINTERRUPTED[spec] = run_transfer(spec, tmp_path / "plain")
     plain = _UNINTERRUPTED[spec]
