@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
 
 from api.deps import SessionDep
 from api.errors import Unauthorized
 from quanta_jobs.tokens import KnownToken, database_tokens, hash_token, parse_env_tokens
 
-__all__ = ["ANONYMOUS", "Principal", "PrincipalDep", "authenticate", "match",
+__all__ = ["ANONYMOUS", "Principal", "PrincipalDep", "authenticate", "identify", "match",
            "parse_env_tokens"]
 
 
@@ -64,23 +65,42 @@ bearer = HTTPBearer(
 )
 
 
+def identify(state: Any, session: Session, authorization: str | None) -> Principal:
+    """The caller that `authorization` (the header's value) names, or `Unauthorized`.
+
+    `state` is the app's state (its QUANTA_API_TOKENS); the stored tokens are read with
+    `session`. Shared by the `authenticate` dependency and `api.body_limit`, which
+    refuses a request without a valid token before reading its body.
+    """
+    known = [*state.env_tokens, *database_tokens(session)]
+    if not known:
+        return ANONYMOUS
+    scheme, _, secret = (authorization or "").partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret:
+        raise Unauthorized("missing bearer token: send the header "
+                           "'Authorization: Bearer TOKEN'")
+    token = match(secret, known)
+    if token is None or token.revoked:
+        raise Unauthorized("invalid or revoked token")
+    return Principal(name=token.name, admin=token.admin)
+
+
 def authenticate(
     request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> Principal:
-    """The caller of a `/v1` request, or 401 (with `WWW-Authenticate: Bearer`)."""
-    known = [*request.app.state.env_tokens, *database_tokens(session)]
-    if not known:
-        principal = ANONYMOUS
-    else:
-        if credentials is None or not credentials.credentials:
-            raise Unauthorized("missing bearer token: send the header "
-                               "'Authorization: Bearer TOKEN'")
-        token = match(credentials.credentials, known)
-        if token is None or token.revoked:
-            raise Unauthorized("invalid or revoked token")
-        principal = Principal(name=token.name, admin=token.admin)
+    """The caller of a `/v1` request, or 401 (with `WWW-Authenticate: Bearer`).
+
+    A request with a body was already authenticated by `api.body_limit` (before its
+    body was read): its principal is reused, the tokens are not read twice.
+    """
+    principal = request.scope.get("state", {}).get("principal")
+    if not isinstance(principal, Principal):
+        header = (f"Bearer {credentials.credentials}" if credentials is not None
+                  else None)
+        principal = identify(request.app.state, session, header)
     request.state.principal = principal
     return principal
 

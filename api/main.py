@@ -16,9 +16,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from api.auth import authenticate
-from api.body_limit import BodyLimit
+from api.auth import authenticate, identify
+from api.body_limit import BodyLimit, identify_with
 from api.errors import STATUS, Unauthorized, http_headers, http_status
+from api.multipart import MULTIPART_OVERHEAD
 from api.request_guard import RejectNul
 from api.routes import health, jobs, studies, uploads
 from api.schemas import ErrorBody
@@ -116,7 +117,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(IllegalTransition, _illegal_transition)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes,
+                       upload_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD,
+                       identify=identify_with(app.state.sessionmaker, identify))
     app.add_middleware(RejectNul)
     app.include_router(health.router)  # open: probes carry no token
     for router in V1_ROUTERS:

@@ -4,6 +4,12 @@ Starlette's form parser spools a whole file to a temporary file before the route
 runs, so a size limit could only be enforced after the client has sent everything.
 This parser writes the `file` part into the uploads folder chunk by chunk and stops
 with 413 as soon as the limit is passed.
+
+The parser itself is bounded too: a part's headers (`MAX_PART_HEADER_BYTES`), the
+number of parts (`MAX_PARTS`) and everything that is not the file's content (headers
+and text fields, `MULTIPART_OVERHEAD`) each have a ceiling, past which the upload is a
+413 or 422. Parsing and writing run in a worker thread, a megabyte at a time
+(`FEED_BYTES`), so a large upload never occupies the event loop.
 """
 
 from __future__ import annotations
@@ -27,6 +33,14 @@ MAX_FIELD_BYTES = 1024
 MULTIPART_OVERHEAD = 64 * 1024
 #: How many bytes of the file's start are kept to recognise its kind.
 HEAD_BYTES = 4096
+#: Bytes of one part's headers (a Content-Disposition with a long file name fits).
+MAX_PART_HEADER_BYTES = 8 * 1024
+#: Header lines of one part (Content-Disposition, Content-Type, a few extras).
+MAX_PART_HEADERS = 8
+#: Parts of one upload: the file, `kind`, and a little room for clients' extras.
+MAX_PARTS = 8
+#: Body bytes handed to the parser in one go (in a worker thread).
+FEED_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -59,16 +73,36 @@ class _Receiver:
         self._text = bytearray()
         self._digest = hashlib.sha256()
         self.handle: IO[bytes] | None = None
+        self._parts = 0
+        self._part_header_bytes = 0
+        self._overhead = 0  # headers and text fields of every part so far
+
+    def _count_overhead(self, size: int) -> None:
+        self._part_header_bytes += size
+        self._overhead += size
+        if self._part_header_bytes > MAX_PART_HEADER_BYTES:
+            raise TooLarge(f"a part's headers are larger than {MAX_PART_HEADER_BYTES} bytes",
+                           loc=("body",))
+        if self._overhead > MULTIPART_OVERHEAD:
+            raise TooLarge(f"the form's headers and text fields are larger than "
+                           f"{MULTIPART_OVERHEAD} bytes", loc=("body",))
 
     # python-multipart callbacks
     def on_part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > MAX_PARTS:
+            raise Invalid(f"the form has more than {MAX_PARTS} parts; send the file and "
+                          "optionally 'kind'", loc=("body",))
         self._disposition, self._name, self._is_file = b"", "", False
         self._text = bytearray()
+        self._part_header_bytes = 0
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_overhead(end - start)
         self._header_name += data[start:end]
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_overhead(end - start)
         self._header_value += data[start:end]
 
     def on_header_end(self) -> None:
@@ -96,7 +130,8 @@ class _Receiver:
         chunk = data[start:end]
         if not self._is_file:
             self._text += chunk
-            if len(self._text) > MAX_FIELD_BYTES:
+            self._overhead += len(chunk)
+            if len(self._text) > MAX_FIELD_BYTES or self._overhead > MULTIPART_OVERHEAD:
                 raise Invalid(f"form field '{self._name}' is too long", loc=("body", self._name))
             return
         received = self.form.file
@@ -124,9 +159,13 @@ class _Receiver:
         )}
 
 
-def _write_all(handle: IO[bytes], chunks: list[bytes]) -> None:
-    for chunk in chunks:
-        handle.write(chunk)
+def _feed(parser: MultipartParser, receiver: _Receiver, data: bytes) -> None:
+    """Parse `data` and write the file bytes it held (in a worker thread)."""
+    parser.write(data)
+    if receiver.pending and receiver.handle is not None:
+        chunks, receiver.pending = receiver.pending, []
+        for chunk in chunks:
+            receiver.handle.write(chunk)
 
 
 async def receive_upload(
@@ -145,13 +184,19 @@ async def receive_upload(
         raise TooLarge(f"the request ({declared} bytes) is larger than the limit of "
                        f"{max_bytes} bytes", loc=("body", file_field))
     receiver = _Receiver(dest, max_bytes, file_field)
-    parser = MultipartParser(params[b"boundary"], receiver.callbacks())  # type: ignore[arg-type]
+    parser = MultipartParser(params[b"boundary"], receiver.callbacks(),  # type: ignore[arg-type]
+                             max_header_count=MAX_PART_HEADERS,
+                             max_header_size=MAX_PART_HEADER_BYTES)
     try:
+        buffered: list[bytes] = []
+        size = 0
         async for chunk in request.stream():
-            parser.write(chunk)
-            if receiver.pending and receiver.handle is not None:
-                chunks, receiver.pending = receiver.pending, []
-                await anyio.to_thread.run_sync(_write_all, receiver.handle, chunks)
+            buffered.append(chunk)
+            size += len(chunk)
+            if size >= FEED_BYTES:
+                data, buffered, size = b"".join(buffered), [], 0
+                await anyio.to_thread.run_sync(_feed, parser, receiver, data)
+        await anyio.to_thread.run_sync(_feed, parser, receiver, b"".join(buffered))
         parser.finalize()
     except BaseException as exc:
         if receiver.handle is not None:
@@ -161,6 +206,10 @@ async def receive_upload(
         if isinstance(exc, ServiceError):
             raise
         if isinstance(exc, FormParserError):
+            if "Maximum header" in str(exc):  # python-multipart's own header bounds
+                raise TooLarge(f"a part's headers are larger than {MAX_PART_HEADER_BYTES} "
+                               f"bytes or more than {MAX_PART_HEADERS} lines",
+                               loc=("body",)) from exc
             raise Invalid("malformed multipart body", loc=("body",)) from exc
         raise
     if receiver.handle is not None:
