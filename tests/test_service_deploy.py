@@ -3,13 +3,15 @@ here, so they are checked as data), and `quanta-serve` started for real."""
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import httpx
@@ -87,8 +89,98 @@ def test_dockerfile_builds_on_tensorflow_gpu() -> None:
     assert re.search(r"^FROM tensorflow/tensorflow:2\.21\.0-gpu\s*$", text, re.M)
     install = re.search(r"pip install (\S+)", text)
     assert install is not None and install.group(1) == "."  # no [cpu]/[gpu] extra
-    for folder in ("quanta", "quanta_spec", "api", "worker"):
-        assert f"COPY {folder} " in text
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of Dockerfile.gpu, continuation lines joined."""
+    joined, pending = [], ""
+    for line in (REPO / "Dockerfile.gpu").read_text().splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        pending += line.rstrip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        joined.append(pending.strip())
+        pending = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in joined]
+
+
+def image_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction, args in dockerfile_instructions():
+        if instruction == "ENV":
+            for pair in shlex.split(args):
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+def test_every_package_is_copied_into_the_image() -> None:
+    """`pip install .` finds only the packages that were COPYed: one missing (as
+    quanta_jobs once was) builds an image whose API and worker cannot start."""
+    import tomllib
+
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]["include"]
+    packages = {p.parent.name for p in REPO.glob("*/__init__.py")
+                if any(fnmatch.fnmatch(p.parent.name, pattern) for pattern in patterns)}
+    assert {"quanta", "quanta_spec", "quanta_jobs", "quanta_client", "api", "worker"} <= packages
+    copied = {shlex.split(args)[0] for instruction, args in dockerfile_instructions()
+              if instruction == "COPY"}
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
+
+
+def test_every_mounted_folder_is_created_and_owned_by_the_image_user(
+        compose: dict[str, Any]) -> None:
+    """Docker creates a mount point the image lacks as root, and a fresh named volume
+    takes the owner of the image's folder: each folder compose mounts (and each
+    QUANTA_*_DIR the image points the service at) must be made in the image and
+    chowned to the USER the containers run as, or every job fails writing there."""
+    instructions = dockerfile_instructions()
+    env = image_env()
+    users = [args.strip() for instruction, args in instructions if instruction == "USER"]
+    assert users and users[-1] not in ("root", "0"), "the containers must not run as root"
+    user = users[-1]
+    created: set[PurePosixPath] = set()
+    owned: set[PurePosixPath] = set()  # chown -R roots, each after the folders it covers
+    for instruction, args in instructions:
+        if instruction != "RUN":
+            continue
+        for command in re.split(r"&&|;", args):
+            words = [_expand(w, env) for w in shlex.split(command)]
+            if words[:1] == ["mkdir"]:
+                created |= {PurePosixPath(w) for w in words[1:] if not w.startswith("-")}
+            elif words[:1] == ["chown"] and "-R" in words:
+                owner = next(w for w in words[1:] if not w.startswith("-"))
+                if owner.split(":")[0] == user:
+                    roots = [PurePosixPath(w) for w in words[words.index(owner) + 1:]]
+                    owned |= {c for c in created if any(c.is_relative_to(r) for r in roots)}
+    assert any(re.search(rf"useradd\b[^&]*\b{user}\b", args) for instruction, args in
+               instructions if instruction == "RUN"), f"no useradd of {user}"
+
+    mounted: dict[str, set[str]] = {}
+    for name, service in compose["services"].items():
+        if service.get("image") != compose["services"]["api"]["image"]:
+            continue
+        for volume in service.get("volumes", []):
+            mounted.setdefault(volume.split(":")[1], set()).add(name)
+    assert {"api", "worker"} <= set().union(*mounted.values())
+    folders = set(mounted) | {value for key, value in env.items()
+                              if key.startswith("QUANTA_") and key.endswith("_DIR")}
+    assert "/var/lib/quanta/checkpoints" in folders
+    for folder in sorted(folders):
+        path = PurePosixPath(folder)
+        assert path in created, f"{folder} is not created in the image (Docker makes it root's)"
+        assert path in owned, f"{folder} is not chowned to {user} after it is created"
+    for key in ("QUANTA_ARTIFACTS_DIR", "QUANTA_UPLOADS_DIR", "QUANTA_DATA_DIR",
+                "QUANTA_CHECKPOINTS_DIR"):  # the service writes where the volumes are
+        assert env.get(key) in mounted, f"{key}={env.get(key)} is not a mounted volume"
+
+
+def _expand(word: str, env: dict[str, str]) -> str:
+    """$NAME and ${NAME} from the image's ENV, as the shell of a RUN would."""
+    return re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: env.get(m.group(1), ""), word)
 
 
 def test_migrations_are_packaged() -> None:
