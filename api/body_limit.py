@@ -207,9 +207,8 @@ class BodyLimit:
             if not answered:
                 raise
             log.debug("request stopped at the body limit", exc_info=True)
-        if answered:
-            if not started:
-                await _refuse(send, 413, _too_large_detail(limit, setting), receive=receive)
+        if answered and not started:
+            await _refuse(send, 413, _too_large_detail(limit, setting), receive=receive)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -235,4 +234,3 @@ def identify_with(sessions: Callable[[], Any],
             return identify(state, session, authorization)
 
     return run
-

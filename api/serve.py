@@ -60,15 +60,30 @@ def check_auth(settings: Settings, host: str) -> str | None:
     return None
 
 
+#: Environment variables a worker never needs: the API's tokens (a job's code, or a file
+#: it was tricked into reading, cannot hand them out if the process does not hold them).
+WORKER_HIDDEN_ENV = ("QUANTA_API_TOKENS",)
+
+
+def worker_env() -> dict[str, str]:
+    """The workers' environment: the API's, without what only the API needs."""
+    return {k: v for k, v in os.environ.items() if k not in WORKER_HIDDEN_ENV}
+
+
+def worker_command(index: int, gpus: list[str], log_level: str) -> list[str]:
+    command = [sys.executable, "-m", "worker.main", "--name", f"worker{index}",
+               "--loglevel", log_level]
+    if gpus:
+        command += ["--gpu", gpus[index % len(gpus)]]
+    return command
+
+
 def start_workers(count: int, gpus: list[str], log_level: str) -> list[subprocess.Popen[bytes]]:
     """Start `count` workers; worker i gets GPU `gpus[i % len(gpus)]` when GPUs are given."""
     processes = []
     for index in range(count):
-        command = [sys.executable, "-m", "worker.main", "--name", f"worker{index}",
-                   "--loglevel", log_level]
-        if gpus:
-            command += ["--gpu", gpus[index % len(gpus)]]
-        processes.append(subprocess.Popen(command))
+        processes.append(subprocess.Popen(worker_command(index, gpus, log_level),
+                                          env=worker_env()))
         log.info("started worker%d (pid %d)", index, processes[-1].pid)
     return processes
 

@@ -96,6 +96,21 @@ class Settings(BaseSettings):
     max_json_bytes: int = Field(
         default=64 * 1024, gt=0, description="Largest JSON request body; larger ones get 413."
     )
+    max_dataset_bytes: int = Field(
+        default=4 * GiB, gt=0,
+        description="Bytes the arrays of an uploaded .npz may declare in all (checked from "
+        "their headers at upload and again before a worker loads them); more is a 422.",
+    )
+    max_image_side: int = Field(
+        default=128, gt=0,
+        description="Largest image height or width of an uploaded dataset (the networks' "
+        "Dense layer grows with the image area); larger is a 422.",
+    )
+    max_model_params: int = Field(
+        default=100_000_000, gt=0,
+        description="Parameters the layers of an uploaded .keras model may declare in its "
+        "config (units, filters, kernel sizes); more is a 422.",
+    )
     max_queued_per_owner: int = Field(
         default=100, ge=0, description="Queued jobs a token may have at once (0: no cap); 429."
     )

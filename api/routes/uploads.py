@@ -21,6 +21,7 @@ from api.schemas import MAX_OFFSET, ErrorBody, UploadKind, UploadOut, UploadPage
 from api.upload_check import KINDS, check, sniff_kind, stored_name
 from quanta_jobs import crud
 from quanta_jobs.errors import Invalid
+from quanta_jobs.file_checks import FileLimits
 from quanta_jobs.models import Upload, new_id
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ def upload_out(upload: Upload) -> UploadOut:
                      size=upload.size, sha256=upload.sha256, created_at=upload.created_at)
 
 
-def _settle(received: ReceivedFile, declared: str | None, folder: Path) -> tuple[str, Path]:
+def _settle(received: ReceivedFile, declared: str | None, folder: Path,
+            limits: FileLimits) -> tuple[str, Path]:
     """Decide the kind, check the content, move the file to its final name (in a thread)."""
     if declared is not None and declared not in KINDS:
         raise Invalid(f"unknown kind '{declared}'; use one of {', '.join(KINDS)}",
@@ -63,7 +65,7 @@ def _settle(received: ReceivedFile, declared: str | None, folder: Path) -> tuple
         raise Invalid("cannot tell what this file is; upload a .weights.h5, .keras or .npz file "
                       "or pass kind", loc=("body", "file"))
     try:
-        check(received.path, received.head, kind)
+        check(received.path, received.head, kind, limits)
     except ValueError as exc:
         raise Invalid(f"'{received.filename}' is not a valid {kind} file: {exc}",
                       loc=("body", "file")) from exc
@@ -143,7 +145,8 @@ async def create_upload(request: Request, response: Response, session: SessionDe
             first = await run_in_threadpool(_first, session, principal.name, key, received,
                                             declared)
         if first is None:
-            kind, final = await run_in_threadpool(_settle, received, declared, folder)
+            kind, final = await run_in_threadpool(_settle, received, declared, folder,
+                                                  FileLimits.from_settings(settings))
             filename = _clean_name(received.filename) or final.name
             upload = await run_in_threadpool(
                 _record, session, upload_id=upload_id, kind=kind, filename=filename,

@@ -1,0 +1,390 @@
+"""Checks of untrusted files (weights, saved models, datasets) before anything loads them.
+
+Shared by the API (at upload, `api.upload_check`) and the worker (again, just before
+the library loads a file, `check_spec_files`), and free of TensorFlow: h5py, zipfile
+and NumPy's `.npy` header reader only. Every check reads metadata, never the data, so
+a small hostile file cannot make the checker allocate what it declares.
+
+- HDF5 (`.weights.h5`, and the `model.weights.h5` inside a `.keras`): every object is
+  visited without following links. External links, soft links, datasets whose bytes
+  live in other files (external storage) or are mapped from them (virtual datasets),
+  object references, and datasets declaring far more bytes than the file holds are all
+  refused: such a file would make a reader fetch other files of the worker's disk
+  (another owner's upload, the process environment) or allocate gigabytes.
+- `.keras`: only `config.json`, `metadata.json` and `model.weights.h5`, within their
+  unpacked sizes; the config names only the classes the QUANTA networks use
+  (`ALLOWED_CLASSES`) and no Python code, and the parameters its layers declare stay
+  under `max_model_params`.
+- `.npz`: the four arrays' headers give shapes and dtypes; their declared bytes, image
+  sides and channels stay under the limits.
+
+Each check raises `ValueError` with a message the client can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GiB = 1024**3
+MiB = 1024**2
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+#: Largest unpacked config.json of a .keras upload (real ones are kilobytes).
+MAX_CONFIG_BYTES = 16 * MiB
+#: The members a saved Keras model may hold (assets come only with layers we refuse).
+KERAS_MEMBERS = frozenset({"config.json", "metadata.json", "model.weights.h5"})
+#: A dataset may declare this many times the file's bytes, plus `H5_SLACK_BYTES`:
+#: Keras writes weights uncompressed, so their declared size is what the file stores.
+H5_EXPANSION = 2
+H5_SLACK_BYTES = 1 * MiB
+#: Nesting that no saved model reaches; deeper is refused rather than recursed.
+MAX_CONFIG_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class FileLimits:
+    """The ceilings of the checks (from the service's settings, `from_settings`)."""
+
+    max_dataset_bytes: int = 4 * GiB
+    max_image_side: int = 128
+    max_model_params: int = 100_000_000
+    max_unpacked_bytes: int = GiB
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> FileLimits:
+        return cls(max_dataset_bytes=settings.max_dataset_bytes,
+                   max_image_side=settings.max_image_side,
+                   max_model_params=settings.max_model_params,
+                   max_unpacked_bytes=settings.max_upload_bytes)
+
+
+# -- HDF5 ----------------------------------------------------------------------------------
+def check_hdf5(path: Path) -> int:
+    """Refuse an HDF5 file that points outside itself or declares more than it holds;
+    returns the bytes its datasets declare."""
+    import h5py  # light (no TensorFlow); only file checks need it
+
+    size = path.stat().st_size
+    try:
+        with h5py.File(path, "r") as handle:
+            declared = _walk(handle, "/", set(), h5py)
+    except OSError as exc:
+        raise ValueError(f"a damaged HDF5 file ({exc})") from exc
+    if declared > H5_EXPANSION * size + H5_SLACK_BYTES:
+        raise ValueError(f"its datasets declare {declared} bytes but the file holds {size}; "
+                         "weights saved by Keras store what they declare")
+    return declared
+
+
+def _walk(group: Any, where: str, seen: set[tuple[int, int]], h5py: Any) -> int:
+    """Bytes declared below `group`, every link inspected before it is followed."""
+    declared = 0
+    for name in group:  # link names: nothing is resolved yet
+        path = f"{where.rstrip('/')}/{name}"
+        link = group.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise ValueError(f"'{path}' is an external link (to {link.filename}); a weights "
+                             "file must hold its data itself")
+        if isinstance(link, h5py.SoftLink):
+            raise ValueError(f"'{path}' is a soft link (to {link.path}); a weights file holds "
+                             "no links")
+        if not isinstance(link, h5py.HardLink):
+            raise ValueError(f"'{path}' is a link of an unknown kind")
+        item = group[name]
+        info = h5py.h5o.get_info(item.id)
+        key = (info.fileno, info.addr)
+        if key in seen:  # a second hard link to one object: counted once, never looped
+            continue
+        seen.add(key)
+        if isinstance(item, h5py.Group):
+            declared += _walk(item, path, seen, h5py)
+        elif isinstance(item, h5py.Dataset):
+            declared += _check_dataset(item, path, h5py)
+    return declared
+
+
+def _check_dataset(dataset: Any, path: str, h5py: Any) -> int:
+    if dataset.is_virtual:
+        raise ValueError(f"'{path}' is a virtual dataset (mapped from other files); a "
+                         "weights file must hold its data itself")
+    if dataset.id.get_create_plist().get_external_count() or dataset.external:
+        raise ValueError(f"'{path}' keeps its data in external files; a weights file must "
+                         "hold its data itself")
+    dtype = dataset.dtype
+    if h5py.check_dtype(ref=dtype) is not None or (dtype.hasobject and not (
+            h5py.check_string_dtype(dtype) or h5py.check_vlen_dtype(dtype))):
+        raise ValueError(f"'{path}' holds object references; weights are numbers")
+    shape = dataset.shape or ()
+    return math.prod(int(n) for n in shape) * max(1, dtype.itemsize)
+
+
+# -- .keras ----------------------------------------------------------------------------
+def read_keras_config(path: Path, limits: FileLimits) -> dict[str, Any]:
+    """The config of a `.keras` file, after checking its members' names and sizes."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            names = [i.filename for i in infos]
+            if "config.json" not in names:
+                raise ValueError("a zip file without config.json is not a saved Keras model; "
+                                 "upload a .keras file saved with model.save")
+            extra = sorted(set(names) - KERAS_MEMBERS)
+            if extra or len(names) != len(set(names)):
+                raise ValueError(f"it holds members a QUANTA model has not "
+                                 f"({', '.join(extra[:5]) or 'duplicate names'}); expected "
+                                 f"{', '.join(sorted(KERAS_MEMBERS))}")
+            unpacked = sum(i.file_size for i in infos)
+            if unpacked > limits.max_unpacked_bytes:
+                raise ValueError(f"its members are {unpacked} bytes unpacked, over the limit of "
+                                 f"{limits.max_unpacked_bytes}")
+            size = archive.getinfo("config.json").file_size
+            if size > MAX_CONFIG_BYTES:  # a zip bomb would fill the memory when read
+                raise ValueError(f"its config.json is {size} bytes unpacked; a model's "
+                                 f"config is under {MAX_CONFIG_BYTES} bytes")
+            config = json.loads(archive.read("config.json"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError("its config.json is not valid JSON") from exc
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError,
+            zlib.error) as exc:
+        raise ValueError("not a .keras file (not a readable zip archive); upload a file saved "
+                         "with model.save('x.keras')") from exc
+    if not isinstance(config, dict):
+        raise ValueError("its config.json is not a model config (a JSON object)")
+    return config
+
+
+def check_keras(path: Path, limits: FileLimits) -> None:
+    """The whole `.keras` check: members, config (classes, code, parameters), weights."""
+    config = read_keras_config(path, limits)
+    check_model_config(config, limits)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if "model.weights.h5" not in archive.namelist():
+                return
+            with tempfile.TemporaryDirectory(prefix=".check-", dir=path.parent) as tmp:
+                weights = Path(tmp) / "model.weights.h5"
+                with archive.open("model.weights.h5") as src, open(weights, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1024 * 1024)
+                try:
+                    check_hdf5(weights)
+                except ValueError as exc:
+                    raise ValueError(f"its model.weights.h5: {exc}") from exc
+    except (zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError,
+            zlib.error) as exc:
+        raise ValueError("its model.weights.h5 cannot be unpacked") from exc
+
+
+#: What a saved QUANTA network's config may name: (class name, module) of every object
+#: with a `class_name` (layers, models, initializers, optimizer, loss, dtype policies),
+#: as Keras 3 writes them for the kes2021 and compact2025 networks, sources, targets and
+#: witnesses. Anything else (a preprocessing layer that reads a vocabulary file, a
+#: custom class) is refused before any loader sees it.
+_LAYERS = ("BatchNormalization", "Conv2D", "Dense", "Dropout", "ELU", "Flatten",
+           "GlobalAveragePooling2D", "InputLayer", "MaxPooling2D", "Rescaling",
+           # the optional augmentation of source training
+           "RandomFlip", "RandomRotation", "RandomTranslation", "RandomZoom")
+_METRICS = ("CategoricalAccuracy", "FalseNegatives", "FalsePositives", "Precision", "Recall",
+            "TopKCategoricalAccuracy", "TrueNegatives", "TruePositives")
+ALLOWED_CLASSES: dict[str, frozenset[str]] = {
+    **{name: frozenset({"keras.layers"}) for name in _LAYERS},
+    **{name: frozenset({"keras.metrics"}) for name in _METRICS},
+    **{name: frozenset({"keras.initializers"}) for name in ("GlorotUniform", "Ones",
+                                                            "Zeros")},
+    "CategoricalCrossentropy": frozenset({"keras.losses"}),
+    "Adam": frozenset({"keras.optimizers"}),
+    "LossScaleOptimizer": frozenset({"keras.optimizers"}),  # mixed precision
+    "DTypePolicy": frozenset({"keras"}),
+    "Functional": frozenset({"keras.src.models.functional", "keras.models", "keras"}),
+    "Sequential": frozenset({"keras.src.models.sequential", "keras.models", "keras"}),
+    "QuantaLayer": frozenset({"quanta.layer"}),
+    "QuantaAdam": frozenset({"quanta.training"}),
+    "__keras_tensor__": frozenset(),
+}
+#: The registered names of the project's own classes (`register_keras_serializable`).
+QUANTA_REGISTERED = frozenset({"quanta>QuantaLayer", "quanta>QuantaAdam"})
+
+#: Class names under which Keras serialises Python code (bytecode) in a model's config.
+CODE_CLASSES = frozenset({"__lambda__", "Lambda"})
+
+
+def _objects(config: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
+    """Every dict of the config that names a class, outermost first."""
+    if depth > MAX_CONFIG_DEPTH:
+        raise ValueError("its config.json is nested deeper than any model's")
+    if isinstance(config, dict):
+        if "class_name" in config:
+            yield config
+        for value in config.values():
+            yield from _objects(value, depth + 1)
+    elif isinstance(config, list):
+        for value in config:
+            yield from _objects(value, depth + 1)
+
+
+def check_model_config(config: dict[str, Any], limits: FileLimits) -> None:
+    """Only the QUANTA networks' classes, no code, at most `max_model_params` declared."""
+    for item in _objects(config):
+        name = item.get("class_name")
+        if name in CODE_CLASSES:
+            raise ValueError("it holds Python code (a Lambda layer or a lambda function), "
+                             "which the service never loads; rebuild the model without "
+                             "Lambda layers")
+        module = item.get("module")
+        allowed = ALLOWED_CLASSES.get(str(name))
+        registered = item.get("registered_name")
+        if registered not in (None, name) and registered not in QUANTA_REGISTERED:
+            allowed = None
+        if allowed is None or (module is not None and module not in allowed):
+            where = f" from {module}" if module else ""
+            raise ValueError(f"it uses the class '{str(name)[:80]}'{where[:120]}, which the "
+                             "QUANTA networks do not; only models saved by this service's "
+                             "jobs (or by `quanta`) are accepted")
+    params = declared_parameters(config)
+    if params > limits.max_model_params:
+        raise ValueError(f"its layers declare {params} parameters, over the limit of "
+                         f"{limits.max_model_params} (QUANTA_MAX_MODEL_PARAMS)")
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"its config gives {what} as {str(value)[:40]}; expected a "
+                         "non-negative integer")
+    return value
+
+
+def _input_depth(layer: dict[str, Any]) -> int:
+    """The last input dimension a layer was built with (1 if the config does not say)."""
+    build = layer.get("build_config")
+    shape = build.get("input_shape") if isinstance(build, dict) else None
+    if isinstance(shape, list) and shape and shape[-1] is not None:
+        return _int(shape[-1], "an input shape")
+    return 1
+
+
+def declared_parameters(config: dict[str, Any]) -> int:
+    """The weights the config's Dense, Conv2D and BatchNormalization layers declare (from
+    units, filters, kernel sizes and built input shapes), before anything is built."""
+    total = 0
+    for item in _objects(config):
+        inner = item.get("config")
+        if not isinstance(inner, dict):
+            continue
+        name = item.get("class_name")
+        if name == "Dense":
+            units = _int(inner.get("units"), "units")
+            total += (_input_depth(item) + 1) * units
+        elif name == "Conv2D":
+            filters = _int(inner.get("filters"), "filters")
+            kernel = inner.get("kernel_size", [1, 1])
+            kernel = kernel if isinstance(kernel, list) else [kernel, kernel]
+            area = math.prod(_int(k, "a kernel size") for k in kernel)
+            total += (area * _input_depth(item) + 1) * filters
+        elif name == "BatchNormalization":
+            total += 4 * _input_depth(item)
+    return total
+
+
+# -- .npz ------------------------------------------------------------------------------
+def npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from an .npy member's header (parsed with NumPy's safe literal
+    reader): nothing is unpickled, and no array is read."""
+    with archive.open(member) as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"{member} uses .npy format {version}; save it with numpy.savez")
+    return tuple(shape), dtype
+
+
+def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The four arrays' shapes and dtypes, from their headers alone."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {n.removesuffix(".npy"): n for n in archive.namelist()
+                       if n.endswith(".npy")}
+            missing = [k for k in NPZ_KEYS if k not in members]
+            if missing:
+                raise ValueError(f"it has no key {', '.join(missing)} "
+                                 f"(it has: {', '.join(sorted(members)) or 'nothing'})")
+            return {k: npy_header(archive, members[k]) for k in NPZ_KEYS}
+    except ValueError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError,
+            zlib.error, SyntaxError) as exc:
+        with open(path, "rb") as handle:
+            single = handle.read(6) == b"\x93NUMPY"
+        if single:
+            raise ValueError("a single .npy array, not an .npz archive; save it with "
+                             "numpy.savez") from exc
+        raise ValueError("not a readable .npz archive; save it with numpy.savez") from exc
+
+
+def check_npz(path: Path, limits: FileLimits) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The structural checks of `quanta.datasets`, and the size limits, from the headers;
+    returns them (the train split's length sizes a job)."""
+    headers = npz_headers(path)
+    declared = 0
+    for split in ("train", "test"):
+        (x_shape, x_dtype), (y_shape, y_dtype) = headers[f"x_{split}"], headers[f"y_{split}"]
+        if x_dtype.kind not in "iuf" or len(x_shape) not in (3, 4) or x_shape[0] < 1:
+            raise ValueError(f"x_{split} has dtype {x_dtype} and shape {x_shape}; expected "
+                             "numeric (N, H, W) or (N, H, W, C) images")
+        if len(y_shape) == 2 and y_shape[1] == 1:
+            y_shape = y_shape[:1]
+        if y_dtype.kind not in "iu" or len(y_shape) != 1:
+            raise ValueError(f"y_{split} has dtype {y_dtype} and shape {y_shape}; expected "
+                             "integer labels of shape (N,)")
+        if y_shape[0] != x_shape[0]:
+            raise ValueError(f"y_{split} has {y_shape[0]} labels but x_{split} has "
+                             f"{x_shape[0]} images")
+        side = max(x_shape[1:3])
+        if side > limits.max_image_side:
+            raise ValueError(f"x_{split} has images of {x_shape[1]}x{x_shape[2]} pixels; the "
+                             f"limit is {limits.max_image_side} a side "
+                             "(QUANTA_MAX_IMAGE_SIDE)")
+        if len(x_shape) == 4 and not 1 <= x_shape[3] <= 4:
+            raise ValueError(f"x_{split} has {x_shape[3]} channels; expected 1 to 4")
+        declared += math.prod(x_shape) * x_dtype.itemsize
+        declared += math.prod(y_shape) * y_dtype.itemsize
+    if declared > limits.max_dataset_bytes:
+        raise ValueError(f"its arrays declare {declared} bytes, over the limit of "
+                         f"{limits.max_dataset_bytes} (QUANTA_MAX_DATASET_BYTES)")
+    return headers
+
+
+# -- a job's files, in the worker ------------------------------------------------------------
+def check_spec_files(spec: Any, limits: FileLimits) -> None:
+    """Check again, just before the library loads them, every file a local spec names:
+    the worker trusts neither the upload check (a file may have changed, or come from
+    an older service) nor an artifact of another job."""
+    for field in ("source_task", "target_task"):
+        task = getattr(spec, field, None)
+        if isinstance(task, str) and task.startswith("npz:"):
+            _named(field, lambda p: check_npz(p, limits), Path(task[len("npz:"):]))
+    weights = getattr(spec, "source_weights", None)
+    if weights:
+        _named("source_weights", check_hdf5, Path(weights))
+    previous = getattr(spec, "train_from_previous_training", None)
+    if previous:
+        _named("train_from_previous_training", lambda p: check_keras(p, limits),
+               Path(previous))
+
+
+def _named(field: str, check: Any, path: Path) -> None:
+    try:
+        check(path)
+    except ValueError as exc:
+        raise ValueError(f"{field} ({path.name}) is refused: {exc}") from exc
