@@ -19,8 +19,11 @@ def _acc(metrics: dict[str, Any] | None) -> str:
 def _mean_ci(stat: dict[str, Any] | None, signed: bool = False) -> str:
     if not stat or stat.get("mean") is None:
         return "n/a"
-    low, high = stat["ci95"]
     fmt = "+.4f" if signed else ".4f"
+    if not stat.get("ci95"):
+        # One run says nothing of the spread: the service gives no interval (null).
+        return f"{stat['mean']:{fmt}} [n/a]"
+    low, high = stat["ci95"]
     return f"{stat['mean']:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
 

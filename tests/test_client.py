@@ -224,3 +224,23 @@ def test_wait_follows_events_then_reports(monkeypatch: pytest.MonkeyPatch,
     assert "run 0: source accuracy 0.9000, target accuracy 0.5000" in captured.out
     assert "transfer gain +0.1000" in captured.out
     assert "1/1" in captured.err  # the progress bar reached its end
+
+
+def test_one_run_study_reports_no_interval(monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """One run has no spread: the service sends null std and ci95, the report says n/a."""
+    one = {"n": 1, "mean": 0.75, "std": None, "ci95": None, "values": [0.75]}
+    two = {"n": 2, "mean": 0.5, "std": 0.1, "ci95": [0.4, 0.6], "values": [0.45, 0.55]}
+    summary = {"entries": {"3": {"runs": [0], "lambda_s": {"3": one},
+                                 "target_accuracy": two, "transfer_gain": None}},
+               "missing": []}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/summary"):
+            return httpx.Response(200, json=summary)
+        return httpx.Response(200, json=job("succeeded", kind="study", result={}))
+
+    mock(handler, monkeypatch)
+    assert cli.main(["wait", "x", "--no-events"]) == 0
+    out = capsys.readouterr().out
+    assert "0.7500 [n/a]" in out and "0.5000 [0.4000, 0.6000]" in out

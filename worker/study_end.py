@@ -150,6 +150,7 @@ def compact_entries(summary: Summary) -> dict[str, Any]:
             "target_accuracy": brief(data["target_accuracy"]),
             "witness_accuracy": brief(data["witness_accuracy"]),
             "transfer_gain": brief(data["transfer_gain"]),
+            "equal_run_lengths": data["equal_run_lengths"],
         }
     return out
 

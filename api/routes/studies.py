@@ -41,8 +41,11 @@ class StudySummary(BaseModel):
     spec: dict[str, Any]
     entries: dict[str, dict[str, Any]] = Field(
         description="Per entry: `runs`, `lambda_s` (by QUANTA layer: n, mean, std, ci95, "
-        "values), `lambda_s_per_epoch` (mean curve), `target_accuracy`, `witness_accuracy`, "
-        "`transfer_gain` (n, mean, std, ci95, values; null without witness).")
+        "values; std and ci95 are null with a single run), `lambda_s_per_epoch` (mean curve "
+        "over the runs that reached each epoch), `lambda_s_runs_per_epoch` (how many did), "
+        "`equal_run_lengths` (false when runs lasted different numbers of epochs), "
+        "`target_accuracy`, `witness_accuracy`, `transfer_gain` (n, mean, std, ci95, values; "
+        "null without witness).")
     missing: list[dict[str, Any]] = Field(
         description="Runs without results: entry, run, and why (the child job and its error).")
     complete: bool
