@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from quanta.summary import Summary, mean_curve
@@ -21,6 +22,10 @@ from quanta_spec.files import replacing
 
 _COLORS = plt.get_cmap("tab10").colors
 _DPI = 120
+#: λ_s in mathtext, so that the s is a subscript as in the paper.
+LAMBDA_S = r"$\lambda_s$"
+#: Least margin around the data on a λ_s axis: quantas that move by 0.001 must not fill it.
+LAMBDA_MARGIN = 0.05
 
 
 def _save(fig: Any, path: str | Path) -> Path:
@@ -33,8 +38,22 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
+def _lambda_limits(values: Sequence[float]) -> tuple[float, float]:
+    """A λ_s axis that holds the data and the start value with a margin on either side,
+    so that noise of a thousandth does not look like a trend."""
+    low = min([*values, INITIAL_LAMBDA_S]) - LAMBDA_MARGIN
+    high = max([*values, INITIAL_LAMBDA_S]) + LAMBDA_MARGIN
+    return max(0.0, low), min(1.0, high)
+
+
 def quantas_per_epoch(runs: Sequence[dict[str, Any]], path: str | Path, title: str,
                       tests: Sequence[dict[str, dict[str, float]]] = ()) -> Path:
+    """`quantas_figure`, saved as a PNG at `path`."""
+    return _save(quantas_figure(runs, title, tests), path)
+
+
+def quantas_figure(runs: Sequence[dict[str, Any]], title: str,
+                   tests: Sequence[dict[str, dict[str, float]]] = ()) -> Figure:
     """λ_s after each epoch, one thin line per run, the mean in bold, a colour per layer.
 
     `runs` are lines of a `quantas_*.jsonl` file (one per run). `tests` are lines of
@@ -44,19 +63,33 @@ def quantas_per_epoch(runs: Sequence[dict[str, Any]], path: str | Path, title: s
     """
     fig, ax = plt.subplots(figsize=(7.6 if tests else 7, 4.2))
     layers = sorted({k for run in runs for k in run}, key=int)
+    values: list[float] = []
+    ax.axhline(INITIAL_LAMBDA_S, color="0.45", linestyle=":", linewidth=1,
+               label=f"{LAMBDA_S} at the start ({INITIAL_LAMBDA_S:.3f})")
     for i, layer in enumerate(layers):
         color = _COLORS[i % len(_COLORS)]
-        curves = [run[layer]["quantas"]["source"] for run in runs if layer in run]
-        for curve in curves:
-            ax.plot(range(len(curve)), curve, color=color, alpha=0.35, linewidth=1)
+        numbered = [(r, run[layer]["quantas"]["source"]) for r, run in enumerate(runs)
+                    if layer in run]
+        curves = [curve for _, curve in numbered]
+        values += [v for curve in curves for v in curve]
+        if len(curves) == 1:  # one run: its line is the result, no mean to draw
+            r, curve = numbered[0]
+            ax.plot(range(len(curve)), curve, color=color, linewidth=2.2, marker="o",
+                    markersize=3, label=f"layer {layer}, run {r}")
+            continue
+        for j, (_r, curve) in enumerate(numbered):
+            ax.plot(range(len(curve)), curve, color=color, alpha=0.35, linewidth=1,
+                    label=(f"layer {layer}, runs {numbered[0][0]}–{numbered[-1][0]}"
+                           if j == 0 else None))
         mean, _ = mean_curve(curves)
         ax.plot(range(len(mean)), mean, color=color, linewidth=2.2, marker="o", markersize=3,
-                label=f"layer {layer}")
+                label=f"layer {layer}, mean of {len(curves)} runs")
     ax.set_xlabel("epoch (0 = start of training)")
-    ax.set_ylabel("λ_s (share of source features)")
+    ax.set_ylabel(f"{LAMBDA_S} (share of source features)")
     ax.set_title(title)
-    # Quantas often move by less than a percent: let the axis zoom in on them.
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if values:
+        ax.set_ylim(*_lambda_limits(values))
     ax.yaxis.get_major_formatter().set_useOffset(False)
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
@@ -75,9 +108,9 @@ def quantas_per_epoch(runs: Sequence[dict[str, Any]], path: str | Path, title: s
         right.set_ylabel("target test accuracy (dashed)")
         right.set_ylim(0, 1)
         handles, labels = [*handles, *line], [*labels, "target test accuracy"]
-    ax.legend(handles, labels, loc="best", fontsize="small",
-              ncol=2 if len(labels) > 4 else 1)
-    return _save(fig, path)
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.12 if tests else 1.01, 1),
+              fontsize="small", borderaxespad=0)
+    return fig
 
 
 #: Tick labels of the transferable layers (their numbers, as in file names).
@@ -132,6 +165,11 @@ def _label_points(ax: Any, xs: Sequence[float], means: Sequence[float],
 
 
 def transferability(summary: Summary, path: str | Path, title: str) -> Path:
+    """`transferability_figure`, saved as a PNG at `path`."""
+    return _save(transferability_figure(summary, title), path)
+
+
+def transferability_figure(summary: Summary, title: str) -> Figure:
     """Final λ_s per transferred layer with its 95% confidence interval.
 
     One point per layer measured alone; with the `all` entry, a second series: the λ_s
@@ -141,7 +179,7 @@ def transferability(summary: Summary, path: str | Path, title: str) -> Path:
     """
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     ax.axhline(INITIAL_LAMBDA_S, color="0.45", linestyle="--", linewidth=1,
-               label=f"λ_s at the start ({INITIAL_LAMBDA_S:.3f})")
+               label=f"{LAMBDA_S} at the start ({INITIAL_LAMBDA_S:.3f})")
     xs, means, errs = _points(summary, "lambda_s")
     if xs:
         ax.errorbar(xs, means, yerr=errs, marker="o", capsize=4, linewidth=1, linestyle=":",
@@ -159,36 +197,59 @@ def transferability(summary: Summary, path: str | Path, title: str) -> Path:
                     linestyle=":", color=_COLORS[1], label="all seven layers at once")
         _label_points(ax, all_x, all_means, all_errs, _COLORS[1], below=True)
     _layer_axis(ax, with_all=False)
-    ax.set_ylabel("final λ_s: share of source features\n(mean over runs, 95% CI)")
+    ax.set_ylabel(f"final {LAMBDA_S}: share of source features\n(mean over runs, 95% CI)")
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize="small")
-    return _save(fig, path)
+    return fig
 
 
 def accuracy(summary: Summary, path: str | Path, title: str) -> Path:
-    """Test accuracy with transfer (target) and without (witness), per layer.
+    """`accuracy_figure`, saved as a PNG at `path`."""
+    return _save(accuracy_figure(summary, title), path)
 
-    The two series are drawn side by side at each layer so their intervals do not
-    hide each other; the `all` entry has a column of its own at the right.
+
+def _witness(summary: Summary) -> dict[str, Any] | None:
+    """The witness's accuracy: one statistic for the whole study, since a run's witness
+    does not depend on the layer (it has no transfer); the entry with the most runs."""
+    stats = [data["witness_accuracy"] for data in summary.entries.values()
+             if data.get("witness_accuracy") and data["witness_accuracy"]["n"]]
+    return max(stats, key=lambda stat: stat["n"]) if stats else None
+
+
+def accuracy_figure(summary: Summary, title: str) -> Figure:
+    """Test accuracy with transfer (target) per layer, against the witness (no transfer).
+
+    The witness is the same network trained from scratch in each run, whatever the
+    layer, so it is one horizontal line with its interval as a band. The axis holds
+    every interval whole (with few runs a 95% interval may pass 0 or 1), and the legend
+    sits beside the axes, never on the points.
     """
-    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    fig, ax = plt.subplots(figsize=(9, 4.4))
     with_all = "all" in summary.entries
-    for key, label, color, shift in (
-        ("target_accuracy", "with transfer (target)", _COLORS[0], -0.12),
-        ("witness_accuracy", "without transfer (witness)", _COLORS[3], 0.12),
-    ):
-        xs, means, errs = _points(summary, key, with_all=with_all)
-        if xs:
-            xs = [x + shift for x in xs]
-            ax.errorbar(xs, means, yerr=errs, marker="o", capsize=4, linestyle="none",
-                        color=color, label=label)
-            _label_points(ax, xs, means, errs, color)
+    ends = [0.0, 1.0]
+    witness = _witness(summary)
+    if witness is not None:
+        mean = witness["mean"]
+        low, high = witness["ci95"] or (mean, mean)
+        ax.axhline(mean, color=_COLORS[3], linewidth=1.5,
+                   label=f"without transfer (witness, every layer): {mean:.3f}")
+        if high > low:
+            ax.axhspan(low, high, color=_COLORS[3], alpha=0.15, linewidth=0,
+                       label="witness 95% CI")
+        ends += [low, high]
+    xs, means, errs = _points(summary, "target_accuracy", with_all=with_all)
+    if xs:
+        ax.errorbar(xs, means, yerr=errs, marker="o", capsize=4, linestyle="none",
+                    color=_COLORS[0], label="with transfer (target)")
+        _label_points(ax, xs, means, errs, _COLORS[0])
+        ends += [m - e for m, e in zip(means, errs[0], strict=True)]
+        ends += [m + e for m, e in zip(means, errs[1], strict=True)]
     _layer_axis(ax, with_all=with_all)
     ax.set_ylabel("test accuracy (mean over runs, 95% CI)")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(min(ends) - 0.02, max(ends) + 0.02)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize="small")
-    return _save(fig, path)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", borderaxespad=0)
+    return fig

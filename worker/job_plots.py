@@ -55,9 +55,9 @@ def transfer_plot(spec: Any, experiment: Path, output: Path, nb_of_runs: int) ->
             return
         layer = "all layers" if spec.layer_to_transfer < 0 else f"layer {spec.layer_to_transfer}"
         runs = f"{len(lines)} run{'s' if len(lines) > 1 else ''}"
-        title = (f"λ_s per epoch, {experiment.name.replace('_to_', ' → ')}, {layer} "
-                 f"({runs}, seed {spec.seed})" if spec.seeded else
-                 f"λ_s per epoch, {experiment.name.replace('_to_', ' → ')}, {layer} ({runs})")
+        what = experiment.name.replace("_to_", " → ")
+        seeded = f", seed {spec.seed}" if spec.seeded else ""
+        title = rf"$\lambda_s$ per epoch, {what}, {layer} ({runs}{seeded})"
         plots.quantas_per_epoch(lines, output / TRANSFER_PLOT, title)
     except Exception:
         log.exception("quantas plot of %s not drawn", output.name)
