@@ -45,9 +45,13 @@ BATCH = 500
 RETRY_MS = 2000
 
 
-def format_event(kind: str, data: dict[str, Any], seq: int | None = None) -> str:
-    """One event in the text/event-stream format (data is one line of JSON)."""
-    head = f"id: {seq}\n" if seq is not None else ""
+def format_event(kind: str, data: dict[str, Any], seq: int | None = None,
+                 retry_ms: int | None = None) -> str:
+    """One event in the text/event-stream format (data is one line of JSON). The
+    reconnection delay rides on an event with data, never alone: SSE clients that parse
+    every block as an event (httpx-sse's `.json()`) fail on a block without data."""
+    head = f"retry: {retry_ms}\n" if retry_ms is not None else ""
+    head += f"id: {seq}\n" if seq is not None else ""
     return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
@@ -85,19 +89,26 @@ async def stream(
     disconnected: Callable[[], Any] | None = None,
     poll_s: float = POLL_S,
 ) -> AsyncIterator[str]:
-    """The job's events after `after`, then `end` once it has ended."""
-    yield f"retry: {RETRY_MS}\n\n"
+    """The job's events after `after`, then `end` once it has ended; the first event
+    carries `retry:`."""
+    retry: list[int | None] = [RETRY_MS]
+
+    def event(kind: str, data: dict[str, Any], seq: int | None = None) -> str:
+        text = format_event(kind, data, seq, retry_ms=retry[0])
+        retry[0] = None
+        return text
+
     cursor = after
     last_sent = time.monotonic()
     ended_since: float | None = None
     while True:
         poll = await run_in_threadpool(_poll, sessions, job_id, cursor)
         if poll is None:  # deleted meanwhile
-            yield format_event("end", {"job": job_id, "status": None, "error": "job deleted"})
+            yield event("end", {"job": job_id, "status": None, "error": "job deleted"})
             return
-        for event in poll.events:
-            yield format_event(event.kind, event.data, event.seq)
-            cursor = event.seq
+        for item in poll.events:
+            yield event(item.kind, item.data, item.seq)
+            cursor = item.seq
             last_sent = time.monotonic()
         if len(poll.events) == BATCH:
             continue  # more waiting: send them before anything else
@@ -109,8 +120,8 @@ async def stream(
                 if poll.error:
                     final["error"] = poll.error
                 if poll.recorded_status != poll.status:  # its event never came: say it
-                    yield format_event(job_events.STATUS, final)
-                yield format_event("end", final)
+                    yield event(job_events.STATUS, final)
+                yield event("end", final)
                 return
         if disconnected is not None and await disconnected():
             return
