@@ -10,7 +10,9 @@ then serves only on a loopback address: `--host 0.0.0.0` without a token exits w
 Workers are separate processes (`python -m worker.main`), because TensorFlow must
 not live in the API process; Ctrl-C or SIGTERM stops the API, then asks each worker
 to stop (a running job is handed back to the queue at its next batch), and kills
-those that do not exit in time.
+those that do not exit in time. A worker that dies meanwhile (killed by the kernel
+for memory, a crash) is restarted under its name, after a back-off that doubles while
+it keeps dying quickly (`Supervisor`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 
 from quanta_jobs.migrate import upgrade
 from quanta_jobs.settings import Settings, get_settings
@@ -88,6 +92,69 @@ def start_workers(count: int, gpus: list[str], log_level: str) -> list[subproces
     return processes
 
 
+#: A worker that ran this long before dying was healthy: its restart waits `BACKOFF_S`.
+HEALTHY_S = 60.0
+#: First wait before restarting a dead worker, doubled for each quick death in a row.
+BACKOFF_S = 1.0
+MAX_BACKOFF_S = 60.0
+
+
+class Supervisor:
+    """Restarts the workers that die while the service runs (the kernel's out-of-memory
+    killer, a crash), with a back-off when they keep dying; a worker that exits with
+    status 0 stopped on purpose and is left alone. `processes` is updated in place."""
+
+    def __init__(self, processes: list[subprocess.Popen[bytes]], gpus: list[str],
+                 log_level: str, stopping: Callable[[], bool], poll_s: float = 0.5) -> None:
+        self.processes, self.gpus, self.log_level = processes, gpus, log_level
+        self.stopping, self.poll_s = stopping, poll_s
+        now = time.monotonic()
+        self._started = [now] * len(processes)
+        self._quick_deaths = [0] * len(processes)
+        self._restart_at: list[float | None] = [None] * len(processes)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
+
+    def start(self) -> Supervisor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            if self.stopping():
+                return
+            for index, process in enumerate(self.processes):
+                code = process.poll()
+                if code is None or code == 0:
+                    continue
+                self._restart(index, code)
+
+    def _restart(self, index: int, code: int) -> None:
+        now = time.monotonic()
+        when = self._restart_at[index]
+        if when is None:  # just found dead
+            lived = now - self._started[index]
+            self._quick_deaths[index] = 0 if lived >= HEALTHY_S else (
+                self._quick_deaths[index] + 1)
+            delay = min(MAX_BACKOFF_S, BACKOFF_S * 2 ** self._quick_deaths[index])
+            how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            log.warning("worker%d (pid %d) %s after %.0f s; restarting it in %.0f s",
+                        index, self.processes[index].pid, how, lived, delay)
+            self._restart_at[index] = now + delay
+            return
+        if now < when or self.stopping():
+            return
+        process = subprocess.Popen(worker_command(index, self.gpus, self.log_level),
+                                   env=worker_env())
+        self.processes[index] = process
+        self._started[index], self._restart_at[index] = now, None
+        log.warning("restarted worker%d (pid %d)", index, process.pid)
+
+
 def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
     """SIGTERM each process, wait up to `timeout` seconds in all, then SIGKILL the rest."""
     for process in processes:
@@ -139,10 +206,13 @@ def serve(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
+    supervisor = Supervisor(workers, gpus, args.log_level,
+                            stopping=lambda: stopping[0] or server.should_exit).start()
     try:
         server.run()
     finally:
         stopping[0] = True
+        supervisor.stop()
         stop_processes(workers, args.stop_timeout)
     return 0 if server.started else 1
 

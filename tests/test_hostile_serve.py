@@ -3,10 +3,13 @@ happens when the kernel kills one (a real serve process, real worker processes).
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
+import httpx
 from hostile import ADMIN_TOKEN, TOKEN, Server
 
 
@@ -36,3 +39,23 @@ def test_workers_do_not_hold_the_api_tokens(tmp_path: Path) -> None:
         assert TOKEN.encode() not in environ and ADMIN_TOKEN.encode() not in environ
         api_environ = Path(f"/proc/{server.process.pid}/environ").read_bytes()
         assert TOKEN.encode() in api_environ  # the API does
+
+
+def test_a_killed_worker_is_restarted_and_readyz_counts_it(tmp_path: Path) -> None:
+    """SIGKILL (what the kernel's out-of-memory killer sends) a worker of a real
+    quanta-serve: /readyz sees it gone, the serve process starts it again, and /readyz
+    counts it once it beats."""
+    with Server(tmp_path, workers=1, heartbeat_s=1) as server:
+        def workers() -> int | None:
+            return httpx.get(f"{server.base}/readyz", timeout=5).json().get("workers")
+
+        wait_for(lambda: workers() == 1, 120, "/readyz counted the worker", server)
+        (first,) = worker_pids(server)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: workers() == 0, 30, "/readyz saw the worker gone", server)
+        wait_for(lambda: worker_pids(server) and worker_pids(server) != [first], 30,
+                 "a new worker process", server)
+        wait_for(lambda: workers() == 1, 120, "/readyz counted the new worker", server)
+        assert server.process.poll() is None
+    log = server.log()
+    assert "killed by signal 9" in log and "restarted worker0" in log, log[-3000:]

@@ -18,6 +18,8 @@ import logging
 import os
 import socket
 
+from quanta_jobs.workers import WorkerHeartbeat
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="quanta-worker", description=__doc__,
@@ -68,12 +70,25 @@ def main(argv: list[str] | None = None) -> int:
                          else f"worker-{os.getpid()}")
     if "@" not in name:
         name = f"{name}@{socket.gethostname()}"
-    app.worker_main(argv=[
-        "worker", "--pool=solo", "--concurrency=1", f"--hostname={name}",
-        f"--loglevel={args.loglevel}", "--without-gossip", "--without-mingle",
-        "--without-heartbeat", "-Q", app.conf.task_default_queue,
-    ])
+    heartbeat = _heartbeat(name)  # /readyz counts the workers alive from these rows
+    try:
+        app.worker_main(argv=[
+            "worker", "--pool=solo", "--concurrency=1", f"--hostname={name}",
+            f"--loglevel={args.loglevel}", "--without-gossip", "--without-mingle",
+            "--without-heartbeat", "-Q", app.conf.task_default_queue,
+        ])
+    finally:
+        heartbeat.stop()
     return 0
+
+
+def _heartbeat(name: str) -> WorkerHeartbeat:
+    from quanta_jobs.db import make_engine, make_sessionmaker
+    from quanta_jobs.settings import get_settings
+
+    settings = get_settings()
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    return WorkerHeartbeat(sessions, name, settings.heartbeat_s).start()
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api.deps import CeleryDep, SessionDep
+from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.schemas import Health, Readiness
 from quanta_jobs.queue import ping_broker
+from quanta_jobs.workers import alive
 
 router = APIRouter(tags=["health"])
 
@@ -25,12 +26,16 @@ def healthz() -> Health:
     summary="The database and the broker are reachable",
     responses={503: {"model": Readiness, "description": "A dependency is unreachable."}},
 )
-def readyz(session: SessionDep, celery: CeleryDep) -> Readiness | JSONResponse:
-    """Ready when both the database and the broker answer; 503 names the one that failed."""
+def readyz(session: SessionDep, celery: CeleryDep,
+           settings: SettingsDep) -> Readiness | JSONResponse:
+    """Ready when both the database and the broker answer; 503 names the one that failed.
+    `workers` counts the workers alive (informative: an API may run before its workers)."""
     checks: dict[str, str] = {}
+    workers = None
     try:
         session.execute(text("SELECT 1"))
         checks["database"] = "ok"
+        workers = alive(session, settings.heartbeat_s)
     except Exception as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}: {exc}"[:500]
     try:
@@ -39,6 +44,6 @@ def readyz(session: SessionDep, celery: CeleryDep) -> Readiness | JSONResponse:
     except Exception as exc:
         checks["broker"] = f"unreachable: {type(exc).__name__}: {exc}"[:500]
     if all(value == "ok" for value in checks.values()):
-        return Readiness(status="ready", checks=checks)
-    body = Readiness(status="unavailable", checks=checks)
+        return Readiness(status="ready", checks=checks, workers=workers)
+    body = Readiness(status="unavailable", checks=checks, workers=workers)
     return JSONResponse(status_code=503, content=body.model_dump())
