@@ -8,9 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from quanta_spec import RemoteSourceSpec, RemoteStudySpec, RemoteTransferSpec
-from quanta_spec.baselines import RemoteScoresSpec
 
-JobKind = Literal["source", "transfer", "study", "scores"]
+JobKind = Literal["source", "transfer", "study"]
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 UploadKind = Literal["weights", "model", "dataset"]
 #: Largest `offset` of a list query (databases take 64-bit integers at most).
@@ -42,14 +41,7 @@ class StudyJobCreate(_Strict):
     spec: RemoteStudySpec
 
 
-class ScoresJobCreate(_Strict):
-    """Baseline transferability scores of a frozen source per layer: no training."""
-
-    kind: Literal["scores"]
-    spec: RemoteScoresSpec
-
-
-JobCreate = Annotated[SourceJobCreate | TransferJobCreate | StudyJobCreate | ScoresJobCreate,
+JobCreate = Annotated[SourceJobCreate | TransferJobCreate | StudyJobCreate,
                       Field(discriminator="kind")]
 
 
