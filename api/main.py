@@ -16,6 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from api import docs
 from api.auth import authenticate, identify
 from api.body_limit import BodyLimit, identify_with
 from api.errors import STATUS, Unauthorized, http_headers, http_status
@@ -108,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """An app bound to `settings` (default: from the environment) with its own engine."""
     settings = settings or get_settings()
     app = FastAPI(title="QUANTA job service", version="0.1.0", description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)  # api.docs: offline
     app.state.settings = settings
     app.state.env_tokens = parse_env_tokens(settings.api_tokens)  # malformed: refuse to start
     app.state.engine = make_engine(settings.database_url)
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        identify=identify_with(app.state.sessionmaker, identify))
     app.add_middleware(RejectNul)
     app.include_router(health.router)  # open: probes carry no token
+    docs.install(app)  # Swagger UI at /docs, its assets from this process (no CDN)
     for router in V1_ROUTERS:
         app.include_router(router, dependencies=[Depends(authenticate)],
                            responses=UNAUTHORIZED)
