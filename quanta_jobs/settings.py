@@ -11,8 +11,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from quanta_jobs.store import parse_store_url
 
 GiB = 1024**3
 
@@ -129,6 +131,35 @@ class Settings(BaseSettings):
         "is unreachable (the files stay on disk meanwhile).",
     )
 
+    store_url: str | None = Field(
+        default=None,
+        description="Where artifacts, uploads, checkpoints and datasets are kept: absent, "
+        "the local folders above; s3://bucket/prefix, an S3-compatible bucket (credentials "
+        "from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), so that hosts share only a network.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="The S3 server when it is not AWS (MinIO, Ceph): http://host:9000.",
+    )
+    s3_part_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=5 * 1024 * 1024,
+        description="Part size of multipart uploads to the bucket (S3's least is 5 MiB); a "
+        "transfer holds about four parts in memory.",
+    )
+    store_cache_dir: Path | None = Field(
+        default=None,
+        description="A worker's local copies of what it fetched from the bucket (default: "
+        "ARTIFACTS_DIR/../cache); unused without QUANTA_STORE_URL.",
+    )
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parse_store_url(value)
+        return value
+
     @model_validator(mode="after")
     def _resolve(self) -> Settings:
         self.database_url = _absolute_sqlite(self.database_url)
@@ -140,6 +171,9 @@ class Settings(BaseSettings):
         if self.checkpoints_dir is None:
             self.checkpoints_dir = self.artifacts_dir.parent / "checkpoints"
         self.checkpoints_dir = self.checkpoints_dir.expanduser().resolve()
+        if self.store_cache_dir is None:
+            self.store_cache_dir = self.artifacts_dir.parent / "cache"
+        self.store_cache_dir = self.store_cache_dir.expanduser().resolve()
         if self.data_dir is not None:
             self.data_dir = self.data_dir.expanduser().resolve()
         return self
@@ -155,6 +189,12 @@ class Settings(BaseSettings):
         """`checkpoints_dir`, never None after validation (typed for callers)."""
         assert self.checkpoints_dir is not None
         return self.checkpoints_dir
+
+    @property
+    def store_cache_path(self) -> Path:
+        """`store_cache_dir`, never None after validation (typed for callers)."""
+        assert self.store_cache_dir is not None
+        return self.store_cache_dir
 
     def ensure_dirs(self) -> None:
         """Create the folders the service writes to, including SQLite files' folders."""
