@@ -1,0 +1,349 @@
+// Submit forms, generated from the specs' JSON schemas in /openapi.json: whatever the API
+// accepts, the form offers (defaults, ranges and help text from the schema), and the
+// API's own 422 field errors are shown beside the fields they name.
+
+import { api, ApiError, openapi } from "./api.js";
+import { bytes, errorText, h, jobHref, shortId, specSummary, put } from "./util.js";
+
+const KINDS = ["source", "transfer", "study"];
+
+function resolver(doc) {
+  const schemas = doc.components?.schemas || {};
+  return (schema) => {
+    let s = schema;
+    while (s && s.$ref) s = schemas[s.$ref.split("/").pop()];
+    return s || {};
+  };
+}
+
+/** The spec schema of each job kind, found through POST /v1/jobs's discriminator. */
+export async function specSchemas() {
+  const doc = await openapi();
+  const resolve = resolver(doc);
+  const body = resolve(doc.paths["/v1/jobs"].post.requestBody.content["application/json"].schema);
+  const out = {};
+  const mapping = body.discriminator?.mapping || {};
+  const variants = Object.keys(mapping).length
+    ? Object.entries(mapping).map(([kind, ref]) => [kind, resolve({ $ref: ref })])
+    : (body.oneOf || body.anyOf || []).map((v) => { const r = resolve(v); return [r.properties?.kind?.const, r]; });
+  for (const [kind, create] of variants) if (kind) out[kind] = resolve(create.properties.spec);
+  return { schemas: out, resolve };
+}
+
+function rangeText(s) {
+  const parts = [];
+  if (s.type === "integer") parts.push("integer");
+  if (s.exclusiveMinimum !== undefined) parts.push(`> ${s.exclusiveMinimum}`);
+  if (s.minimum !== undefined) parts.push(`≥ ${s.minimum}`);
+  if (s.exclusiveMaximum !== undefined) parts.push(`< ${s.exclusiveMaximum}`);
+  if (s.maximum !== undefined) parts.push(`≤ ${s.maximum}`);
+  return parts.join(", ");
+}
+
+function fieldShell(name, schema, required, control, extra = []) {
+  const error = h("div", { class: "ferr", id: `err-${name}`, role: "alert" });
+  const range = [];
+  const variants = (schema.anyOf || [schema]).filter((v) => v.type !== "null");
+  const numeric = variants.find((v) => v.type === "integer" || v.type === "number");
+  if (numeric) range.push(rangeText(numeric));
+  if (schema.default !== undefined && schema.default !== null) range.push(`default ${JSON.stringify(schema.default)}`);
+  else if (!required) range.push("optional");
+  const shell = h("div", { class: "field", dataset: { field: name } },
+    h("label", { for: `f-${name}` }, h("code", {}, name), required ? h("span", { class: "req", title: "required" }, " *") : null),
+    control, ...extra,
+    range.length ? h("div", { class: "range" }, range.join(" · ")) : null,
+    schema.description ? h("div", { class: "help" }, schema.description) : null,
+    error);
+  return {
+    shell,
+    setError(text) {
+      shell.classList.toggle("invalid", Boolean(text));
+      error.textContent = text || "";
+    },
+  };
+}
+
+function uploadControl(name, onUploaded, setError) {
+  const status = h("span", { class: "small muted" });
+  const input = h("input", { type: "file", id: `upload-${name}`, "aria-label": `Upload a file for ${name}`,
+    onchange: async () => {
+      const file = input.files?.[0];
+      if (!file) return;
+      status.textContent = `uploading ${file.name}…`;
+      setError("");
+      const form = new FormData();
+      form.append("file", file, file.name);
+      try {
+        const upload = await api("/v1/uploads", { method: "POST", body: form });
+        status.textContent = `uploaded ${upload.filename} (${bytes(upload.size)}, ${upload.kind}) as ${shortId(upload.id)}`;
+        onUploaded(upload);
+      } catch (error) {
+        status.textContent = "";
+        if (!(error instanceof ApiError && error.status === 401)) setError(errorText(error).replace(/^body\.file: /, ""));
+      }
+    } });
+  return h("span", { class: "row" }, input, status);
+}
+
+/** One control per property; each knows how to read, fill and flag itself. */
+function widget(name, schema, required, ctx) {
+  const { resolve } = ctx;
+  const variants = (schema.anyOf || schema.oneOf || [schema]).map(resolve);
+  const nullable = variants.some((v) => v.type === "null");
+  const real = variants.filter((v) => v.type !== "null");
+  const refs = real.filter((v) => v.type === "object" && (v.properties?.job || v.properties?.upload));
+  const enums = real.filter((v) => v.type === "string" && (v.enum || v.const !== undefined));
+  const arrays = real.filter((v) => v.type === "array");
+  const id = `f-${name}`;
+  const def = schema.default;
+
+  // A file: a finished job's output, or an upload.
+  if (refs.length && refs.length === real.length) {
+    const canJob = refs.some((v) => v.properties.job);
+    const canUpload = refs.some((v) => v.properties.upload);
+    const wantsRun = /"run"/.test(schema.description || "");
+    const choice = h("select", { id, "aria-label": `${name}: what it names` },
+      nullable || !required ? h("option", { value: "" }, "none") : null,
+      canJob ? h("option", { value: "job", selected: required }, "a finished job") : null,
+      canUpload ? h("option", { value: "upload" }, "an upload") : null);
+    const jobId = h("input", { type: "text", id: `${id}-job`, placeholder: "job id", size: "34", list: `${id}-jobs` });
+    const jobs = h("datalist", { id: `${id}-jobs` });
+    const run = h("input", { type: "number", id: `${id}-run`, min: "0", step: "1", placeholder: "run 0", style: "width:7em" });
+    const uploadId = h("input", { type: "text", id: `${id}-upload`, placeholder: "upload id", size: "34" });
+    let field;
+    const uploader = uploadControl(name, (upload) => { uploadId.value = upload.id; }, (t) => field.setError(t));
+    const jobRow = h("div", { class: "row" }, jobId, wantsRun ? run : null, jobs);
+    const uploadRow = h("div", { class: "row" }, uploadId, uploader);
+    const sync = () => { jobRow.hidden = choice.value !== "job"; uploadRow.hidden = choice.value !== "upload"; };
+    choice.addEventListener("change", sync);
+    field = fieldShell(name, schema, required, choice, [jobRow, uploadRow]);
+    sync();
+    ctx.suggestJobs(name, jobs);
+    return { ...field, name,
+      read() {
+        if (choice.value === "job" && jobId.value.trim()) {
+          const value = { job: jobId.value.trim() };
+          if (wantsRun && run.value !== "") value.run = Number(run.value);
+          return { value };
+        }
+        if (choice.value === "upload" && uploadId.value.trim()) return { value: { upload: uploadId.value.trim() } };
+        return required ? { value: null } : { omit: true };
+      },
+      fill(value) {
+        if (value && value.job) { choice.value = "job"; jobId.value = value.job; if (value.run !== undefined) run.value = value.run; }
+        else if (value && value.upload) { choice.value = "upload"; uploadId.value = value.upload; }
+        sync();
+      } };
+  }
+
+  // A task: a name, or an uploaded dataset.
+  if (enums.length && refs.length) {
+    const names = enums.flatMap((v) => v.enum || [v.const]);
+    const select = h("select", { id },
+      required ? null : h("option", { value: "" }, "none"),
+      names.map((n) => h("option", { value: n, selected: n === def }, n)),
+      h("option", { value: "__upload" }, "an uploaded dataset…"));
+    const uploadId = h("input", { type: "text", id: `${id}-upload`, placeholder: "upload id", size: "34" });
+    let field;
+    const uploader = uploadControl(name, (upload) => { uploadId.value = upload.id; }, (t) => field.setError(t));
+    const uploadRow = h("div", { class: "row" }, uploadId, uploader);
+    const sync = () => { uploadRow.hidden = select.value !== "__upload"; };
+    select.addEventListener("change", sync);
+    field = fieldShell(name, schema, required, select, [uploadRow]);
+    sync();
+    return { ...field, name,
+      read() {
+        if (select.value === "__upload") return uploadId.value.trim() ? { value: { upload: uploadId.value.trim() } } : { value: null };
+        if (!select.value) return { omit: true };
+        return select.value === def && !required ? { omit: true } : { value: select.value };
+      },
+      fill(value) {
+        if (value && typeof value === "object") { select.value = "__upload"; uploadId.value = value.upload; }
+        else select.value = value;
+        sync();
+      } };
+  }
+
+  // A list of small integers (layers), maybe with named choices ("all").
+  if (arrays.length) {
+    const items = resolve(arrays[0].items || {});
+    const consts = enums.flatMap((v) => v.enum || [v.const]);
+    const lo = items.minimum ?? 0, hi = items.maximum ?? lo + 9;
+    const boxes = [];
+    const named = consts.map((c) => h("input", { type: "checkbox", value: c, id: `${id}-${c}`, checked: def === c }));
+    for (let v = lo; v <= hi; v += 1) {
+      boxes.push(h("input", { type: "checkbox", value: String(v), id: `${id}-${v}`,
+        checked: Array.isArray(def) && def.includes(v) }));
+    }
+    const sync = () => { const on = named.some((n) => n.checked); boxes.forEach((b) => { b.disabled = on; }); };
+    named.forEach((n) => n.addEventListener("change", () => { named.forEach((o) => { if (o !== n) o.checked = false; }); sync(); }));
+    const control = h("div", { class: "choices", id },
+      named.map((n) => h("label", {}, n, ` ${n.value}`)),
+      boxes.map((b) => h("label", {}, b, ` ${b.value}`)));
+    sync();
+    const field = fieldShell(name, schema, required, control);
+    return { ...field, name,
+      read() {
+        const on = named.find((n) => n.checked);
+        if (on) return { value: on.value };
+        const values = boxes.filter((b) => b.checked).map((b) => Number(b.value));
+        if (!values.length) return required ? { value: [] } : { omit: true };
+        return { value: values };
+      },
+      fill(value) {
+        named.forEach((n) => { n.checked = n.value === value; });
+        boxes.forEach((b) => { b.checked = Array.isArray(value) && value.includes(Number(b.value)); });
+        sync();
+      } };
+  }
+
+  const main = real[0] || {};
+  if (main.type === "boolean") {
+    const box = h("input", { type: "checkbox", id, checked: def === true });
+    const field = fieldShell(name, schema, required, h("span", {}, box));
+    return { ...field, name,
+      read: () => (box.checked === (def === true) && !required ? { omit: true } : { value: box.checked }),
+      fill(value) { box.checked = Boolean(value); } };
+  }
+  if (enums.length) {
+    const names = enums.flatMap((v) => v.enum || [v.const]);
+    const select = h("select", { id },
+      nullable || (!required && def === undefined) ? h("option", { value: "" }, "none") : null,
+      names.map((n) => h("option", { value: n, selected: n === def }, n)));
+    const field = fieldShell(name, schema, required, select);
+    return { ...field, name,
+      read: () => (!select.value || (select.value === def && !required) ? { omit: true } : { value: select.value }),
+      fill(value) { select.value = value; } };
+  }
+  if (main.type === "integer" || main.type === "number") {
+    const min = main.minimum ?? main.exclusiveMinimum;
+    const input = h("input", { type: "number", id, step: main.type === "integer" ? "1" : "any",
+      min: min !== undefined ? String(min) : null, max: main.maximum !== undefined ? String(main.maximum) : null,
+      value: def !== undefined && def !== null ? String(def) : null,
+      placeholder: def === undefined || def === null ? (nullable ? "none" : "") : String(def) });
+    const field = fieldShell(name, schema, required, input);
+    return { ...field, name,
+      read() {
+        if (input.value === "") return required ? { value: null } : { omit: true };
+        const value = Number(input.value);
+        return value === def && !required ? { omit: true } : { value };
+      },
+      fill(value) { input.value = value === null || value === undefined ? "" : String(value); } };
+  }
+  if (main.type === "string") {
+    const input = h("input", { type: "text", id, value: typeof def === "string" ? def : null });
+    const field = fieldShell(name, schema, required, input);
+    return { ...field, name,
+      read: () => (input.value === "" || (input.value === def && !required) ? { omit: true } : { value: input.value }),
+      fill(value) { input.value = value ?? ""; } };
+  }
+  const area = h("textarea", { id, rows: "2", placeholder: "JSON" });
+  const field = fieldShell(name, schema, required, area);
+  return { ...field, name,
+    read() {
+      if (!area.value.trim()) return { omit: true };
+      try { return { value: JSON.parse(area.value) }; } catch { return { value: area.value }; }
+    },
+    fill(value) { area.value = JSON.stringify(value); } };
+}
+
+/** Which field a 422 error names: the part of `loc` after "spec". */
+export function fieldOf(loc) {
+  const at = (loc || []).indexOf("spec");
+  return at >= 0 && at + 1 < loc.length ? String(loc[at + 1]) : null;
+}
+
+export function renderSubmit(root, kind, params, navigate) {
+  kind = KINDS.includes(kind) ? kind : "source";
+  const controller = new AbortController();
+  const tabs = h("div", { class: "tabs" }, KINDS.map((k) =>
+    h("a", { href: `#/submit/${k}`, class: k === kind ? "active" : "", id: `tab-${k}` },
+      { source: "Source training", transfer: "Transfer", study: "Study" }[k])));
+  const body = h("div", {}, h("p", { class: "muted" }, "Reading the specs' schema…"));
+  put(root, h("h1", {}, "Submit a job"), tabs, body);
+
+  (async () => {
+    const { schemas, resolve } = await specSchemas();
+    const schema = schemas[kind];
+    if (!schema) throw new Error(`the API has no ${kind} jobs`);
+    const required = new Set(schema.required || []);
+    const names = Object.keys(schema.properties || {});
+    names.sort((a, b) => Number(required.has(b)) - Number(required.has(a)));
+    const suggestions = new Map();
+    const ctx = {
+      resolve,
+      suggestJobs(name, list) {
+        const wanted = name === "source_weights" || kind === "source" ? "source" : "transfer";
+        if (!suggestions.has(wanted)) {
+          suggestions.set(wanted, api(`/v1/jobs?status=succeeded&kind=${wanted}&limit=20`, { signal: controller.signal })
+            .then((p) => p.items).catch(() => []));
+        }
+        suggestions.get(wanted).then((jobs) => put(list, ...jobs.map((j) =>
+          h("option", { value: j.id }, `${shortId(j.id)} ${specSummary(j)}`))));
+      },
+    };
+    const widgets = names.map((n) => widget(n, schema.properties[n], required.has(n), ctx));
+    const byName = new Map(widgets.map((w) => [w.name, w]));
+    const general = h("div", { id: "form-errors" });
+    const submit = h("button", { type: "submit", class: "primary", id: "submit-job" }, `Submit ${kind} job`);
+    const preview = h("code", { class: "small muted", id: "spec-preview" });
+    const form = h("form", { class: "spec", novalidate: true, id: `form-${kind}` }, widgets.map((w) => w.shell),
+      h("div", { class: "form-actions" }, submit, general), h("div", { class: "form-actions" }, preview));
+    const collect = () => {
+      const spec = {};
+      for (const w of widgets) {
+        const { value, omit } = w.read();
+        if (!omit) spec[w.name] = value;
+      }
+      return spec;
+    };
+    form.addEventListener("input", () => { preview.textContent = JSON.stringify({ kind, spec: collect() }); });
+    form.addEventListener("change", () => { preview.textContent = JSON.stringify({ kind, spec: collect() }); });
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      widgets.forEach((w) => w.setError(""));
+      put(general);
+      submit.disabled = true;
+      try {
+        const job = await api("/v1/jobs", { method: "POST", json: { kind, spec: collect() } });
+        navigate(jobHref(job));
+      } catch (error) {
+        submit.disabled = false;
+        if (error instanceof ApiError && error.status === 401) return;
+        const unplaced = [];
+        if (Array.isArray(error.detail)) {
+          const messages = new Map();
+          for (const item of error.detail) {
+            const name = fieldOf(item.loc);
+            if (name && byName.has(name)) {
+              if (!messages.has(name)) messages.set(name, new Set());
+              messages.get(name).add(item.msg.replace(/^Value error, /, ""));
+            } else unplaced.push(`${(item.loc || []).filter((p) => p !== "body").join(".")}: ${item.msg}`);
+          }
+          for (const [name, set] of messages) byName.get(name).setError([...set].join("; "));
+          const first = messages.keys().next().value;
+          if (first) byName.get(first).shell.scrollIntoView({ block: "center" });
+        } else unplaced.push(errorText(error));
+        if (unplaced.length) put(general, h("div", { class: "error-box" }, unplaced.join("\n")));
+        else put(general, h("span", { class: "ferr" }, `${error.status}: see the fields marked in red`));
+      }
+    });
+    put(body, form);
+    // ?from=ID: a finished source job, to measure its transferability.
+    const from = params.get("from");
+    if (from) {
+      const source = await api(`/v1/jobs/${from}`, { signal: controller.signal });
+      const fill = (name, value) => { if (byName.has(name) && value !== undefined) byName.get(name).fill(value); };
+      fill("source_task", source.spec.source_task);
+      fill("target_task", source.spec.source_task);
+      fill("width_multiplier", source.spec.width_multiplier);
+      if (kind === "source") fill("train_from_previous_training", { job: from });
+      else fill("source_weights", { job: from });
+    }
+    preview.textContent = JSON.stringify({ kind, spec: collect() });
+  })().catch((error) => {
+    if (error.name === "AbortError" || (error instanceof ApiError && error.status === 401)) return;
+    put(body, h("div", { class: "error-box" }, errorText(error)));
+  });
+  return () => controller.abort();
+}
