@@ -22,7 +22,7 @@ from api.body_limit import BodyLimit, identify_with
 from api.errors import STATUS, Unauthorized, http_headers, http_status
 from api.multipart import MULTIPART_OVERHEAD
 from api.request_guard import RejectNul
-from api.routes import health, jobs, studies, uploads
+from api.routes import dashboard, health, jobs, studies, uploads
 from api.schemas import ErrorBody
 from quanta_jobs.db import make_engine, make_sessionmaker
 from quanta_jobs.errors import Conflict, ServiceError
@@ -124,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RejectNul)
     app.include_router(health.router)  # open: probes carry no token
     docs.install(app)  # Swagger UI at /docs, its assets from this process (no CDN)
+    dashboard.install(app)  # static page at / (no data: it calls /v1 with the user's token)
     for router in V1_ROUTERS:
         app.include_router(router, dependencies=[Depends(authenticate)],
                            responses=UNAUTHORIZED)
