@@ -11,7 +11,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from quanta_jobs import file_checks
+from quanta_jobs import file_checks, source_network
 from quanta_jobs.file_checks import FileLimits
 from quanta_spec.layout import SOURCE_FILE_NAMES
 
@@ -52,6 +52,8 @@ def check_weights(path: Path, head: bytes) -> None:
         raise ValueError("not an HDF5 file (no HDF5 signature); upload a .weights.h5 file "
                          "saved with model.save_weights")
     file_checks.check_hdf5(path)
+    # Only once the file is known safe to open: its layers must be one of the networks'.
+    source_network.check_upload(path)
 
 
 def check(path: Path, head: bytes, kind: str, limits: FileLimits | None = None) -> None:

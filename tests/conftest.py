@@ -22,6 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+from reference_files import reference_weights_bytes
 from sqlalchemy import text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -201,9 +202,10 @@ def finished_job(db: Any, settings: Any) -> Callable[..., Any]:
 
 @pytest.fixture
 def source_job(finished_job: Callable[..., Any]) -> Any:
-    """A succeeded source job with (fake) source weights, for transfer specs to reference."""
+    """A succeeded source job (its weights in the reference's layout, TINY_SOURCE's network;
+    its model fake), for transfer specs to reference."""
     return finished_job("source", dict(TINY_SOURCE), {
-        "digits_training/source.weights.h5": hdf5_bytes(),
+        "digits_training/source.weights.h5": reference_weights_bytes(),
         "digits_training/source.keras": keras_zip_bytes(),
         "digits_training/training_metrics_of_source.jsonl": b'{"0": {"loss": 1.0}}\n',
     })

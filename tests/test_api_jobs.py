@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import TINY_SOURCE, hdf5_bytes, keras_zip_bytes, npz_bytes
+from conftest import TINY_SOURCE, keras_zip_bytes, npz_bytes
+from reference_files import reference_weights_bytes
 
 
 def transfer_spec(weights: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -145,7 +146,7 @@ def test_source_from_previous_source_job(client: Any, source_job: Any) -> None:
 
 
 def test_upload_references_must_have_the_right_kind(client: Any, upload: Any) -> None:
-    weights = upload("w.weights.h5", hdf5_bytes()).json()["id"]
+    weights = upload("w.weights.h5", reference_weights_bytes()).json()["id"]
     dataset = upload("mine.npz", npz_bytes()).json()["id"]
     model = upload("m.keras", keras_zip_bytes()).json()["id"]
     good = transfer_spec({"upload": weights}, target_task={"upload": dataset},

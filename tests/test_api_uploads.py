@@ -9,13 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import hdf5_bytes, keras_zip_bytes, npz_bytes
+from reference_files import reference_weights_bytes
 
 
 @pytest.mark.parametrize(
     ("name", "content", "kind", "stored"),
     [
-        ("model.weights.h5", hdf5_bytes(), "weights", "source.weights.h5"),
-        ("anything.bin", hdf5_bytes(), "weights", "source.weights.h5"),
+        ("model.weights.h5", reference_weights_bytes(), "weights", "source.weights.h5"),
+        ("anything.bin", reference_weights_bytes(), "weights", "source.weights.h5"),
         ("m.keras", keras_zip_bytes(), "model", "model.keras"),
         ("my data.npz", npz_bytes(), "dataset", "my_data.npz"),
     ],
@@ -34,7 +35,7 @@ def test_upload_infers_kind_from_content(client: Any, upload: Any, settings: Any
 
 
 def test_declared_kind_is_checked(upload: Any) -> None:
-    assert upload("w.h5", hdf5_bytes(), kind="weights").status_code == 201
+    assert upload("w.h5", reference_weights_bytes(), kind="weights").status_code == 201
     response = upload("w.h5", hdf5_bytes(), kind="model")
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "file"]
@@ -119,7 +120,7 @@ def test_unknown_upload_is_404(client: Any) -> None:
 
 
 def test_list_uploads(client: Any, upload: Any) -> None:
-    ids = [upload(f"w{i}.h5", hdf5_bytes()).json()["id"] for i in range(3)]
+    ids = [upload(f"w{i}.h5", reference_weights_bytes()).json()["id"] for i in range(3)]
     upload("d.npz", npz_bytes())
     page = client.get("/v1/uploads", params={"kind": "weights", "limit": 2}).json()
     assert page["total"] == 3 and [u["id"] for u in page["items"]] == ids[:0:-1]

@@ -30,6 +30,7 @@ from conftest import (
     service_env,
     wait_for,
 )
+from reference_files import reference_weights_bytes
 
 EPOCHS = 2
 
@@ -205,7 +206,12 @@ def test_continue_from_a_previous_transfer_run(service: SimpleNamespace,
 def test_corrupt_weights_fail_while_another_job_succeeds(service: SimpleNamespace) -> None:
     if service.broker != "redis":
         pytest.skip("failure handling is broker-independent; run once")
-    upload = service.client.post("/v1/uploads", files={"file": ("w.weights.h5", hdf5_bytes())})
+    refused = service.client.post("/v1/uploads", files={"file": ("w.weights.h5", hdf5_bytes())})
+    assert refused.status_code == 422 and "no 'layers' group" in refused.text
+    # The network's layers (the upload check passes) with a head of 100 classes: the worker
+    # finds they do not fit the 10 classes of digits.
+    wrong = reference_weights_bytes(nb_classes=100)
+    upload = service.client.post("/v1/uploads", files={"file": ("w.weights.h5", wrong)})
     assert upload.status_code == 201 and upload.json()["kind"] == "weights"
     bad = submit(service.client, "transfer", transfer_spec({"upload": upload.json()["id"]}))
     good = submit(service.client, "source", {**TINY_SOURCE, "nb_of_epochs": 1})

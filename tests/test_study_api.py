@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import hdf5_bytes
+from reference_files import reference_weights_bytes
 
 LAYERS = [0, 3]
 
@@ -312,8 +312,8 @@ def test_children_inherit_the_owner_of_their_study(tmp_path: Path, settings: Any
     config = settings.model_copy(update={"api_tokens": token})
     with TestClient(create_app(config)) as alice:
         headers = {"Authorization": f"Bearer {'s' * 32}"}
-        weights = alice.post("/v1/uploads", files={"file": ("w.weights.h5", hdf5_bytes())},
-                             headers=headers)
+        weights = alice.post("/v1/uploads", headers=headers,
+                             files={"file": ("w.weights.h5", reference_weights_bytes())})
         assert weights.status_code == 201, weights.text
         response = alice.post("/v1/jobs", headers=headers, json={"kind": "study", "spec": {
             **study_spec({"upload": weights.json()["id"]})}})

@@ -34,10 +34,10 @@ from conftest import (
     TINY_SOURCE,
     WorkerProcess,
     free_port,
-    hdf5_bytes,
     port_open,
     service_env,
 )
+from reference_files import reference_weights_bytes
 from scipy import stats
 
 #: A Redis database of its own: flushed before the module runs.
@@ -403,7 +403,7 @@ def test_client_errors_are_one_line_with_an_exit_code(live: SimpleNamespace,
     assert len(err) == 1 and "cannot reach the QUANTA service" in err[0]
     # A job that fails: exit 1, and its error said.
     bad = tmp_path / "bad.weights.h5"
-    bad.write_bytes(hdf5_bytes())
+    bad.write_bytes(reference_weights_bytes(nb_classes=100))  # the worker finds it misfits
     assert cli.main([*base, "-sw", str(bad), "--width_multiplier", "0.0625",
                      "--nb_of_target_samples", "32", "--wait", "--no-events"]) == 1
     captured = capsys.readouterr()
