@@ -206,7 +206,8 @@ ALLOWED_CLASSES: dict[str, frozenset[str]] = {
     "DTypePolicy": frozenset({"keras"}),
     "Functional": frozenset({"keras.src.models.functional", "keras.models", "keras"}),
     "Sequential": frozenset({"keras.src.models.sequential", "keras.models", "keras"}),
-    "QuantaLayer": frozenset({"quanta.layer"}),
+    # quanta_layer: the reference's own, unregistered; its saved targets are continued.
+    "QuantaLayer": frozenset({"quanta.layer", "quanta_layer"}),
     "QuantaAdam": frozenset({"quanta.training"}),
     "__keras_tensor__": frozenset(),
 }

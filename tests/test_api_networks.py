@@ -109,3 +109,25 @@ def test_weights_that_fit_neither_network_are_refused_at_upload(upload: Any) -> 
     assert response.status_code == 422
     assert "layer conv_3 expects shapes (3, 3, 8, 8), (8,), found (3, 3, 4, 8), (8,)" in \
         response.json()["detail"][0]["msg"]
+
+
+def test_a_target_the_reference_saved_is_accepted(client: Any, upload: Any,
+                                                  tmp_path: Any) -> None:
+    """The reference's `.keras` names its unregistered QuantaLayer from module
+    `quanta_layer`: accepted, so that train_from_previous_training continues its run."""
+    from test_reference import _flat_source, _flat_target
+
+    source = _flat_source("kes2021")
+    source.save_weights(tmp_path / "SourceModel.weights.h5")
+    flat = _flat_target(source, [2])
+    flat.compile(optimizer="adam", loss="categorical_crossentropy",
+                 metrics=["categorical_accuracy"])
+    flat.save(tmp_path / "target_r_0_l_2.keras")
+    weights = weights_upload(upload, (tmp_path / "SourceModel.weights.h5").read_bytes())
+    response = upload("target_r_0_l_2.keras", (tmp_path / "target_r_0_l_2.keras").read_bytes())
+    assert response.status_code == 201, response.text
+    assert response.json()["kind"] == "model"
+    spec = transfer_spec({"upload": weights}, layer_to_transfer=2,
+                         train_from_previous_training={"upload": response.json()["id"]})
+    response = client.post("/v1/jobs", json={"kind": "transfer", "spec": spec})
+    assert response.status_code == 201, response.text
