@@ -20,6 +20,7 @@ from api import docs
 from api.auth import authenticate, identify
 from api.body_limit import BodyLimit, identify_with
 from api.errors import STATUS, Unauthorized, http_headers, http_status
+from api.head import add_head_routes
 from api.multipart import MULTIPART_OVERHEAD
 from api.request_guard import RejectNul
 from api.routes import dashboard, health, jobs, studies, uploads
@@ -128,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in V1_ROUTERS:
         app.include_router(router, dependencies=[Depends(authenticate)],
                            responses=UNAUTHORIZED)
+    add_head_routes(app, V1_ROUTERS, [Depends(authenticate)])  # HEAD on downloads: as GET
     return app
 
 

@@ -110,6 +110,10 @@ class Client:
     def artifacts(self, job_id: str) -> list[dict[str, Any]]:
         return list(self.json("GET", f"/v1/jobs/{job_id}/artifacts")["items"])
 
+    def text(self, job_id: str, path: str) -> str:
+        """One of the job's files (a model summary, a JSONL file) as text."""
+        return self.request("GET", f"/v1/jobs/{job_id}/artifacts/{path}").text
+
     def summary(self, job_id: str) -> dict[str, Any]:
         return dict(self.json("GET", f"/v1/jobs/{job_id}/summary"))
 

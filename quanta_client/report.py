@@ -37,13 +37,13 @@ def report(client: Client, job: dict[str, Any], out: Callable[[str], None]) -> N
             out(f"  layer {gap['layer']} run {gap['run']}: job {gap['job']} {gap['status']}: "
                 f"{gap['error']}")
         return
-    if result.get("summaries"):
-        for name, text in result["summaries"].items():
-            out(f"== {name} ==\n{text}")
+    if result.get("model_summaries"):  # show_only_build of a transfer: its models
+        for name, path in result["model_summaries"].items():
+            out(f"== {name} ==\n{client.text(job['id'], path)}")
     elif job["kind"] == "source":
         out(f"source model trained: test accuracy {_acc(result.get('test_metrics'))}")
-        if result.get("summary") and job["spec"].get("show_only_build"):
-            out(result["summary"])
+        if result.get("model_summary") and job["spec"].get("show_only_build"):
+            out(client.text(job["id"], result["model_summary"]))
     elif job["kind"] == "transfer":
         for run in result.get("runs", []):
             lam = ", ".join(f"{k}: {v['source']:.4f}" for k, v in run["quantas"].items()
@@ -80,7 +80,7 @@ def describe_job(job: dict[str, Any]) -> str:
                      f"({progress['succeeded']} succeeded, {progress['failed']} failed, "
                      f"{progress['cancelled']} cancelled); by layer {layers}")
     elif progress:
-        lines.append(f"  run {progress['run'] + 1}/{progress['nb_of_runs']}, epoch "
+        lines.append(f"  run {progress['run']} (runs 0-{progress['nb_of_runs'] - 1}), epoch "
                      f"{progress['epoch']}/{progress['nb_of_epochs']} "
                      f"({100 * progress['fraction']:.0f}%)")
     if job.get("error"):

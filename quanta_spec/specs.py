@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from quanta_spec.networks import DEFAULT_ARCHITECTURE, Architecture
@@ -62,6 +70,15 @@ class JobRef(_Strict):
     run: int = Field(
         default=0, ge=0, description="For a transfer job: which run's target model to use."
     )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_run(self, handler: Any) -> Any:
+        """`{"job": ID}` as given: a source job has no runs, and run 0 is the default, so
+        a stored spec does not echo `"run": 0` back."""
+        data = handler(self)
+        if self.run == 0 and isinstance(data, dict):
+            data.pop("run", None)
+        return data
 
 
 class UploadRef(_Strict):
@@ -254,6 +271,23 @@ class TransferSpec(_CommonSpec):
         return layer_label(self.layer_to_transfer)
 
 
+def _no_server_path(value: Any) -> Any:
+    """One clear error for a file named by path in a remote spec, instead of one error per
+    member of the reference union."""
+    if isinstance(value, str):
+        raise ValueError(f"'{value}' is a path; name files by {{\"job\": ID}} or "
+                         "{\"upload\": ID} (upload your own with POST /v1/uploads)")
+    return value
+
+
+def _known_task(value: Any) -> Any:
+    """A remote task is a built-in name or an upload: one error naming both otherwise."""
+    if isinstance(value, str) and value not in BUILTIN_TASKS:
+        raise ValueError(f"unknown task '{value}': expected one of {', '.join(BUILTIN_TASKS)}"
+                         ", or {\"upload\": ID} for an uploaded .npz dataset")
+    return value
+
+
 class RemoteSourceSpec(SourceSpec):
     """A `SourceSpec` as the API accepts it: no server paths."""
 
@@ -264,6 +298,9 @@ class RemoteSourceSpec(SourceSpec):
         default=None,
         description="A finished source job ({\"job\": ID}) or an uploaded .keras model.",
     )
+
+    _refs = field_validator("train_from_previous_training", mode="before")(_no_server_path)
+    _remote_task = field_validator("source_task", mode="before")(_known_task)
 
 
 class RemoteTransferSpec(TransferSpec):
@@ -283,6 +320,10 @@ class RemoteTransferSpec(TransferSpec):
         description="A run of a finished transfer job ({\"job\": ID, \"run\": R}) or an "
         "uploaded .keras model.",
     )
+
+    _refs = field_validator("source_weights", "train_from_previous_training",
+                            mode="before")(_no_server_path)
+    _remote_tasks = field_validator("source_task", "target_task", mode="before")(_known_task)
 
 
 StudyLayer = Annotated[int, Field(ge=-1, le=NB_TRANSFERABLE_LAYERS - 1)]

@@ -192,7 +192,7 @@ def test_status_exit_code(status: str, code: int, monkeypatch: pytest.MonkeyPatc
                                                       else None)), monkeypatch)
     assert cli.main(["status", "x"]) == code
     out = capsys.readouterr().out
-    assert status in out and "run 1/2, epoch 1/4 (12%)" in out
+    assert status in out and "run 0 (runs 0-1), epoch 1/4 (12%)" in out  # 0-based
 
 
 def test_no_service_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,10 +11,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quanta_jobs.models import Job
+from quanta_spec.files import atomic_write
 from quanta_spec.layout import run_file_names
 
 if TYPE_CHECKING:
     from quanta.summary import RunRecord
+
+
+#: Keras's model summary of a job, an artifact beside its files: its box drawing would
+#: otherwise fill the job's JSON (tens of kilobytes of escaped characters).
+MODEL_SUMMARY = "model_summary{}.txt"
+
+
+def write_model_summaries(output: Path, summaries: dict[str, str] | None
+                          ) -> str | dict[str, str] | None:
+    """Write each model's summary as `model_summary_{name}.txt` (`model_summary.txt` for
+    the name ""); the artifact path, or the paths by name, for the job's result."""
+    paths: dict[str, str] = {}
+    for name, text in (summaries or {}).items():
+        if text:
+            path = MODEL_SUMMARY.format(f"_{name}" if name else "")
+            atomic_write(output / path, text.encode())
+            paths[name] = path
+    if not paths:
+        return None
+    return paths[""] if list(paths) == [""] else paths
 
 
 def last_line(path: Path) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from quanta_jobs.settings import Settings
 from worker import checkpoints, hooks, job_plots
 from worker.context import JobContext
 from worker.db_retry import RETRYABLE, DatabaseUnavailable, retry_db
+from worker.results import write_model_summaries
 
 log = logging.getLogger(__name__)
 #: How long a progress write waits for the database (the next epoch writes again).
@@ -352,7 +353,7 @@ class JobRunner:
                 result: dict[str, Any] = {
                     "training_dir": _relative(source.training_dir, output),
                     "test_metrics": clean_metrics(source.test_metrics),
-                    "summary": source.summary or None,
+                    "model_summary": write_model_summaries(output, {"": source.summary}),
                     "timings": {k: round(v, 3) for k, v in source.timings.items()},
                 }
             else:
@@ -368,7 +369,7 @@ class JobRunner:
                          "transfer_gain": _clean_number(r.transfer_gain)}
                         for r in transfer.runs
                     ],
-                    "summaries": transfer.summaries or None,
+                    "model_summaries": write_model_summaries(output, transfer.summaries),
                     "timings": {k: round(v, 3) for k, v in transfer.timings.items()},
                 }
                 if transfer.runs:

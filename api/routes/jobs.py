@@ -6,7 +6,7 @@ import logging
 import shutil
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
@@ -279,8 +279,8 @@ def download_artifact(
     responses={200: {"description": "A zip of the output folder.",
                      "content": {"application/zip": {}}}, **NOT_FOUND, **CONFLICT},
 )
-def download_archive(job_id: str, session: SessionDep, settings: SettingsDep,
-                     principal: PrincipalDep) -> Response:
+def download_archive(job_id: str, request: Request, session: SessionDep,
+                     settings: SettingsDep, principal: PrincipalDep) -> Response:
     """The whole output folder, streamed as a zip as it is built (never held in memory)."""
     job = crud.get_job(session, job_id, owner=principal.owner_filter)
     if job.status not in TERMINAL:
@@ -291,10 +291,15 @@ def download_archive(job_id: str, session: SessionDep, settings: SettingsDep,
         file = safe_file(root, artifact.path)
         if file is not None:
             files.append((artifact.path, file))
-    return StreamingResponse(
-        zip_stream(files),
-        media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="quanta-{job_id}.zip"'},
-    )
+    if not files:  # an empty zip with a 200 would look like a download that worked
+        raise Conflict(f"job '{job_id}' {job.status} without writing any file; there is "
+                       "nothing to archive" if job.status != JobStatus.SUCCEEDED else
+                       f"job '{job_id}' has no files to archive")
+    headers = {"Content-Disposition": f'attachment; filename="quanta-{job_id}.zip"'}
+    if request.method == "HEAD":  # the same answer without building the zip (api.head)
+        response = Response(media_type="application/zip", headers=headers)
+        del response.headers["content-length"]
+        return response
+    return StreamingResponse(zip_stream(files), media_type="application/zip", headers=headers)
 
 
