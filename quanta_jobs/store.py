@@ -213,6 +213,11 @@ class ArtifactStore(ABC):
         out); SHA-256s only with `digests=True` (one read or request per object)."""
 
     @abstractmethod
+    def names(self, prefix: str = "") -> list[str]:
+        """The names right under the folder `prefix`, sorted: its objects and its
+        sub-folders (as S3 lists with a `/` delimiter), e.g. the attempts of a job."""
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove one object (nothing happens if there is none)."""
 
@@ -401,6 +406,18 @@ class LocalStore(ArtifactStore):
                 found.append(ObjectInfo(key, path.stat().st_size))
         return sorted(found)
 
+    def names(self, prefix: str = "") -> list[str]:
+        prefix = check_prefix(prefix)
+        try:
+            folder = self._path(prefix) if prefix else self.root
+        except KeyNotFound:
+            return []
+        if not folder.is_dir() or folder.is_symlink():
+            return []
+        return sorted(entry.name for entry in folder.iterdir()
+                      if not entry.is_symlink() and not _is_partial(entry.name)
+                      and (entry.is_dir() or entry.is_file()))
+
     def delete(self, key: str) -> None:
         with contextlib.suppress(KeyNotFound):
             self._file(key).unlink(missing_ok=True)
@@ -573,6 +590,17 @@ class S3Store(ArtifactStore):
             else:
                 found.append(ObjectInfo(key, int(item["Size"])))
         return sorted(found)
+
+    def names(self, prefix: str = "") -> list[str]:
+        folder = self._folder(prefix)
+        found: set[str] = set()
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=folder, Delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                found.add(common["Prefix"][len(folder):].rstrip("/"))
+            for item in page.get("Contents", []):
+                found.add(item["Key"][len(folder):])
+        return sorted(name for name in found if name)
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))

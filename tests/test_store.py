@@ -179,6 +179,15 @@ def test_list_is_by_folder_sorted_and_with_digests(store: ArtifactStore) -> None
     assert store.list("nothing") == []
 
 
+def test_names_are_the_children_of_a_folder(store: ArtifactStore) -> None:
+    for key in ("job/1/a.h5", "job/1/b/c", "job/2/x", "job/3.outcome.json", "job10/y"):
+        store.put(key, b".")
+    assert store.names("job") == ["1", "2", "3.outcome.json"]
+    assert store.names("job/1") == ["a.h5", "b"]
+    assert store.names() == ["job", "job10"]
+    assert store.names("none") == []
+
+
 def test_delete_and_delete_prefix(store: ArtifactStore) -> None:
     for key in ("j1/a", "j1/sub/b", "j10/c", "j2/d"):
         store.put(key, key.encode())
