@@ -11,6 +11,7 @@ from typing import Any
 
 from quanta_jobs.errors import (
     Conflict,
+    InsufficientStorage,
     Invalid,
     NotFound,
     ServiceError,
@@ -34,6 +35,7 @@ STATUS: dict[type[ServiceError], int] = {
     TooLarge: 413,
     Unauthorized: 401,
     TooManyRequests: 429,
+    InsufficientStorage: 507,
 }
 #: Extra response headers (WWW-Authenticate of a 401, Retry-After of a 429).
 HEADERS: dict[type[ServiceError], dict[str, str]] = {

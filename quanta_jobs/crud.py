@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from quanta_jobs.errors import Conflict, NotFound
-from quanta_jobs.job_state import TERMINAL, ConcurrentChange, JobStatus, transition
-from quanta_jobs.models import Artifact, Job, Upload, utcnow
+from quanta_jobs.job_state import TERMINAL, ConcurrentChange, JobKind, JobStatus, transition
+from quanta_jobs.models import Artifact, Job, JobEvent, Upload, utcnow
 
 
 def create_job(session: Session, kind: str, spec: dict[str, Any], *, owner: str = "",
@@ -44,12 +44,12 @@ def job_by_idempotency_key(session: Session, owner: str, key: str) -> Job | None
 
 
 def count_queued(session: Session, owner: str) -> int:
-    """Submissions of `owner` waiting for a worker (the per-token cap counts these): a
-    study counts once, not its jobs (the service made those, not the client)."""
+    """Jobs of `owner` waiting for a worker (the per-token cap counts these): a study's
+    jobs each count, the study itself (which no worker runs) does not."""
     return int(session.scalar(
         select(func.count()).select_from(Job)
         .where(Job.owner == owner, Job.status == JobStatus.QUEUED.value,
-               Job.parent_id.is_(None))) or 0)
+               Job.kind != JobKind.STUDY.value)) or 0)
 
 
 def list_jobs(
@@ -113,6 +113,35 @@ def jobs_to_enqueue(session: Session, *, older_than: datetime, limit: int = 100)
         .limit(limit)
     )
     return list(session.scalars(query))
+
+
+def delete_job(session: Session, job: Job) -> list[str]:
+    """Delete an ended job, and a study's jobs, with their artifacts and events (the
+    caller commits, then removes the folders); returns the ids deleted."""
+    children = list(session.scalars(select(Job.id).where(Job.parent_id == job.id)))
+    ids = [*children, job.id]
+    session.execute(delete(JobEvent).where(JobEvent.root_id.in_(ids) | JobEvent.job_id.in_(ids)))
+    session.execute(delete(Artifact).where(Artifact.job_id.in_(ids)))
+    session.execute(delete(Job).where(Job.id.in_(children)))
+    session.execute(delete(Job).where(Job.id == job.id))
+    session.expunge(job)
+    return ids
+
+
+def jobs_using_upload(session: Session, upload_id: str) -> list[str]:
+    """Queued or running jobs whose spec names the upload (they would fail without it)."""
+    rows = session.execute(select(Job.id, Job.spec).where(
+        Job.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value)))).all()
+    return [job_id for job_id, spec in rows if _names_upload(spec, upload_id)]
+
+
+def _names_upload(value: Any, upload_id: str) -> bool:
+    if isinstance(value, dict):
+        return value.get("upload") == upload_id or any(
+            _names_upload(v, upload_id) for v in value.values())
+    if isinstance(value, list):
+        return any(_names_upload(v, upload_id) for v in value)
+    return False
 
 
 def create_upload(

@@ -47,6 +47,12 @@ class TooLarge(ServiceError):
     error_type = "too_large"
 
 
+class InsufficientStorage(ServiceError):
+    """An owner's stored bytes (uploads and job files) are over its quota."""
+
+    error_type = "insufficient_storage"
+
+
 class TooManyRequests(ServiceError):
     """A quota is reached (queued jobs of one token); retrying later may succeed."""
 

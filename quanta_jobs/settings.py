@@ -114,11 +114,28 @@ class Settings(BaseSettings):
         "config (units, filters, kernel sizes); more is a 422.",
     )
     max_queued_per_owner: int = Field(
-        default=100, ge=0, description="Queued jobs a token may have at once (0: no cap); 429."
+        default=2000, ge=0,
+        description="Queued jobs a token may have at once, a study's jobs included "
+        "(0: no cap); 429.",
+    )
+    max_job_work: int = Field(
+        default=1_000_000_000, ge=0,
+        description="Runs x epochs x training samples one job may plan (a witness doubles "
+        "it; 0: no limit); more is a 422 naming the epochs field.",
+    )
+    max_study_work: int = Field(
+        default=20_000_000_000, ge=0,
+        description="The same for a whole study, over all its jobs (0: no limit).",
+    )
+    max_stored_bytes_per_owner: int = Field(
+        default=100 * GiB, ge=0,
+        description="Bytes of uploads and job files a token may keep (0: no quota); past "
+        "it uploads and submissions get 507.",
     )
     max_job_seconds: float = Field(
-        default=0, ge=0,
-        description="Wall time an attempt of a job may run before it fails (0: no limit).",
+        default=86_400, ge=0,
+        description="Wall time an attempt of a job may run before it fails (24 h; 0: no "
+        "limit).",
     )
     checkpoints_dir: Path | None = Field(
         default=None,

@@ -73,16 +73,17 @@ def test_a_replay_is_not_refused_by_the_queue_cap(client: Any, app: Any) -> None
     assert client.post("/v1/jobs", json=job_body(), headers=keys[2]).status_code == 201
 
 
-def test_the_queue_cap_counts_submissions_not_a_studys_jobs(client: Any, app: Any,
-                                                            db: Any) -> None:
+def test_the_queue_cap_counts_a_studys_jobs_not_the_study(client: Any, app: Any,
+                                                          db: Any) -> None:
     from quanta_jobs.models import Job
 
-    app.state.settings.max_queued_per_owner = 2
+    app.state.settings.max_queued_per_owner = 6
     parent = client.post("/v1/jobs", json=job_body()).json()["id"]
-    for _ in range(5):  # jobs the service made for a submission (a study's)
+    db.add(Job(kind="study", status="queued", spec={}))  # no worker runs a study itself
+    for _ in range(4):  # a study's jobs: each holds a worker when it runs
         db.add(Job(kind="transfer", status="queued", spec={}, parent_id=parent))
     db.commit()
-    assert client.post("/v1/jobs", json=job_body()).status_code == 201
+    assert client.post("/v1/jobs", json=job_body()).status_code == 201  # the 6th
     assert client.post("/v1/jobs", json=job_body()).status_code == 429
 
 

@@ -30,7 +30,7 @@ from api.schemas import (
     Progress,
     StudyProgress,
 )
-from quanta_jobs import crud, job_events, studies
+from quanta_jobs import crud, job_events, quotas, studies
 from quanta_jobs.artifacts import safe_file
 from quanta_jobs.errors import Conflict, NotFound, TooManyRequests
 from quanta_jobs.job_state import TERMINAL, JobStatus
@@ -51,6 +51,8 @@ SUBMIT = {
     413: {"model": ErrorBody, "description": "Body larger than QUANTA_MAX_JSON_BYTES."},
     429: {"model": ErrorBody, "description": "Too many queued jobs for this token "
           "(QUANTA_MAX_QUEUED_PER_OWNER)."},
+    507: {"model": ErrorBody, "description": "This token keeps more bytes than its quota "
+          "(QUANTA_MAX_STORED_BYTES_PER_OWNER)."},
 }
 
 
@@ -127,12 +129,18 @@ def create_job(
     owner = principal.name
     if key is not None and (first := crud.job_by_idempotency_key(session, owner, key)):
         return _replay(first, body.kind, spec, key, response)
-    resolve_spec(session, settings, body.spec, owner=principal.owner_filter)
+    local = resolve_spec(session, settings, body.spec, owner=principal.owner_filter)
+    new_jobs = body.spec.nb_of_jobs if body.kind == studies.KIND else 1
+    quotas.check_work(settings, local)  # one job (for a study: each of its jobs)
+    if body.kind == studies.KIND:
+        quotas.check_work(settings, local, study_jobs=new_jobs)
     cap = settings.max_queued_per_owner
-    if cap and crud.count_queued(session, owner) >= cap:
-        raise TooManyRequests(f"you already have {cap} queued jobs, the most allowed "
-                              "(QUANTA_MAX_QUEUED_PER_OWNER); wait for some to start, or "
-                              "cancel some")
+    if cap and (queued := crud.count_queued(session, owner)) + new_jobs > cap:
+        adding = f" and this request adds {new_jobs}" if new_jobs > 1 else ""
+        raise TooManyRequests(f"you have {queued} queued jobs{adding}; {cap} queued jobs "
+                              "are the most allowed (QUANTA_MAX_QUEUED_PER_OWNER); wait for "
+                              "some to start, or cancel some")
+    quotas.check_storage(session, settings, owner)
     try:
         job = crud.create_job(session, body.kind, spec, owner=owner, idempotency_key=key)
         if job.kind == studies.KIND:
@@ -303,3 +311,29 @@ def download_archive(job_id: str, request: Request, session: SessionDep,
     return StreamingResponse(zip_stream(files), media_type="application/zip", headers=headers)
 
 
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    summary="Delete a finished job and its files",
+    responses={**NOT_FOUND, **CONFLICT},
+)
+def delete_job(job_id: str, session: SessionDep, settings: SettingsDep,
+               principal: PrincipalDep) -> Response:
+    """Removes a job that has ended (succeeded, failed or cancelled): its files, its
+    checkpoints, its events and its row; a study takes its jobs with it. A queued or
+    running job is a 409 (cancel it first), and so is one job of a study (delete the
+    study). Jobs that name it as their source afterwards get a 422."""
+    job = crud.get_job(session, job_id, owner=principal.owner_filter)
+    if job.status not in TERMINAL:
+        raise Conflict(f"job '{job_id}' is {job.status}; cancel it, then delete it once it "
+                       "has ended")
+    if job.parent_id is not None:
+        raise Conflict(f"job '{job_id}' is part of study '{job.parent_id}'; delete the study")
+    removed = crud.delete_job(session, job)
+    session.commit()
+    for gone in removed:
+        shutil.rmtree(settings.artifacts_dir / gone, ignore_errors=True)
+        shutil.rmtree(settings.checkpoints_path / gone, ignore_errors=True)
+    log.info("deleted job %s (%d with its study's jobs) for '%s'", job_id, len(removed),
+             principal.name)
+    return Response(status_code=204)

@@ -19,8 +19,8 @@ from api.multipart import ReceivedFile, receive_upload
 from api.pagination import next_page
 from api.schemas import MAX_OFFSET, ErrorBody, UploadKind, UploadOut, UploadPage
 from api.upload_check import KINDS, check, sniff_kind, stored_name
-from quanta_jobs import crud
-from quanta_jobs.errors import Invalid
+from quanta_jobs import crud, quotas
+from quanta_jobs.errors import Conflict, Invalid
 from quanta_jobs.file_checks import FileLimits
 from quanta_jobs.models import Upload, new_id
 
@@ -115,6 +115,8 @@ def _first(session: Session, owner: str, key: str, received: ReceivedFile,
         200: {"model": UploadOut, "description": "A replay: the upload created by the first "
               "request with this Idempotency-Key (header `Idempotent-Replayed: true`)."},
         413: {"model": ErrorBody, "description": "Larger than QUANTA_MAX_UPLOAD_BYTES."},
+        507: {"model": ErrorBody, "description": "Over the token's storage quota "
+              "(QUANTA_MAX_STORED_BYTES_PER_OWNER)."},
         422: {"model": ErrorBody, "description": "Not a valid file of its kind."},
     },
 )
@@ -132,20 +134,25 @@ async def create_upload(request: Request, response: Response, session: SessionDe
     upload_id = new_id()
     root = settings.uploads_path
     root.mkdir(parents=True, exist_ok=True)
+    declared = request.headers.get("content-length", "")
+    await run_in_threadpool(quotas.check_storage, session, settings, principal.name,
+                            int(declared) if declared.isdigit() else 0)
     form = await receive_upload(request, root, settings.max_upload_bytes)
     if form.file is None:
         raise Invalid("field required: send the file in the multipart field 'file'",
                       loc=("body", "file"))
     received = form.file
-    declared = form.fields.get("kind")
+    declared_kind = form.fields.get("kind")
     folder = root / upload_id
     try:
         first = None
         if key is not None:
             first = await run_in_threadpool(_first, session, principal.name, key, received,
-                                            declared)
+                                            declared_kind)
         if first is None:
-            kind, final = await run_in_threadpool(_settle, received, declared, folder,
+            await run_in_threadpool(quotas.check_storage, session, settings, principal.name,
+                                    received.size)
+            kind, final = await run_in_threadpool(_settle, received, declared_kind, folder,
                                                   FileLimits.from_settings(settings))
             filename = _clean_name(received.filename) or final.name
             upload = await run_in_threadpool(
@@ -159,7 +166,7 @@ async def create_upload(request: Request, response: Response, session: SessionDe
                 return upload_out(upload)
             assert key is not None  # a concurrent request with this key won the insert
             first = await run_in_threadpool(_first, session, principal.name, key, received,
-                                            declared)
+                                            declared_kind)
             if first is None:
                 raise RuntimeError(f"the upload with Idempotency-Key '{key}' vanished")
     except BaseException:
@@ -174,6 +181,33 @@ def _discard(received: Path, folder: Path) -> None:
     """Removes a received file and its folder (off the event loop: the file may be large)."""
     received.unlink(missing_ok=True)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@router.delete(
+    "/{upload_id}",
+    status_code=204,
+    summary="Delete an upload and its file",
+    responses={404: {"model": ErrorBody, "description": "No such upload."},
+               409: {"model": ErrorBody, "description": "A queued or running job uses it."}},
+)
+def delete_upload(upload_id: str, session: SessionDep, settings: SettingsDep,
+                  principal: PrincipalDep) -> Response:
+    """Removes the upload and its file, freeing its bytes from the token's quota. While a
+    queued or running job names it, a 409 names the job; a job submitted later that
+    names it gets a 422."""
+    upload = crud.get_upload(session, upload_id, owner=principal.owner_filter)
+    users = crud.jobs_using_upload(session, upload_id)
+    if users:
+        raise Conflict(f"upload '{upload_id}' is used by {len(users)} queued or running "
+                       f"job(s) ({', '.join(users[:3])}); cancel them or wait for them to end",
+                       loc=("path", "upload_id"))
+    folder = (settings.uploads_path / upload.path).parent
+    session.delete(upload)
+    session.commit()
+    if folder != settings.uploads_path and folder.parent == settings.uploads_path:
+        shutil.rmtree(folder, ignore_errors=True)
+    log.info("deleted upload %s for '%s'", upload_id, principal.name)
+    return Response(status_code=204)
 
 
 @router.get("", response_model=UploadPage, summary="List uploads, newest first")
