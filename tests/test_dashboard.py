@@ -32,7 +32,8 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-r
                 "--disable-background-networking", "--disable-component-update",
                 "--disable-sync"]
 TOKEN = "dashboard-test-token-0123456789"
-WAIT_MS = 240_000
+#: Waits on real training: generous, for a loaded machine (a few seconds each when idle).
+WAIT_MS = 900_000
 
 pytestmark = [
     pytest.mark.slow,
@@ -143,6 +144,7 @@ def test_page_is_served_with_a_strict_policy(server: SimpleNamespace) -> None:
     assert "/" not in httpx.get(f"{server.base}/openapi.json").json()["paths"]
 
 
+@pytest.mark.timeout(2400)
 def test_submit_watch_open_compare_cancel(server: SimpleNamespace, page: Any,
                                           shots: Path) -> None:
     base = server.base
@@ -158,7 +160,8 @@ def test_submit_watch_open_compare_cancel(server: SimpleNamespace, page: Any,
     page.wait_for_selector("h1 .badge[data-status=succeeded]", timeout=WAIT_MS)
     page.wait_for_selector("#artifacts tbody tr")
     page.wait_for_selector(".chart-loss .u-over")
-    assert page.locator("#artifacts tbody tr").count() == 4
+    files = httpx.get(f"{base}/v1/jobs/{source}/artifacts").json()["items"]
+    assert page.locator("#artifacts tbody tr").count() == len(files) > 0
 
     # 2. A study of it; the API's field errors come back beside the fields.
     page.click("text=Study its transferability")
