@@ -30,12 +30,9 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import IO, Any, Literal, NamedTuple, Protocol
 
 from quanta_spec.files import PARTIAL, replacing
-
-if TYPE_CHECKING:
-    from quanta_jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -710,7 +707,27 @@ def parse_store_url(url: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def local_area_dir(settings: Settings, area: Area) -> Path:
+class StoreSettings(Protocol):
+    """What the factories read of `quanta_jobs.settings.Settings` (which imports this
+    module to check `QUANTA_STORE_URL`, so this one does not import it back)."""
+
+    store_url: str | None
+    s3_endpoint_url: str | None
+    s3_part_bytes: int
+    artifacts_dir: Path
+    data_dir: Path | None
+
+    @property
+    def uploads_path(self) -> Path: ...
+
+    @property
+    def checkpoints_path(self) -> Path: ...
+
+    @property
+    def store_cache_path(self) -> Path: ...
+
+
+def local_area_dir(settings: StoreSettings, area: Area) -> Path:
     """The local folder of an area, as the settings have always named it."""
     if area == "artifacts":
         return settings.artifacts_dir
@@ -728,7 +745,7 @@ def local_area_dir(settings: Settings, area: Area) -> Path:
     raise ValueError(f"unknown store area {area!r}; one of {', '.join(AREAS)}")
 
 
-def store_from_settings(settings: Settings, area: Area) -> ArtifactStore:
+def store_from_settings(settings: StoreSettings, area: Area) -> ArtifactStore:
     """The store of one area: its local folder without `QUANTA_STORE_URL`, else the
     prefix `area/` in the bucket (`s3://bucket/prefix` -> `prefix/area/key`)."""
     if settings.store_url is None:
@@ -740,6 +757,6 @@ def store_from_settings(settings: Settings, area: Area) -> ArtifactStore:
                    part_bytes=settings.s3_part_bytes)
 
 
-def cache_from_settings(settings: Settings, area: Area) -> StoreCache:
+def cache_from_settings(settings: StoreSettings, area: Area) -> StoreCache:
     """A worker's cache of one area under `QUANTA_STORE_CACHE_DIR/area`."""
     return StoreCache(store_from_settings(settings, area), settings.store_cache_path / area)
