@@ -30,7 +30,7 @@ from api.schemas import (
     Progress,
     StudyProgress,
 )
-from quanta_jobs import crud, job_events, quotas, studies
+from quanta_jobs import crud, job_events, quotas, source_network, studies
 from quanta_jobs.artifacts import safe_file
 from quanta_jobs.errors import Conflict, NotFound, TooManyRequests
 from quanta_jobs.job_state import TERMINAL, JobStatus
@@ -130,6 +130,9 @@ def create_job(
     if key is not None and (first := crud.job_by_idempotency_key(session, owner, key)):
         return _replay(first, body.kind, spec, key, response)
     local = resolve_spec(session, settings, body.spec, owner=principal.owner_filter)
+    network = source_network.network_of(local)  # the job keeps the weights file's network
+    if network is not None and spec.get("architecture") is None:
+        spec["architecture"] = network
     new_jobs = body.spec.nb_of_jobs if body.kind == studies.KIND else 1
     quotas.check_work(settings, local)  # one job (for a study: each of its jobs)
     if body.kind == studies.KIND:
@@ -165,7 +168,7 @@ def create_job(
 def _replay(first: Job, kind: str, spec: dict[str, object], key: str,
             response: Response) -> JobOut:
     """The job a first request with this key created, if this request is the same."""
-    if first.kind != kind or first.spec != spec:
+    if first.kind != kind or not source_network.same_request(first.spec, spec):
         raise reused(key, "job")
     mark_replayed(response)
     response.headers["Location"] = f"{PREFIX}/{first.id}"
