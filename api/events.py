@@ -13,6 +13,14 @@ any child, each naming its `job`, `layer` and `run`), `event: epoch` a finished
 epoch, and a final `event: end` (no id) says the job ended and the stream closes.
 Since every event is stored, a stream replays a job's history from its start, and a
 client that reconnects with `Last-Event-ID: N` gets only what came after event N.
+
+Streams are bounded: each token may hold `QUANTA_MAX_STREAMS_PER_TOKEN` open, the API
+`QUANTA_MAX_STREAMS` in all (429 beyond, `StreamSlots`); every
+`QUANTA_STREAM_AUTH_RECHECK_S` a stream checks its token again and ends (`event: end`,
+"token revoked") once it is revoked. A waiting stream holds no thread: it sleeps on the
+event loop, and its short database polls run on a small thread limiter of their own
+(`POLL_THREADS`), so any number of streams never takes the thread pool the other
+routes run on.
 """
 
 from __future__ import annotations
@@ -20,15 +28,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
 from quanta_jobs import job_events
+from quanta_jobs.errors import TooManyRequests
 from quanta_jobs.job_state import TERMINAL
 from quanta_jobs.models import Job, JobEvent
 
@@ -41,6 +51,8 @@ KEEPALIVE_S = 15.0
 END_GRACE_S = 2.0
 #: Events sent per poll at most (the rest follow at once).
 BATCH = 500
+#: Threads the polls of all streams share (they never use the routes' thread pool).
+POLL_THREADS = 4
 #: Clients should wait this long before reconnecting (milliseconds).
 RETRY_MS = 2000
 
@@ -82,15 +94,65 @@ def _poll(sessions: sessionmaker[Session], job_id: str, after: int) -> _Poll | N
         return _Poll(status, job.kind, job.error, events, recorded)
 
 
+_limiter: anyio.CapacityLimiter | None = None
+
+
+def poll_limiter() -> anyio.CapacityLimiter:
+    """The threads the streams' polls run on (created in the event loop, on first use)."""
+    global _limiter
+    if _limiter is None:
+        _limiter = anyio.CapacityLimiter(POLL_THREADS)
+    return _limiter
+
+
+class StreamSlots:
+    """How many streams are open, per token name and in all, against their caps."""
+
+    def __init__(self, per_token: int, total: int) -> None:
+        self.per_token, self.total = per_token, total
+        self.open: dict[str, int] = {}
+
+    def take(self, token: str) -> None:
+        """Count a new stream of `token`, or raise 429 (`TooManyRequests`)."""
+        if self.total and sum(self.open.values()) >= self.total:
+            raise TooManyRequests(f"the service has {self.total} event streams open, the most "
+                                  "it allows (QUANTA_MAX_STREAMS); retry later")
+        if self.per_token and self.open.get(token, 0) >= self.per_token:
+            raise TooManyRequests(f"this token has {self.per_token} event streams open, the "
+                                  "most allowed (QUANTA_MAX_STREAMS_PER_TOKEN); close one")
+        self.open[token] = self.open.get(token, 0) + 1
+
+    def give_back(self, token: str) -> None:
+        left = self.open.get(token, 0) - 1
+        if left > 0:
+            self.open[token] = left
+        else:
+            self.open.pop(token, None)
+
+
+async def guarded(slots: StreamSlots, token: str, events: AsyncIterator[str]
+                  ) -> AsyncIterator[str]:
+    """`events`, holding one of `token`'s slots until the stream ends or the client leaves
+    (the caller took it)."""
+    try:
+        async for text in events:
+            yield text
+    finally:
+        slots.give_back(token)
+
+
 async def stream(
     sessions: sessionmaker[Session],
     job_id: str,
     after: int = 0,
     disconnected: Callable[[], Any] | None = None,
     poll_s: float = POLL_S,
+    still_allowed: Callable[[], Awaitable[bool]] | None = None,
+    recheck_s: float = 5.0,
 ) -> AsyncIterator[str]:
     """The job's events after `after`, then `end` once it has ended; the first event
-    carries `retry:`."""
+    carries `retry:`. With `still_allowed`, asked every `recheck_s`, the stream ends
+    (`end` with "token revoked") once it answers False."""
     retry: list[int | None] = [RETRY_MS]
 
     def event(kind: str, data: dict[str, Any], seq: int | None = None) -> str:
@@ -99,10 +161,16 @@ async def stream(
         return text
 
     cursor = after
-    last_sent = time.monotonic()
+    last_sent = last_check = time.monotonic()
     ended_since: float | None = None
     while True:
-        poll = await run_in_threadpool(_poll, sessions, job_id, cursor)
+        if still_allowed is not None and time.monotonic() - last_check >= recheck_s:
+            last_check = time.monotonic()
+            if not await still_allowed():
+                yield event("end", {"job": job_id, "status": None, "error": "token revoked"})
+                return
+        poll = await anyio.to_thread.run_sync(_poll, sessions, job_id, cursor,
+                                              limiter=poll_limiter())
         if poll is None:  # deleted meanwhile
             yield event("end", {"job": job_id, "status": None, "error": "job deleted"})
             return
@@ -141,3 +209,34 @@ def last_event_id(header: str | None, query: int | None) -> int:
         except ValueError:
             continue
     return 0
+
+
+def open_stream(request: Any, principal_name: str, job_id: str, after: int) -> AsyncIterator[str]:
+    """The events of `job_id` for this request: a slot of its token taken (429 when none
+    is left), its token checked again every QUANTA_STREAM_AUTH_RECHECK_S."""
+    from api.auth import identify
+    from quanta_jobs.errors import ServiceError
+
+    app = request.app
+    settings = app.state.settings
+    slots = getattr(app.state, "stream_slots", None)
+    if slots is None:
+        slots = app.state.stream_slots = StreamSlots(settings.max_streams_per_token,
+                                                     settings.max_streams)
+    slots.take(principal_name)
+    header = request.headers.get("authorization")
+
+    def check() -> bool:
+        with app.state.sessionmaker() as session:
+            try:
+                identify(app.state, session, header)
+            except ServiceError:
+                return False
+        return True
+
+    async def still_allowed() -> bool:
+        return await anyio.to_thread.run_sync(check, limiter=poll_limiter())
+
+    events = stream(app.state.sessionmaker, job_id, after, request.is_disconnected,
+                    still_allowed=still_allowed, recheck_s=settings.stream_auth_recheck_s)
+    return guarded(slots, principal_name, events)

@@ -132,6 +132,20 @@ class Settings(BaseSettings):
         description="Bytes of uploads and job files a token may keep (0: no quota); past "
         "it uploads and submissions get 507.",
     )
+    max_streams_per_token: int = Field(
+        default=8, ge=0,
+        description="Event streams (GET /v1/jobs/{id}/events) one token may hold open "
+        "(0: no cap); one more is a 429.",
+    )
+    max_streams: int = Field(
+        default=256, ge=0,
+        description="Event streams the API holds open in all (0: no cap); one more is a 429.",
+    )
+    stream_auth_recheck_s: float = Field(
+        default=5.0, gt=0,
+        description="How often an open event stream checks its token again; a revoked "
+        "token's streams end within this long.",
+    )
     max_job_seconds: float = Field(
         default=86_400, ge=0,
         description="Wall time an attempt of a job may run before it fails (24 h; 0: no "

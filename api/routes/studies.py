@@ -171,7 +171,7 @@ async def job_events_stream(
     await run_in_threadpool(session.close)  # the stream polls with short sessions of its own
     start = events.last_event_id(last_event_id, after)
     return StreamingResponse(
-        events.stream(request.app.state.sessionmaker, job_id, start, request.is_disconnected),
+        events.open_stream(request, principal.name, job_id, start),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
