@@ -131,3 +131,27 @@ def test_a_target_the_reference_saved_is_accepted(client: Any, upload: Any,
                          train_from_previous_training={"upload": response.json()["id"]})
     response = client.post("/v1/jobs", json={"kind": "transfer", "spec": spec})
     assert response.status_code == 201, response.text
+
+
+def test_the_kes2021_protocol_makes_seven_layers_of_thirty_runs(client: Any,
+                                                                source_job: Any) -> None:
+    response = client.post("/v1/jobs", json={"kind": "study", "spec": {
+        "source_task": "digits", "target_task": "digits", "source_weights": {"job": source_job.id},
+        "protocol": "kes2021", "width_multiplier": WIDTH, "nb_of_target_samples": 32}})
+    assert response.status_code == 201, response.text
+    study = response.json()
+    assert study["progress"]["total"] == 7 * 30
+    assert study["spec"]["protocol"] == "kes2021"
+    children = client.get(f"/v1/jobs/{study['id']}/children", params={"limit": 500}).json()
+    assert children["total"] == 210
+    child = children["items"][0]["spec"]
+    assert (child["nb_of_target_epochs"], child["augment_data"], child["test_every_epoch"],
+            child["architecture"], child["nb_of_runs"]) == (60, True, True, "kes2021", 1)
+    # Every field still overridable.
+    response = client.post("/v1/jobs", json={"kind": "study", "spec": {
+        "source_task": "digits", "target_task": "digits", "source_weights": {"job": source_job.id},
+        "protocol": "kes2021", "width_multiplier": WIDTH, "layers": [6], "nb_of_runs": 2,
+        "test_every_epoch": False}})
+    assert response.status_code == 201, response.text
+    assert response.json()["progress"]["total"] == 2
+    assert response.json()["spec"]["test_every_epoch"] is False
