@@ -75,7 +75,7 @@ class RunCheckpoint:
         state = self.state()
         if not state.get("model"):
             return None
-        model = keras.saving.load_model(self.folder / state["model"])
+        model = keras.saving.load_model(self.folder / state["model"], safe_mode=True)
         set_rng_states(model, state["rng_states"])
         history = {int(k): v for k, v in state["history"].items()}
         tests = {int(k): v for k, v in state.get("test_history", {}).items()}

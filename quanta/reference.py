@@ -140,7 +140,8 @@ def load_target(path: str | Path) -> keras.Model:
     if not path.is_file():
         raise QuantaError(f"previous training '{path}' does not exist")
     try:
-        model = keras.saving.load_model(path, custom_objects={"QuantaLayer": QuantaLayer})
+        model = keras.saving.load_model(path, custom_objects={"QuantaLayer": QuantaLayer},
+                                        safe_mode=True)
     except Exception as exc:
         raise QuantaError(f"cannot load previous training '{path}': {exc}") from exc
     unnamed = [q for q in quanta_layers(model) if q.transferred_layer is None]

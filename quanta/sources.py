@@ -70,7 +70,7 @@ def load_previous(path: str | Path) -> keras.Model:
     if not path.is_file():
         raise QuantaError(f"previous training '{path}' does not exist")
     try:
-        return keras.saving.load_model(path)
+        return keras.saving.load_model(path, safe_mode=True)  # never runs code
     except Exception as exc:
         raise QuantaError(f"cannot load previous training '{path}': {exc}") from exc
 

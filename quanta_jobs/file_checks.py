@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from quanta_jobs.errors import Invalid
+
 GiB = 1024**3
 MiB = 1024**2
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -370,7 +372,8 @@ def check_npz(path: Path, limits: FileLimits) -> dict[str, tuple[tuple[int, ...]
 def check_spec_files(spec: Any, limits: FileLimits) -> None:
     """Check again, just before the library loads them, every file a local spec names:
     the worker trusts neither the upload check (a file may have changed, or come from
-    an older service) nor an artifact of another job."""
+    an older service) nor an artifact of another job. Raises `Invalid` naming the field
+    (the worker fails the job with its message)."""
     for field in ("source_task", "target_task"):
         task = getattr(spec, field, None)
         if isinstance(task, str) and task.startswith("npz:"):
@@ -388,4 +391,4 @@ def _named(field: str, check: Any, path: Path) -> None:
     try:
         check(path)
     except ValueError as exc:
-        raise ValueError(f"{field} ({path.name}) is refused: {exc}") from exc
+        raise Invalid(f"{field} ({path.name}) is refused: {exc}", loc=("spec", field)) from exc

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
+from quanta_jobs.errors import Invalid
 from quanta_jobs.file_checks import FileLimits, check_hdf5, check_spec_files
 from quanta_spec import TransferSpec
 
@@ -223,13 +224,58 @@ def test_the_worker_checks_again_before_loading(tmp_path: Path, secret: Path) ->
     weights.write_bytes(_external_storage(tmp_path, secret))
     spec = TransferSpec(source_task="digits", source_weights=str(weights),
                         target_task="digits", layer_to_transfer=0)
-    with pytest.raises(ValueError, match=r"source_weights .* external files"):
+    with pytest.raises(Invalid, match=r"source_weights .* external files"):
         check_spec_files(spec, FileLimits())
     dataset = tmp_path / "bomb.npz"
     dataset.write_bytes(_npz((2_000_000, 32, 32, 3), "<f8"))
     spec = TransferSpec(source_task="digits", source_weights=str(tmp_path / "ok.weights.h5"),
                         target_task=f"npz:{dataset}", layer_to_transfer=0)
     (tmp_path / "ok.weights.h5").write_bytes(_h5(tmp_path / "ok.weights.h5", lambda f: None))
-    with pytest.raises(ValueError, match=r"target_task .*QUANTA_MAX_DATASET_BYTES"):
+    with pytest.raises(Invalid, match=r"target_task .*QUANTA_MAX_DATASET_BYTES"):
         check_spec_files(spec, FileLimits())
     assert check_hdf5(tmp_path / "ok.weights.h5") == 64
+
+
+def test_the_worker_refuses_a_file_replaced_after_upload(client: Any, upload: Any,
+                                                        settings: Any, tmp_path: Path,
+                                                        secret: Path) -> None:
+    """A real runner, on a job whose weights file was replaced on disk after its upload
+    passed: the job fails naming the field, before any loader (or TensorFlow) runs."""
+    from conftest import reference_weights_bytes
+    from worker.runner import JobRunner
+
+    uploaded = upload("source.weights.h5", reference_weights_bytes())
+    assert uploaded.status_code == 201, uploaded.text
+    job = client.post("/v1/jobs", json={"kind": "transfer", "spec": {
+        "source_task": "digits", "target_task": "digits", "layer_to_transfer": 0,
+        "source_weights": {"upload": uploaded.json()["id"]}, "width_multiplier": 0.0625,
+        "nb_of_target_samples": 64}})
+    assert job.status_code == 201, job.text
+    stored = next(settings.uploads_path.rglob("source.weights.h5"))
+    stored.write_bytes(_external_storage(tmp_path, secret))
+    outcome = JobRunner(settings).run(job.json()["id"], "w1@test")
+    assert outcome.status == "failed"
+    body = client.get(f"/v1/jobs/{job.json()['id']}").json()
+    assert body["status"] == "failed"
+    assert "source_weights" in body["error"] and "external files" in body["error"]
+    assert "hunter2" not in json.dumps(body)
+
+
+def test_every_model_load_passes_safe_mode() -> None:
+    """Each `load_model` call of the library and the worker says `safe_mode=True` itself
+    (not the default, which a Keras release or a config could change)."""
+    import ast
+
+    from conftest import REPO
+
+    calls = []
+    for package in ("quanta", "worker"):
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr == "load_model"):
+                    safe = [k for k in node.keywords if k.arg == "safe_mode"]
+                    calls.append((path.name, node.lineno, bool(safe) and isinstance(
+                        safe[0].value, ast.Constant) and safe[0].value.value is True))
+    assert calls, "no load_model call found"
+    assert all(ok for *_, ok in calls), [c for c in calls if not c[2]]

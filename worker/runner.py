@@ -32,6 +32,7 @@ from quanta_jobs import crud
 from quanta_jobs.artifacts import scan
 from quanta_jobs.db import make_engine, make_sessionmaker
 from quanta_jobs.errors import ServiceError
+from quanta_jobs.file_checks import FileLimits, check_spec_files
 from quanta_jobs.job_state import TERMINAL, ConcurrentChange, JobKind, JobStatus, transition
 from quanta_jobs.models import Job, utcnow
 from quanta_jobs.queue import enqueue
@@ -209,6 +210,8 @@ class JobRunner:
             hooks.job_started(self.context, job.id)
             try:
                 local = resolve_spec(session, self.settings, remote_spec(job.kind, job.spec))
+                # the files again, just before the library loads them (Invalid: failed)
+                check_spec_files(local, FileLimits.from_settings(self.settings))
             except ServiceError as exc:
                 return self._finish(session, job, JobStatus.FAILED, owner=worker,
                                     error=exc.message)
