@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from quanta_jobs.models import Job, utcnow
+from quanta_jobs.models import Job, db_now, utcnow
 from quanta_spec.jobs import TERMINAL, JobKind, JobStatus
 
 __all__ = ["ALLOWED", "TERMINAL", "ConcurrentChange", "IllegalTransition", "JobKind",
@@ -57,12 +57,15 @@ def check_transition(job_id: str, old: str, new: str) -> None:
 
 
 def transition(
-    session: Session, job: Job, new: JobStatus, *, owner: str | None = None, **fields: Any
+    session: Session, job: Job, new: JobStatus, *, owner: str | None = None,
+    attempt: int | None = None, **fields: Any
 ) -> Job:
     """Move `job` to `new` if it is still in the status we loaded; the caller commits.
 
     With `owner`, also only if the job's `worker` is still `owner`: a worker that lost
-    its job (it was taken over after its heartbeat went stale) cannot finish it.
+    its job (it was taken over after its heartbeat went stale) cannot finish it; with
+    `attempt`, only if `attempts` is still that number (a worker restarted under the same
+    name is another attempt). The heartbeat a job starts with is the database's clock.
     Sets the timestamps that go with the change (started_at and attempts+1 when it
     starts running, finished_at when it ends) plus any extra column in `fields`.
     """
@@ -72,7 +75,7 @@ def transition(
     values: dict[str, Any] = {"status": new.value, "updated_at": now, **fields}
     if new is JobStatus.RUNNING:
         values.setdefault("started_at", now)
-        values.setdefault("heartbeat_at", now)
+        values.setdefault("heartbeat_at", db_now())
         values["attempts"] = Job.attempts + 1
         values.setdefault("error", None)
     elif new is JobStatus.QUEUED:
@@ -83,6 +86,8 @@ def transition(
     where = [Job.id == job.id, Job.status == old]
     if owner is not None:
         where.append(Job.worker == owner)
+    if attempt is not None:
+        where.append(Job.attempts == attempt)
     result = session.execute(
         update(Job)
         .where(*where)

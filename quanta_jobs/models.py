@@ -24,7 +24,10 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy import false as sa_false
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import FunctionElement
 
 
 def new_id() -> str:
@@ -51,6 +54,34 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
+
+
+class db_now(FunctionElement[datetime]):
+    """The database server's current time, in SQL: what heartbeats stamp and staleness is
+    judged by, so that hosts whose clocks disagree still agree on which worker is late.
+
+    `db_now(seconds)` is that time minus `seconds`. SQLite gets the text form SQLAlchemy
+    stores its datetimes in (so they compare as text), PostgreSQL `now()`.
+    """
+
+    type = UTCDateTime()
+    inherit_cache = False  # `seconds_ago` is written into the SQL: no statement cache
+
+    def __init__(self, seconds_ago: float = 0.0) -> None:
+        self.seconds_ago = float(seconds_ago)
+        super().__init__()
+
+
+@compiles(db_now, "sqlite")
+def _db_now_sqlite(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"strftime('%Y-%m-%d %H:%M:%f000', 'now', '{-element.seconds_ago:+.6f} seconds')"
+
+
+@compiles(db_now)
+def _db_now_default(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    if not element.seconds_ago:
+        return "now()" if compiler.dialect.name == "postgresql" else "CURRENT_TIMESTAMP"
+    return f"(CURRENT_TIMESTAMP - INTERVAL '{element.seconds_ago:.6f} seconds')"
 
 
 class Base(DeclarativeBase):

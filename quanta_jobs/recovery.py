@@ -1,9 +1,14 @@
 """Jobs whose worker was lost, and the sweeper: for the API's sweep loop and the workers.
 
-A worker stamps `heartbeat_at` every few seconds while it runs a job. A running job
-whose stamp is older than `stale_after_s` lost its worker (killed, out of memory,
-host down): it goes back to the queue for another attempt, or fails after
-`max_attempts`, or ends cancelled if a cancel was requested meanwhile. The message
+A worker stamps `heartbeat_at` every few seconds while it runs a job, with the
+database's clock (`db_now`), and staleness is judged in SQL by that same clock, so hosts
+whose clocks disagree still agree. A running job whose stamp is older than
+`stale_after_s` lost its worker (killed, out of memory, host down, or cut off from the
+database: such a worker stops the job itself after `heartbeat_loss_s`, less than
+`stale_after_s`): if that attempt had finished and saved its outcome but could not
+record it, the outcome is recorded now (`quanta_jobs.attempts`); otherwise the job
+goes back to the queue for another attempt, or fails after `max_attempts`, or ends
+cancelled if a cancel was requested meanwhile. The message
 broker cannot be trusted to redeliver it in time (Redis only does so after its
 visibility timeout), so the API sweeps for such jobs itself (`sweep`), and sends on
 the way the queued jobs whose message never reached the broker and asks a worker to
@@ -13,33 +18,44 @@ end the studies nobody ended.
 from __future__ import annotations
 
 import logging
-import shutil
 from datetime import timedelta
 
 from celery import Celery
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from quanta_jobs import crud, queue
+from quanta_jobs import attempts, crud, job_events, queue
 from quanta_jobs.job_state import ConcurrentChange, JobKind, JobStatus, transition
-from quanta_jobs.models import Job, utcnow
+from quanta_jobs.models import Job, db_now, utcnow
 from quanta_jobs.settings import Settings
 from quanta_jobs.studies import resend_stuck_studies
 
 log = logging.getLogger(__name__)
 
 
-def is_stale(job: Job, settings: Settings) -> bool:
-    beat = job.heartbeat_at or job.updated_at
-    return beat < utcnow() - timedelta(seconds=settings.stale_after_s)
+def is_stale(session: Session, job: Job, settings: Settings) -> bool:
+    """Whether `job`'s last heartbeat is older than `stale_after_s`, by the database's clock."""
+    return bool(session.scalar(
+        select(func.count()).select_from(Job)
+        .where(Job.id == job.id,
+               func.coalesce(Job.heartbeat_at, Job.updated_at) < db_now(settings.stale_after_s))))
 
 
 def recover(session: Session, job: Job, settings: Settings) -> JobStatus:
     """Take a running job from its lost worker; returns its new status (caller commits).
 
+    An outcome the lost attempt saved on disk is recorded (committed) and promoted.
     Raises `ConcurrentChange` if the job moved meanwhile (its worker came back).
     """
     lost = job.worker or "an unknown worker"
+    saved = attempts.load_outcome(settings, job.id, job.attempts)
+    if saved is not None and saved.worker == job.worker:
+        attempts.record(session, job, saved)
+        log.warning("job %s: recorded the %s outcome that attempt %d of %s saved but could "
+                    "not record", job.id, saved.status, saved.attempt, lost)
+        attempts.promote(settings, job.id, saved.attempt)
+        job_events.record_status(session, job)
+        return JobStatus(job.status)
     if job.cancel_requested:
         transition(session, job, JobStatus.CANCELLED, owner=job.worker,
                    result={"message": f"cancelled; its worker ({lost}) was lost"})
@@ -50,18 +66,18 @@ def recover(session: Session, job: Job, settings: Settings) -> JobStatus:
     else:  # its checkpoints stay: the next attempt resumes from them
         transition(session, job, JobStatus.QUEUED, owner=job.worker, enqueued_at=None)
         return JobStatus.QUEUED
-    shutil.rmtree(settings.checkpoints_path / job.id, ignore_errors=True)  # nothing to resume
+    attempts.discard(settings, job.id)  # nothing to resume, and no outcome (checked above)
     return JobStatus(job.status)
 
 
 def recover_stale_jobs(session: Session, settings: Settings, limit: int = 100) -> list[str]:
     """Recover every running job with a stale heartbeat; returns the ids put back in queue."""
-    cutoff = utcnow() - timedelta(seconds=settings.stale_after_s)
     stale = session.scalars(
         select(Job)
         .where(Job.status == JobStatus.RUNNING.value,
                Job.kind != JobKind.STUDY.value,  # run by no worker
-               func.coalesce(Job.heartbeat_at, Job.updated_at) < cutoff)
+               func.coalesce(Job.heartbeat_at, Job.updated_at)
+               < db_now(settings.stale_after_s))
         .order_by(Job.created_at)
         .limit(limit)
     ).all()
@@ -88,6 +104,10 @@ def sweep(sessions: sessionmaker[Session], celery: Celery, settings: Settings) -
         pending = crud.jobs_to_enqueue(session, older_than=older_than)
         sent = queue.enqueue(celery, session, dict.fromkeys([*recovered, *pending]))
         sent += resend_stuck_studies(session, celery, settings)
+        try:
+            attempts.settle_leftovers(session, settings)
+        except OSError:
+            log.warning("could not settle the attempts' folders", exc_info=True)
     if sent:
         log.info("re-sent %d queued job(s) to the broker", sent)
     return sent

@@ -161,6 +161,25 @@ class Settings(BaseSettings):
         description="How long a worker retries recording a finished job while the database "
         "is unreachable (the files stay on disk meanwhile).",
     )
+    heartbeat_loss_s: float | None = Field(
+        default=None, gt=0,
+        description="A worker that could not stamp its job's heartbeat for this long stops "
+        "the job (between batches) and writes no outcome, so that it is stopped before the "
+        "sweeper hands the job to another worker (default: 0.4 x STALE_AFTER_S; must be "
+        "less than STALE_AFTER_S).",
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_loss_below_staleness(self) -> Settings:
+        if self.heartbeat_loss_s is not None and self.heartbeat_loss_s >= self.stale_after_s:
+            raise ValueError(f"QUANTA_HEARTBEAT_LOSS_S ({self.heartbeat_loss_s:g}) must be "
+                             f"less than QUANTA_STALE_AFTER_S ({self.stale_after_s:g})")
+        return self
+
+    @property
+    def heartbeat_loss_bound_s(self) -> float:
+        """`heartbeat_loss_s`, or its default from `stale_after_s`."""
+        return self.heartbeat_loss_s or 0.4 * self.stale_after_s
 
     store_url: str | None = Field(
         default=None,

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from quanta_jobs import crud, job_events
 from quanta_jobs.errors import Conflict
 from quanta_jobs.job_state import TERMINAL, ConcurrentChange, JobKind, JobStatus, transition
-from quanta_jobs.models import Job, utcnow
+from quanta_jobs.models import Job, db_now, utcnow
 from quanta_jobs.queue import enqueue, request_study_end
 from quanta_jobs.settings import Settings
 from quanta_spec import RemoteStudySpec, layer_label
@@ -195,7 +195,7 @@ def stuck_studies(session: Session, settings: Settings,
     """Studies not ended although every child ended more than `quiet_s` ago, and that no
     worker is ending (never claimed, or its claim is stale: that worker died)."""
     now = utcnow()
-    stale = now - timedelta(seconds=settings.stale_after_s)
+    stale = session.scalar(select(db_now(settings.stale_after_s)))  # the database's clock
     quiet = now - timedelta(seconds=quiet_s)
     candidates = session.scalars(
         select(Job).where(Job.kind == KIND, Job.status.in_(ACTIVE))
@@ -237,12 +237,11 @@ def claim_study_end(session: Session, settings: Settings, study_id: str, me: str
                     ) -> Job | None:
     """Take the study for ending it (committed): a compare-and-swap on `worker`, which
     must be free or stale (the worker that claimed it died). None if someone else has it."""
-    stale = utcnow() - timedelta(seconds=settings.stale_after_s)
     claimed = session.execute(
         update(Job)
         .where(Job.id == study_id, Job.kind == KIND, Job.status.in_(ACTIVE),
-               or_(Job.worker.is_(None), Job.heartbeat_at < stale))
-        .values(worker=me, heartbeat_at=utcnow())
+               or_(Job.worker.is_(None), Job.heartbeat_at < db_now(settings.stale_after_s)))
+        .values(worker=me, heartbeat_at=db_now())
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
     session.commit()

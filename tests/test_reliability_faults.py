@@ -205,8 +205,8 @@ def test_sigkill_during_epoch_2_resumes_on_another_worker(faults: SimpleNamespac
         at_kill = session.get(Job, job_id).progress["epoch"]
     engine.dispose()
     assert at_kill == 1, "the kill came after epoch 2 ended; the machine is too fast"
-    state = json.loads((faults.settings.checkpoints_path / job_id / "run_0" / "state.json")
-                       .read_text())
+    state = json.loads((faults.settings.checkpoints_path / job_id / "1" / "run_0" /
+                        "state.json").read_text())
     assert len(state["history"]) == 1  # what the next attempt resumes from
 
     survivor = next(name for name in faults.workers if name != victim)

@@ -1,14 +1,15 @@
-"""What a job has done so far, on disk: `CHECKPOINTS_DIR/{job id}/`, outside its artifacts.
+"""What a job has done so far, on disk: `CHECKPOINTS_DIR/{job id}/{attempt}/`.
 
 The library saves every run there after each epoch (`checkpoint_dir=`), so a job whose
-worker was killed, or stopped by SIGTERM, resumes on any worker from its last finished
-epoch, with the same files in the end. The folder is kept out of the artifacts so that
-it is never listed or downloaded, and it is shared by the workers like the artifacts.
+worker was killed, stopped by SIGTERM, or cut off from the database resumes on any
+worker from its last finished epoch, with the same files in the end. The folder is kept
+out of the artifacts so that it is never listed or downloaded, and it is shared by the
+workers like the artifacts.
 
-A finished attempt also leaves its outcome here (`outcome.json`) until the database has
-recorded it: if the database stays down longer than the worker retries, the next
-attempt records that outcome instead of training again. The folder goes away when the
-job's end is recorded.
+Each attempt has its own checkpoints and outputs (`quanta_jobs.attempts`): an attempt
+that resumes copies those of the latest earlier attempt that left any, and then writes
+only its own, so a worker that still runs an attempt it lost never touches the files of
+the one that replaced it.
 """
 
 from __future__ import annotations
@@ -19,29 +20,23 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from quanta_jobs import attempts
 from quanta_jobs.settings import Settings
-from quanta_spec.files import atomic_write
 
 log = logging.getLogger(__name__)
-OUTCOME = "outcome.json"
-
-
-def folder(settings: Settings, job_id: str) -> Path:
-    return settings.checkpoints_path / job_id
+STATE = "state.json"
 
 
 def has_state(path: Path) -> bool:
-    """True when an earlier attempt left something to resume from (or to record)."""
+    """True when an attempt left something to resume from."""
     return path.is_dir() and any(path.iterdir())
 
 
 def describe(path: Path) -> str:
     """Where each run of an earlier attempt stopped, for the log (best effort: it reads
     the library's `state.json` files and never fails)."""
-    if (path / OUTCOME).is_file():
-        return "finished, not yet recorded"
     parts = []
-    for state_file in sorted(path.glob("*/state.json")):
+    for state_file in sorted(path.glob(f"*/{STATE}")):
         try:
             state = json.loads(state_file.read_text())
         except (OSError, ValueError):
@@ -53,22 +48,42 @@ def describe(path: Path) -> str:
     return ", ".join(parts) or "no finished epoch"
 
 
-def save_outcome(path: Path, status: str, fields: dict[str, Any]) -> None:
-    """Write the outcome atomically (a crash leaves the old file or none, never half)."""
-    atomic_write(path / OUTCOME, json.dumps({"status": status, "fields": fields}))
+def _moved(value: Any, old: str, new: str) -> Any:
+    """`value` with every string under folder `old` moved under `new` (the library's
+    journal and export records name the output files by absolute path)."""
+    if isinstance(value, str):
+        return new + value[len(old):] if value == old or value.startswith(old + "/") else value
+    if isinstance(value, list):
+        return [_moved(v, old, new) for v in value]
+    if isinstance(value, dict):
+        return {_moved(k, old, new): _moved(v, old, new) for k, v in value.items()}
+    return value
 
 
-def load_outcome(path: Path) -> tuple[str, dict[str, Any]] | None:
-    try:
-        saved = json.loads((path / OUTCOME).read_text())
-        return str(saved["status"]), dict(saved["fields"])
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        log.warning("unreadable %s in %s; ignored", OUTCOME, path)
-        return None
+def prepare(settings: Settings, job_id: str, attempt: int) -> int | None:
+    """Give `attempt` its own, empty or resumed, output and checkpoint folders; returns
+    the earlier attempt it resumes (None: it starts afresh).
 
-
-def discard(path: Path) -> None:
-    """Remove a job's checkpoints once its end is recorded (nothing left to resume)."""
-    shutil.rmtree(path, ignore_errors=True)
+    The earlier attempt's folders are copied, not moved: its worker may still be alive
+    (frozen, or cut off from the database) and must not write into ours. Raises OSError
+    when the copy fails (a full disk)."""
+    output = attempts.output_dir(settings, job_id, attempt)
+    saved = attempts.checkpoint_dir(settings, job_id, attempt)
+    attempts.discard(settings, job_id, attempt)  # a leftover of a crash in this very call
+    for previous in attempts.earlier(settings, job_id, attempt):
+        source = attempts.checkpoint_dir(settings, job_id, previous)
+        if not has_state(source):
+            continue
+        log.info("job %s: resuming an earlier attempt (%s) from attempt %d", job_id,
+                 describe(source), previous)
+        shutil.copytree(source, saved)
+        before = attempts.output_dir(settings, job_id, previous)
+        if before.is_dir():
+            shutil.copytree(before, output, symlinks=True)
+        for state_file in saved.glob(f"*/{STATE}"):
+            state = json.loads(state_file.read_text())
+            state_file.write_text(json.dumps(_moved(state, str(before), str(output))))
+        output.mkdir(parents=True, exist_ok=True)
+        return previous
+    output.mkdir(parents=True, exist_ok=True)
+    return None

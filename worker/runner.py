@@ -9,14 +9,20 @@ from its last finished epoch (`worker.checkpoints`), and database writes are ret
 through an outage (`worker.db_retry`): a killed worker or a restarted database costs
 at most the epoch in progress.
 
+One writer per job folder: each attempt writes its own folders and is promoted to the
+job's only if the database still says it owns the job (`quanta_jobs.attempts`), and a
+worker whose heartbeats have not got through for `heartbeat_loss_s` stops the job
+itself, before the sweeper (at `stale_after_s`, by the database's clock) gives it to
+another worker.
+
 TensorFlow and `quanta` are imported inside `_execute`, never at module level.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -28,13 +34,13 @@ from celery import Celery
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from quanta_jobs import crud
+from quanta_jobs import attempts, crud
 from quanta_jobs.artifacts import scan
 from quanta_jobs.db import make_engine, make_sessionmaker
 from quanta_jobs.errors import ServiceError
 from quanta_jobs.file_checks import FileLimits, check_spec_files
 from quanta_jobs.job_state import TERMINAL, ConcurrentChange, JobKind, JobStatus, transition
-from quanta_jobs.models import Job, utcnow
+from quanta_jobs.models import Job, db_now, utcnow
 from quanta_jobs.queue import enqueue
 from quanta_jobs.recovery import is_stale, recover
 from quanta_jobs.refs import remote_spec, resolve_spec
@@ -73,11 +79,16 @@ def clean_quantas(quantas: dict[str, dict[str, Any]]) -> dict[str, dict[str, flo
 
 
 class Heartbeat:
-    """A thread that stamps `heartbeat_at` while the job runs, so others know we live."""
+    """A thread that stamps `heartbeat_at` (the database's clock) while the job runs, so
+    others know we live; `silent_s` says how long since a stamp last got through, and
+    `lost` that the database says the job is no longer this attempt's."""
 
     def __init__(self, factory: sessionmaker[Session], job_id: str, worker: str,
-                 period: float) -> None:
+                 period: float, attempt: int | None = None) -> None:
         self._factory, self._job_id, self._worker, self._period = factory, job_id, worker, period
+        self._attempt = attempt
+        self._last_ok = time.monotonic()  # the claim itself stamped the job
+        self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}",
                                         daemon=True)
@@ -100,16 +111,24 @@ class Heartbeat:
             except Exception:
                 log.warning("heartbeat of job %s failed", self._job_id, exc_info=True)
 
+    @property
+    def silent_s(self) -> float:
+        return time.monotonic() - self._last_ok
+
     def _beat(self) -> None:
+        where = [Job.id == self._job_id, Job.status == JobStatus.RUNNING.value,
+                 Job.worker == self._worker]
+        if self._attempt is not None:
+            where.append(Job.attempts == self._attempt)
         with self._factory() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == self._job_id, Job.status == JobStatus.RUNNING.value,
-                       Job.worker == self._worker)
-                .values(heartbeat_at=utcnow())
+            stamped = session.execute(
+                update(Job).where(*where).values(heartbeat_at=db_now())
                 .execution_options(synchronize_session=False)
-            )
+            ).rowcount  # type: ignore[attr-defined]
             session.commit()
+        self._last_ok = time.monotonic()
+        if not stamped:
+            self.lost = True
 
 
 class CancelCheck:
@@ -117,14 +136,20 @@ class CancelCheck:
 
     True when the user asked (`requested`), when the job is no longer ours (`lost`:
     taken over after a stale heartbeat), when this attempt has run longer than
-    `max_job_seconds` (`over_time`), or at once when the worker shuts down. While the
-    database is unreachable it keeps its last answer: training goes on.
+    `max_job_seconds` (`over_time`), when no heartbeat got through for
+    `heartbeat_loss_s` (`silenced`: the sweeper is about to give the job to another
+    worker, which must be the only one writing), or at once when the worker shuts
+    down. While the database is unreachable for less than that, it keeps its last
+    answer: training goes on.
     """
 
-    def __init__(self, runner: JobRunner, job_id: str, worker: str) -> None:
+    def __init__(self, runner: JobRunner, job_id: str, worker: str,
+                 heartbeat: Heartbeat | None = None, attempt: int | None = None) -> None:
         self.runner, self.job_id, self.worker = runner, job_id, worker
+        self.heartbeat, self.attempt = heartbeat, attempt
         self.requested = False
         self.lost = False
+        self.silenced = False
         self.over_time = False
         self._began = time.monotonic()
         self._last_read = 0.0
@@ -137,18 +162,29 @@ class CancelCheck:
         if limit and now - self._began > limit:
             self.over_time = True
             return True
+        if self.heartbeat is not None:
+            bound = self.runner.settings.heartbeat_loss_bound_s
+            if self.heartbeat.silent_s > bound and not self.silenced:
+                log.error("job %s: no heartbeat got through for %.0f s (more than "
+                          "QUANTA_HEARTBEAT_LOSS_S=%g); stopping it, another worker will "
+                          "take it over", self.job_id, self.heartbeat.silent_s, bound)
+                self.silenced = True
+            self.lost = self.lost or self.heartbeat.lost
+            if self.silenced or self.lost:
+                return True
         if now - self._last_read >= self.runner.settings.cancel_poll_s:
             self._last_read = now
             try:
                 with self.runner.sessions() as session:
                     row = session.execute(
-                        select(Job.cancel_requested, Job.status, Job.worker)
+                        select(Job.cancel_requested, Job.status, Job.worker, Job.attempts)
                         .where(Job.id == self.job_id)).one_or_none()
             except RETRYABLE as exc:
                 log.warning("job %s: cannot read its cancel flag (%s); training goes on",
                             self.job_id, type(exc).__name__)
                 return self.requested or self.lost
-            self.lost = row is None or row[1] != JobStatus.RUNNING or row[2] != self.worker
+            self.lost = row is None or row[1] != JobStatus.RUNNING or row[2] != self.worker \
+                or (self.attempt is not None and row[3] != self.attempt)
             self.requested = bool(row is not None and row[0])
         return self.requested or self.lost
 
@@ -180,7 +216,7 @@ class JobRunner:
         if job.status == JobStatus.RUNNING:
             # A copy of the message: drop it, unless the job's worker is lost (it is us,
             # restarted under the same name, or its heartbeat is stale).
-            if job.worker != worker and not is_stale(job, self.settings):
+            if job.worker != worker and not is_stale(session, job, self.settings):
                 return Outcome("skipped", f"job {job_id} is running on {job.worker}")
             log.warning("job %s: taking over from lost worker %s", job_id, job.worker)
             status = recover(session, job, self.settings)
@@ -208,35 +244,30 @@ class JobRunner:
             log.info("job %s: started (%s, attempt %d) on %s", job.id, job.kind, job.attempts,
                      worker)
             hooks.job_started(self.context, job.id)
+            attempt = job.attempts
             try:
                 local = resolve_spec(session, self.settings, remote_spec(job.kind, job.spec))
                 # the files again, just before the library loads them (Invalid: failed)
                 check_spec_files(local, FileLimits.from_settings(self.settings))
             except ServiceError as exc:
-                return self._finish(session, job, JobStatus.FAILED, owner=worker,
-                                    error=exc.message)
+                return self._end(job_id, worker, attempt, JobStatus.FAILED,
+                                 {"error": exc.message})
             except Exception as exc:  # a stored spec that no longer parses
-                return self._finish(session, job, JobStatus.FAILED, owner=worker,
-                                    error=f"invalid job spec: {exc}")
-        output = self.settings.artifacts_dir / job_id
-        saved = checkpoints.folder(self.settings, job_id)
-        if checkpoints.has_state(saved):  # keep the files the checkpoints go with
-            log.info("job %s: resuming an earlier attempt (%s)", job_id,
-                     checkpoints.describe(saved))
-        else:  # nothing to resume: start from an empty folder
-            shutil.rmtree(output, ignore_errors=True)
-        output.mkdir(parents=True, exist_ok=True)
-        ended = checkpoints.load_outcome(saved)
-        if ended is not None:
-            status, fields = JobStatus(ended[0]), ended[1]
-            log.info("job %s: recording the %s outcome of an earlier attempt", job_id, status)
-        else:
-            with Heartbeat(self.sessions, job_id, worker, self.settings.heartbeat_s):
-                status, fields = self._execute(job_id, worker, job.kind, local, output,
-                                               checkpoint_dir=saved)
-            if status in TERMINAL:  # safe on disk before the database hears of it
-                checkpoints.save_outcome(saved, status.value, fields)
-        return self._record_end(job_id, worker, status, fields, saved)
+                return self._end(job_id, worker, attempt, JobStatus.FAILED,
+                                 {"error": f"invalid job spec: {exc}"})
+        output = attempts.output_dir(self.settings, job_id, attempt)
+        try:  # this attempt's own folders, resumed from an earlier attempt's checkpoints
+            checkpoints.prepare(self.settings, job_id, attempt)
+        except OSError as exc:
+            return self._end(job_id, worker, attempt, JobStatus.FAILED,
+                             {"error": self._os_error(exc, "preparing the job's folders")})
+        with Heartbeat(self.sessions, job_id, worker, self.settings.heartbeat_s,
+                       attempt) as heartbeat:
+            status, fields = self._execute(
+                job_id, worker, job.kind, local, output,
+                checkpoint_dir=attempts.checkpoint_dir(self.settings, job_id, attempt),
+                heartbeat=heartbeat, attempt=attempt)
+        return self._end(job_id, worker, attempt, status, fields)
 
     def _claim_retrying(self, session: Session, job_id: str, worker: str) -> Job | Outcome:
         """`_claim`, retried while the database is unreachable (then DatabaseUnavailable:
@@ -250,58 +281,107 @@ class JobRunner:
 
         return retry_db(claim, what=f"job {job_id}: claim", budget_s=self.settings.db_retry_s)
 
-    def _record_end(self, job_id: str, worker: str, status: JobStatus | None,
-                    fields: dict[str, Any], saved: Path) -> Outcome:
-        """`_finish`, retried for `db_retry_s` while the database is unreachable; the
-        checkpoints go once a final status is recorded."""
-        def write() -> Outcome:
-            with self.sessions() as session:
-                job = crud.get_job(session, job_id)
-                return self._finish(session, job, status, owner=worker, **dict(fields))
+    def _end(self, job_id: str, worker: str, attempt: int, status: JobStatus | None,
+             fields: dict[str, Any]) -> Outcome:
+        """Record how this attempt ended, then promote its folder if it won.
 
+        A final outcome is hashed (SHA-256 of every output, outside any transaction) and
+        saved next to the outputs first, so that it survives an outage longer than
+        `db_retry_s` (the sweeper, or this worker's next start, records it). Then one
+        short transaction records it, retried for `db_retry_s` while the database is
+        unreachable."""
+        if status is None:  # the job is not ours any more, or we lost the database
+            self._forget(job_id, attempt)
+            return Outcome("lost", "this attempt no longer owns the job; nothing recorded")
+        saved = attempts.SavedOutcome(attempt, worker, status, dict(fields))
+        if status in TERMINAL:
+            saved.artifacts = scan(attempts.output_dir(self.settings, job_id, attempt))
+            try:
+                attempts.save_outcome(self.settings, job_id, saved)
+            except OSError as exc:  # a full disk: the database is the only record left
+                log.error("job %s: its outcome could not be saved on disk (%s); recording "
+                          "it in the database only", job_id, exc)
         try:
-            outcome = retry_db(write, what=f"job {job_id}: recording its end",
-                               budget_s=self.settings.db_retry_s)
+            return retry_db(lambda: self._finish(job_id, saved),
+                            what=f"job {job_id}: recording its end",
+                            budget_s=self.settings.db_retry_s)
         except DatabaseUnavailable as exc:
-            log.error("%s. Its files and outcome stay on disk (%s); the job is recovered "
-                      "when its heartbeat goes stale, and its next attempt records them",
-                      exc, saved)
+            log.error("%s. Its files and outcome stay on disk (%s); the sweeper records "
+                      "them once the database is back and the job's heartbeat is stale",
+                      exc, attempts.root(self.settings, job_id))
             return Outcome("unrecorded", str(exc))
-        if status in TERMINAL and outcome.status == status:
-            checkpoints.discard(saved)
-        return outcome
 
-    def _finish(self, session: Session, job: Job, status: JobStatus | None, *, owner: str,
-                **fields: Any) -> Outcome:
-        """Record the files and the final status (or the hand-back to the queue)."""
-        if status in TERMINAL and job.status == status and job.worker == owner:
-            return Outcome(status.value, "already recorded")  # by a retried write's first try
-        if status is None or job.status != JobStatus.RUNNING or job.worker != owner:
-            log.error("job %s was taken from us (now %s on %s); leaving it", job.id,
-                      job.status, job.worker)
-            return Outcome("lost")
-        if status is JobStatus.QUEUED:
-            fields.setdefault("enqueued_at", None)
-        try:
-            transition(session, job, status, owner=owner, **fields)
-            crud.replace_artifacts(session, job.id, scan(self.settings.artifacts_dir / job.id))
-            session.commit()
-        except ConcurrentChange:
-            log.error("job %s changed under us; not marking it %s", job.id, status)
-            session.rollback()
-            return Outcome("lost")
-        log.info("job %s: %s%s", job.id, status.value,
-                 f" ({fields['error']})" if fields.get("error") else "")
+    def _finish(self, job_id: str, saved: attempts.SavedOutcome) -> Outcome:
+        """Record the attempt's end (or its hand-back to the queue) if the job is still
+        this attempt's; then promote its outputs to the job's folder."""
+        status, worker, attempt = saved.status, saved.worker, saved.attempt
+        with self.sessions() as session:
+            job = crud.get_job(session, job_id)
+            if (status in TERMINAL and job.status == status and job.worker == worker
+                    and job.attempts == attempt):  # a retried write's first try, or the sweeper
+                self._promote(job_id, attempt)
+                return Outcome(status.value, "already recorded")
+            if (job.status != JobStatus.RUNNING or job.worker != worker
+                    or job.attempts != attempt):
+                log.error("job %s was taken from us (now %s on %s, attempt %d); leaving it",
+                          job.id, job.status, job.worker, job.attempts)
+                self._forget(job_id, attempt)
+                return Outcome("lost")
+            if status is JobStatus.QUEUED:
+                saved.fields.setdefault("enqueued_at", None)
+            try:
+                attempts.record(session, job, saved)
+            except ConcurrentChange:
+                log.error("job %s changed under us; not marking it %s", job.id, status)
+                session.rollback()
+                self._forget(job_id, attempt)
+                return Outcome("lost")
+        if status in TERMINAL:
+            self._promote(job_id, attempt)
+        error = saved.fields.get("error") or ""
+        log.info("job %s: %s%s", job_id, status.value, f" ({error})" if error else "")
         if status is JobStatus.QUEUED and self.celery is not None:
             try:
                 with self.sessions() as again:
-                    enqueue(self.celery, again, [job.id])
+                    enqueue(self.celery, again, [job_id])
             except Exception:
-                log.warning("job %s stays queued until the API re-sends it", job.id)
-        hooks.job_ended(self.context, job.id, owner)
-        return Outcome(status.value, fields.get("error") or "")
+                log.warning("job %s stays queued until the API re-sends it", job_id)
+        hooks.job_ended(self.context, job_id, worker)
+        return Outcome(status.value, error)
 
-    def _progress_hook(self, job_id: str) -> Callable[[Any], None]:
+    def _promote(self, job_id: str, attempt: int) -> None:
+        try:
+            attempts.promote(self.settings, job_id, attempt)
+        except OSError:  # recorded: the sweeper promotes it from its saved outcome
+            log.exception("job %s: attempt %d recorded but not promoted yet", job_id, attempt)
+
+    def _forget(self, job_id: str, attempt: int) -> None:
+        """A losing attempt drops its folders once the job has ended (while it has not,
+        a later attempt may be copying them to resume; its promotion drops them)."""
+        try:
+            with self.sessions() as session:
+                ended = session.scalar(select(Job.status).where(Job.id == job_id)) in TERMINAL
+        except RETRYABLE:
+            return
+        if ended:
+            attempts.discard(self.settings, job_id, attempt)
+
+    @staticmethod
+    def _os_error(exc: BaseException, doing: str) -> str:
+        if _disk_full(exc):
+            return f"disk full: no space left on the device while {doing}; free some and " \
+                   "submit the job again"
+        return f"internal error while {doing}: {type(exc).__name__}: {exc}"
+
+    def _progress_hook(self, job_id: str, worker: str | None = None,
+                       attempt: int | None = None) -> Callable[[Any], None]:
+        """Saves each epoch's progress (and its event) while the job is this attempt's."""
+        where = [Job.id == job_id, Job.status == JobStatus.RUNNING.value]
+        if worker is not None:
+            where.append(Job.worker == worker)
+        if attempt is not None:
+            where.append(Job.attempts == attempt)
+
         def on_epoch(event: Any) -> None:
             total = max(1, event.nb_of_runs * event.nb_of_epochs)
             progress = {
@@ -313,14 +393,14 @@ class JobRunner:
             }
             def write() -> None:
                 with self.sessions() as session:
-                    session.execute(
-                        update(Job)
-                        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
-                        .values(progress=progress, updated_at=utcnow(), heartbeat_at=utcnow())
+                    saved = session.execute(
+                        update(Job).where(*where)
+                        .values(progress=progress, updated_at=utcnow(), heartbeat_at=db_now())
                         .execution_options(synchronize_session=False)
-                    )
+                    ).rowcount  # type: ignore[attr-defined]
                     session.commit()
-                    hooks.epoch_event(session, job_id, progress)
+                    if saved:
+                        hooks.epoch_event(session, job_id, progress)
 
             try:
                 retry_db(write, what=f"progress of job {job_id}", budget_s=PROGRESS_RETRY_S)
@@ -332,20 +412,23 @@ class JobRunner:
         return on_epoch
 
     def _execute(self, job_id: str, worker: str, kind: str, spec: Any, output: Path,
-                 checkpoint_dir: Path | None = None) -> tuple[JobStatus | None, dict[str, Any]]:
+                 checkpoint_dir: Path | None = None, heartbeat: Heartbeat | None = None,
+                 attempt: int | None = None) -> tuple[JobStatus | None, dict[str, Any]]:
         """Run the library; map its outcome to (status, fields). Imports TensorFlow.
 
-        With `checkpoint_dir`, the library saves each epoch there and resumes from it."""
+        With `checkpoint_dir`, the library saves each epoch there and resumes from it.
+        None as the status: the job is not this attempt's any more (taken over, or its
+        heartbeat was lost for `heartbeat_loss_s`); nothing is to be recorded."""
         from quanta.datasets import DatasetError
         from quanta.errors import Cancelled, QuantaError
         from quanta.experiment import TRACED_MODELS, run_transfer, train_source
 
         TRACED_MODELS.resize(self.settings.traced_models)
 
-        cancel_check = CancelCheck(self, job_id, worker)
+        cancel_check = CancelCheck(self, job_id, worker, heartbeat, attempt)
         hooks: dict[str, Any] = {
             "data_dir": self.settings.data_dir,
-            "on_epoch": self._progress_hook(job_id),
+            "on_epoch": self._progress_hook(job_id, worker, attempt),
             "should_cancel": cancel_check,
             "checkpoint_dir": checkpoint_dir,
             "checkpoint_interval_s": self.settings.checkpoint_interval_s,
@@ -379,7 +462,7 @@ class JobRunner:
                     job_plots.transfer_plot(spec, transfer.experiment_dir, output,
                                             spec.nb_of_runs)
         except Cancelled as exc:
-            if cancel_check.lost:
+            if cancel_check.lost or cancel_check.silenced:
                 return None, {}
             if cancel_check.over_time and not cancel_check.requested:
                 limit = self.settings.max_job_seconds
@@ -391,12 +474,32 @@ class JobRunner:
                 return JobStatus.QUEUED, {}
             return JobStatus.CANCELLED, {"result": {"message": str(exc)}}
         except (QuantaError, DatasetError) as exc:
+            if _disk_full(exc):
+                return JobStatus.FAILED, {"error": self.redact(self._os_error(
+                    exc, f"writing the job's files ({exc})"))}
             return JobStatus.FAILED, {"error": self.redact(str(exc))}
         except Exception as exc:
+            if _disk_full(exc):  # never retried: the next attempt would find no more room
+                log.error("job %s: disk full (%s)", job_id, exc)
+                return JobStatus.FAILED, {"error": self.redact(self._os_error(
+                    exc, "writing the job's files"))}
             log.exception("job %s: internal error", job_id)
             message = f"internal error: {type(exc).__name__}: {exc}"
             return JobStatus.FAILED, {"error": self.redact(message)}
         return JobStatus.SUCCEEDED, {"result": result}
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an error it was raised from, is a full disk or quota (h5py and
+    Keras wrap the OSError, sometimes only keeping its message)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "errno = 28" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _relative(path: Path, root: Path) -> str:
