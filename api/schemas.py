@@ -8,8 +8,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from quanta_spec import RemoteSourceSpec, RemoteStudySpec, RemoteTransferSpec
+from quanta_spec.baselines import RemoteScoresSpec
 
-JobKind = Literal["source", "transfer", "study"]
+JobKind = Literal["source", "transfer", "study", "scores"]
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 UploadKind = Literal["weights", "model", "dataset"]
 #: Largest `offset` of a list query (databases take 64-bit integers at most).
@@ -41,7 +42,14 @@ class StudyJobCreate(_Strict):
     spec: RemoteStudySpec
 
 
-JobCreate = Annotated[SourceJobCreate | TransferJobCreate | StudyJobCreate,
+class ScoresJobCreate(_Strict):
+    """Baseline transferability scores of a frozen source per layer: no training."""
+
+    kind: Literal["scores"] = "scores"
+    spec: RemoteScoresSpec
+
+
+JobCreate = Annotated[SourceJobCreate | TransferJobCreate | StudyJobCreate | ScoresJobCreate,
                       Field(discriminator="kind")]
 
 

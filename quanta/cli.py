@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--test_every_epoch", action="store_true",
         help="evaluate the target on the test split after every epoch (the paper's protocol)",
     )
+    parser.add_argument(
+        "--baselines", action="store_true",
+        help="also write baseline_scores.json: LogME, H-score, TransRate and GBC of the frozen "
+        "source's transferred layers, LEEP and NCE of the source, on the target training "
+        "samples (no training; not in the seed's tool)",
+    )
     add_common_options(parser, architecture_default=None)
     return parser
 
@@ -176,6 +182,32 @@ def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace]
     return 0
 
 
+def _baselines(args: argparse.Namespace, spec: Any, folder: Path,
+               finals: dict[str, list[float]]) -> None:
+    """`baseline_scores.json` beside the run files, and the scores beside the mean final
+    λ_s of each transferred layer."""
+    from quanta.baselines import score_source
+    from quanta_spec.baselines import ScoresSpec
+
+    scores = score_source(ScoresSpec(
+        source_task=spec.source_task, source_weights=spec.source_weights,
+        target_task=spec.target_task, layers=list(spec.transferred_layers),
+        architecture=spec.architecture, width_multiplier=spec.width_multiplier,
+        nb_of_target_samples=spec.nb_of_target_samples), folder, data_dir=args.data_dir)
+    names = ("logme", "h_score", "transrate", "gbc")
+    print(f"\nBaseline scores in {scores.path}")
+    print(f"{'layer':>5}  {'mean λ_s':>9}  " + "  ".join(f"{n:>10}" for n in names))
+    for layer, values in scores.scores["layers"].items():
+        lam = finals.get(layer)
+        lam_text = f"{sum(lam) / len(lam):9.4f}" if lam else f"{'':>9}"
+        print(f"{layer:>5}  {lam_text}  " + "  ".join(
+            f"{values[n]:10.4g}" if values.get(n) is not None else f"{'n/a':>10}"
+            for n in names))
+    source = scores.scores["source"]
+    print("source: " + ", ".join(f"{k.upper()} {v:.4f}" for k, v in source.items()
+                                 if v is not None))
+
+
 def _transfer(args: argparse.Namespace, spec: Any) -> None:
     from quanta.experiment import run_transfer
     from quanta.progress import EpochProgressBar
@@ -201,6 +233,12 @@ def _transfer(args: argparse.Namespace, spec: Any) -> None:
                 f"       witness accuracy {run.witness_metrics['categorical_accuracy']:.4f}, "
                 f"transfer gain {run.transfer_gain:+.4f}"
             )
+    if args.baselines:
+        finals: dict[str, list[float]] = {}
+        for run in result.runs:
+            for layer, values in run.quantas.items():
+                finals.setdefault(str(layer), []).append(values["source"])
+        _baselines(args, spec, result.experiment_dir, finals)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from quanta_spec import TransferSpec
 
     def go(args: argparse.Namespace) -> None:
-        _transfer(args, make_spec(parser, TransferSpec, args))
+        _transfer(args, make_spec(parser, TransferSpec, args,
+                                  exclude=("output_dir", "data_dir", "baselines")))
 
     return run_cli(parser, go, argv)
 

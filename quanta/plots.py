@@ -164,20 +164,61 @@ def _label_points(ax: Any, xs: Sequence[float], means: Sequence[float],
                     xytext=(0, -10 if below else 4), ha="center", fontsize=7, color=color)
 
 
-def transferability(summary: Summary, path: str | Path, title: str) -> Path:
+def transferability(summary: Summary, path: str | Path, title: str,
+                    baselines: dict[str, Any] | None = None) -> Path:
     """`transferability_figure`, saved as a PNG at `path`."""
-    return _save(transferability_figure(summary, title), path)
+    return _save(transferability_figure(summary, title, baselines), path)
 
 
-def transferability_figure(summary: Summary, title: str) -> Figure:
+#: The per-layer baseline scores, in the order of the plot's legend, with their names.
+SCORE_NAMES = {"logme": "LogME", "h_score": "H-score", "transrate": "TransRate", "gbc": "GBC"}
+
+
+def _scores_panel(ax: Any, baselines: dict[str, Any]) -> None:
+    """Each baseline score per layer, min-max normalised across the layers (the scores
+    live on unrelated scales; their ordering of the layers is what compares with λ_s),
+    labelled with its Spearman ρ against the mean λ_s."""
+    layers = sorted(baselines["layers"], key=int)
+    correlations = baselines.get("correlations", {})
+    for i, (name, label) in enumerate(SCORE_NAMES.items()):
+        points = [(int(k), baselines["layers"][k].get(name)) for k in layers]
+        points = [(x, v) for x, v in points if isinstance(v, int | float) and math.isfinite(v)]
+        if not points:
+            continue
+        values = [v for _, v in points]
+        low, high = min(values), max(values)
+        scaled = [(v - low) / (high - low) if high > low else 0.5 for v in values]
+        rho = (correlations.get(name) or {}).get("spearman")
+        text = f"{label} (ρ = {rho:+.2f})" if isinstance(rho, int | float) else label
+        ax.plot([x for x, _ in points], scaled, marker="^", markersize=4, linewidth=1.2,
+                color=_COLORS[(i + 2) % len(_COLORS)], label=text)
+    source = baselines.get("source") or {}
+    whole = ", ".join(f"{name.upper()} {source[name]:.3f}" for name in ("leep", "nce")
+                      if isinstance(source.get(name), int | float))
+    ax.set_ylabel("baseline score\n(min-max across layers)")
+    ax.set_ylim(-0.08, 1.08)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Baseline scores of the frozen source (ρ: Spearman with mean {LAMBDA_S})"
+                 + (f"\nwhole source: {whole}" if whole else ""), fontsize="small")
+    ax.legend(loc="best", fontsize="x-small", ncol=2)
+
+
+def transferability_figure(summary: Summary, title: str,
+                           baselines: dict[str, Any] | None = None) -> Figure:
     """Final λ_s per transferred layer with its 95% confidence interval.
 
     One point per layer measured alone; with the `all` entry, a second series: the λ_s
     of each of the seven QUANTA layers when they are all transferred at once. The
     dashed line is λ_s when training starts: above it, the target took more of the
-    source's features than it was given.
+    source's features than it was given. With `baselines` (a study summary's, with
+    per-layer scores), a panel below shows each baseline score on the same layers.
     """
-    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    with_scores = bool(baselines and baselines.get("layers"))
+    if with_scores:
+        fig, (ax, below) = plt.subplots(2, 1, figsize=(7.5, 7.0), sharex=True,
+                                        gridspec_kw={"height_ratios": [3, 2]})
+    else:
+        fig, ax = plt.subplots(figsize=(7.5, 4.4))
     ax.axhline(INITIAL_LAMBDA_S, color="0.45", linestyle="--", linewidth=1,
                label=f"{LAMBDA_S} at the start ({INITIAL_LAMBDA_S:.3f})")
     xs, means, errs = _points(summary, "lambda_s")
@@ -202,6 +243,11 @@ def transferability_figure(summary: Summary, title: str) -> Figure:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize="small")
+    if with_scores:
+        assert baselines is not None
+        ax.set_xlabel("")
+        _scores_panel(below, baselines)
+        _layer_axis(below, with_all=False)
     return fig
 
 

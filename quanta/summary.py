@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,8 +83,10 @@ class Summary:
             "complete": not self.missing,
         }
 
-    def as_csv(self) -> str:
-        """One row per (entry, QUANTA layer)."""
+    def as_csv(self, scores: Mapping[str, Mapping[str, float | None]] | None = None) -> str:
+        """One row per (entry, QUANTA layer); with `scores` (by layer, the baseline
+        scores of the study's source), each row ends with the scores of its QUANTA layer."""
+        names = sorted({name for values in (scores or {}).values() for name in values})
         out = io.StringIO()
         writer = csv.writer(out)
         columns = ["entry", "quanta_layer", "runs", "lambda_s_mean", "lambda_s_std",
@@ -92,7 +94,7 @@ class Summary:
         for metric in ("target_accuracy", "witness_accuracy", "transfer_gain"):
             columns += [f"{metric}_mean", f"{metric}_std", f"{metric}_ci95_low",
                         f"{metric}_ci95_high"]
-        writer.writerow(columns)
+        writer.writerow(columns + names)
         for entry, data in self.entries.items():
             for layer, lam in data["lambda_s"].items():
                 row = [entry, layer, lam["n"], lam["mean"], _blank(lam["std"]),
@@ -103,6 +105,8 @@ class Summary:
                         row += [d["mean"], _blank(d["std"]), *(d["ci95"] or ["", ""])]
                     else:
                         row += ["", "", "", ""]
+                layer_scores = (scores or {}).get(layer, {})
+                row += [_blank(layer_scores.get(name)) for name in names]
                 writer.writerow(row)
         return out.getvalue()
 

@@ -3,6 +3,8 @@
     quanta-client submit -s cifar10 -sw SourceModel.weights.h5 -t cifar100 -l 0 --wait
     quanta-client study -s cifar10 -sw job:ID -t cifar100 --layers all -r 30 --download expe
     quanta-client train-source -s cifar10 --nb_of_epochs 60 --seed 42 --wait
+    quanta-client scores -s cifar10 -sw job:ID -t cifar100 --wait
+    quanta-client compare STUDY_A STUDY_B --plot compare.png
     quanta-client status ID | wait ID | cancel ID | download ID DIR
 
 `submit` and `train-source` take the local command lines' options (`quanta`,
@@ -23,13 +25,22 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from quanta_client.api import DEFAULT_SERVER, ApiError, Client, ClientError, Unreachable
 from quanta_client.follow import TERMINAL, follow
 from quanta_client.layout import download_job
 from quanta_client.report import describe_job, report
-from quanta_client.specs import TASK_HELP, Files, Usage, source_spec, transfer_spec
+from quanta_client.specs import (
+    TASK_HELP,
+    Files,
+    Usage,
+    scores_spec,
+    source_spec,
+    transfer_spec,
+)
+from quanta_client.tables import compare_table
 from quanta_spec.options import positive_int
 
 PROG = "quanta-client"
@@ -123,8 +134,46 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'all' (0-6) or comma-separated layers, e.g. 0,3,6 (-1: all at once)")
     study.add_argument("--include_all_at_once", action="store_true",
                        help="also measure the seven layers transferred at once")
+    study.add_argument("--baselines", action="store_true",
+                       help="also report baseline scores of the source per layer (LogME, "
+                       "H-score, TransRate, GBC; LEEP, NCE) and their rank correlations with λ_s")
+    study.add_argument("--until", type=float, default=None, metavar="HALFWIDTH",
+                       help="run each layer until the 95%% CI half-width of its final λ_s is "
+                       "at most HALFWIDTH (instead of -r runs)")
+    study.add_argument("--max_runs", type=positive_int, default=None,
+                       help="with --until: most runs per layer (the service's default: 30)")
+    study.add_argument("--min_runs", type=positive_int, default=None,
+                       help="with --until: runs per layer to start with (default: 3)")
     _follow_options(study)
     _connection(study, top=False)
+
+    scores = sub.add_parser("scores", help="baseline transferability scores of a source's "
+                            "layers on a target task (no training)")
+    scores.add_argument("-s", "--source_task", required=True, help=f"source task: {TASK_HELP}")
+    scores.add_argument("-sw", "--source_weights", required=True,
+                        help="source weights: a local .h5 file, job:SOURCE_JOB_ID or upload:ID")
+    scores.add_argument("-t", "--target_task", required=True, help=f"target task: {TASK_HELP}")
+    scores.add_argument("--layers", type=layers_option, default="all",
+                        help="'all' (default) or comma-separated layers 0-6")
+    scores.add_argument("--nb_of_target_samples", type=positive_int, default=None,
+                        help="score the first N target training samples (default: all)")
+    scores.add_argument("--width_multiplier", type=float, default=None,
+                        help="the source network's width multiplier (default: 1.0)")
+    scores.add_argument("--architecture", choices=("kes2021", "compact2025"), default=None,
+                        help="the source network (default: read off the weights file)")
+    _follow_options(scores)
+    _connection(scores, top=False)
+
+    compare = sub.add_parser("compare", help="compare studies layer by layer (difference of "
+                             "mean λ_s, Welch's p-value)")
+    compare.add_argument("study_ids", metavar="ID", nargs="+",
+                         help="two studies or more; the others are compared with the first")
+    compare.add_argument("--partial", action="store_true",
+                         help="also compare unfinished studies on their runs so far")
+    compare.add_argument("--plot", metavar="PNG", default=None,
+                         help="also write the comparison plot to this file")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    _connection(compare, top=False)
 
     source = sub.add_parser("train-source", help="train a source model (the "
                             "`quanta-train-source` options)")
@@ -179,13 +228,31 @@ def _finish(client: Client, job: dict[str, Any], args: argparse.Namespace,
     return 0
 
 
+def _compare(client: Client, args: argparse.Namespace, err: Callable[[str], None]) -> int:
+    if len(args.study_ids) < 2:
+        raise Usage("compare takes two study ids or more")
+    params = {"ids": ",".join(args.study_ids), "partial": str(args.partial).lower()}
+    body = client.json("GET", "/v1/studies/compare", params=params)
+    if args.json:
+        print(json.dumps(body, indent=1))
+    else:
+        compare_table(body, print)
+    if args.plot:
+        png = client.request("GET", "/v1/studies/compare.png", params=params).content
+        Path(args.plot).write_bytes(png)
+        err(f"plot written to {args.plot}")
+    return 0
+
+
 def run(args: argparse.Namespace, err: Callable[[str], None]) -> int:
     with Client(args.server, args.token) as client:
         command = args.command
-        if command in ("submit", "study", "train-source"):
+        if command in ("submit", "study", "train-source", "scores"):
             files = Files(client, err)
             if command == "train-source":
                 job = client.submit("source", source_spec(args, files))
+            elif command == "scores":
+                job = client.submit("scores", scores_spec(args, files))
             else:
                 kind = "study" if command == "study" else "transfer"
                 job = client.submit(kind, transfer_spec(args, files))
@@ -194,6 +261,8 @@ def run(args: argparse.Namespace, err: Callable[[str], None]) -> int:
             if job["kind"] == "study":
                 err(f"study {job['id']}: {job['progress']['total']} transfer jobs queued")
             return _finish(client, job, args, err)
+        if command == "compare":
+            return _compare(client, args, err)
         if command == "status":
             job = client.job(args.job_id)
             if args.json:

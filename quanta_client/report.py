@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from quanta_client.api import Client
+from quanta_client.tables import correlations_table, scores_table, stopping_table
 from quanta_spec.layout import SUMMARY_JSON
 
 
@@ -67,6 +68,19 @@ def report(client: Client, job: dict[str, Any], out: Callable[[str], None]) -> N
                 f"{_mean_ci(data.get('transfer_gain'), signed=True)}")
         for gap in summary.get("missing", []):
             out(f"missing: layer {gap['entry']} run {gap['run']}: {gap['reason']}")
+        if summary.get("stopping"):
+            stopping_table(summary["stopping"], out)
+        baselines = summary.get("baselines")
+        if baselines and baselines.get("layers"):
+            out("baseline scores of the source (no training):")
+            scores_table(baselines, out)
+            correlations_table(baselines.get("correlations") or {}, out)
+        elif baselines and baselines.get("error"):
+            out(baselines["error"])
+    elif job["kind"] == "scores":
+        out(f"baseline scores on {result.get('nb_of_samples')} target training samples "
+            f"({result.get('file')}):")
+        scores_table(result, out)
 
 
 def describe_job(job: dict[str, Any]) -> str:

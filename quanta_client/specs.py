@@ -92,7 +92,27 @@ def transfer_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:
     else:
         spec["layers"] = args.layers
         spec["include_all_at_once"] = args.include_all_at_once
+        spec["baselines"] = args.baselines
+        if args.until is not None:
+            spec["until"] = {"ci_halfwidth": args.until,
+                             **_optional(args, "max_runs", "min_runs")}
+            if args.nb_of_runs is not None:
+                raise Usage("argument --until: give -r/--nb_of_runs or --until, not both")
+            spec.pop("nb_of_runs")
+        elif args.max_runs is not None or args.min_runs is not None:
+            raise Usage("arguments --max_runs/--min_runs: they go with --until")
     return spec
+
+
+def scores_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:
+    return {
+        "source_task": files.task(args.source_task, "-s/--source_task"),
+        "target_task": files.task(args.target_task, "-t/--target_task"),
+        "source_weights": files.reference(args.source_weights, "weights", (".h5",),
+                                          "-sw/--source_weights"),
+        "layers": args.layers,
+        **_optional(args, "nb_of_target_samples", "width_multiplier", "architecture"),
+    }
 
 
 def source_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from quanta_spec import (
     layer_label,
     run_seed,
 )
+from quanta_spec.baselines import RemoteScoresSpec, ScoresSpec
 from quanta_spec.jobs import JobKind
 from quanta_spec.layout import SOURCE_FILE_NAMES, run_file_names
 
@@ -142,7 +143,7 @@ def _task(session: Session, settings: Settings, task: str | UploadRef, field: st
     return task
 
 
-def check_ranges(spec: RemoteSourceSpec | RemoteTransferSpec) -> None:
+def check_ranges(spec: RemoteSourceSpec | RemoteTransferSpec | RemoteScoresSpec) -> None:
     """Numbers the spec's types allow but the service cannot honour: 422 naming the field.
 
     Seeds feed NumPy's 32-bit generator (seed + run), and counts of runs, epochs and
@@ -154,16 +155,18 @@ def check_ranges(spec: RemoteSourceSpec | RemoteTransferSpec) -> None:
             raise Invalid(f"{field} must be at most {limit} in absolute value (got {value})",
                           loc=(*LOC, field))
     if isinstance(spec, RemoteTransferSpec):
-        last = run_seed(spec.seed, spec.nb_of_runs - 1)
+        runs = spec.max_runs if isinstance(spec, RemoteStudySpec) else spec.nb_of_runs
+        last = run_seed(spec.seed, runs - 1)
         if last is not None and last > MAX_SEED:
             raise Invalid(f"seed + nb_of_runs - 1 must be at most {MAX_SEED} (got {last})",
                           loc=(*LOC, "seed"))
 
 
 def resolve_spec(
-    session: Session, settings: Settings, spec: RemoteSourceSpec | RemoteTransferSpec,
+    session: Session, settings: Settings,
+    spec: RemoteSourceSpec | RemoteTransferSpec | RemoteScoresSpec,
     *, owner: str | None = None,
-) -> SourceSpec | TransferSpec:
+) -> SourceSpec | TransferSpec | ScoresSpec:
     """The local spec the library runs; raises `Invalid`/`Conflict` naming the bad field.
 
     With `owner`, jobs and uploads of other owners are unknown (the API passes the
@@ -174,6 +177,11 @@ def resolve_spec(
         spec = spec.child_spec(spec.study_layers[0], 0)
     values: dict[str, Any] = spec.model_dump()
     values["source_task"] = _task(session, settings, spec.source_task, "source_task", owner)
+    if isinstance(spec, RemoteScoresSpec):
+        values["target_task"] = _task(session, settings, spec.target_task, "target_task", owner)
+        values["source_weights"] = _file(session, settings, spec.source_weights,
+                                         "source_weights", JobKind.SOURCE, owner)
+        return ScoresSpec.model_validate(values)
     if isinstance(spec, RemoteTransferSpec):
         values["target_task"] = _task(session, settings, spec.target_task, "target_task", owner)
         values["source_weights"] = _file(session, settings, spec.source_weights,
@@ -190,8 +198,9 @@ def resolve_spec(
     return SourceSpec.model_validate(values)
 
 
-def remote_spec(kind: str, spec: dict[str, Any]) -> RemoteSourceSpec | RemoteTransferSpec:
+def remote_spec(kind: str, spec: dict[str, Any]
+                ) -> RemoteSourceSpec | RemoteTransferSpec | RemoteScoresSpec:
     """Parse a stored spec back into its model (the database holds it as JSON)."""
-    model = {JobKind.SOURCE: RemoteSourceSpec, JobKind.STUDY: RemoteStudySpec}.get(
-        kind, RemoteTransferSpec)
+    model = {JobKind.SOURCE: RemoteSourceSpec, JobKind.STUDY: RemoteStudySpec,
+             JobKind.SCORES: RemoteScoresSpec}.get(kind, RemoteTransferSpec)
     return model.model_validate(spec)

@@ -83,6 +83,15 @@ def score_correlations(
     }
 
 
+def ci95_halfwidth(values: Sequence[float]) -> float | None:
+    """Half-width of the 95% confidence interval of the mean (Student's t, as the study
+    summary's `ci95`); None below two finite values."""
+    x = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if x.shape[0] < MIN_RUNS_FOR_TEST:
+        return None
+    return float(stats.t.ppf(0.975, x.shape[0] - 1) * x.std(ddof=1) / math.sqrt(x.shape[0]))
+
+
 def welch_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
     """The two-sided p-value of Welch's t-test for equal means of `a` and `b`, or None.
 

@@ -16,6 +16,8 @@ class JobKind(StrEnum):
     TRANSFER = "transfer"
     #: Runs on no worker: its children (transfer jobs) do.
     STUDY = "study"
+    #: Baseline transferability scores of a frozen source: one inference pass, no training.
+    SCORES = "scores"
 
 
 class JobStatus(StrEnum):

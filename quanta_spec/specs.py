@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from quanta_spec.networks import DEFAULT_ARCHITECTURE, Architecture
+from quanta_spec.stopping import UntilRule
 
 #: Tasks that `quanta.datasets` knows by name; `npz:PATH` names a user file.
 BUILTIN_TASKS: tuple[str, ...] = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits")
@@ -366,12 +367,27 @@ class RemoteStudySpec(RemoteTransferSpec):
     include_all_at_once: bool = Field(
         default=False, description="Also measure the seven layers transferred at once (-1)."
     )
+    baselines: bool = Field(
+        default=False,
+        description="Also compute the baseline transferability scores of the frozen source "
+        "on the target training samples (LogME, H-score, TransRate, GBC per layer; LEEP and "
+        "NCE for the source) and their rank correlations with λ_s across layers.",
+    )
+    until: UntilRule | None = Field(
+        default=None,
+        description="Stop each layer when it is known well enough: start min_runs runs per "
+        "layer, add runs as they end until the 95% CI half-width of the layer's final λ_s "
+        "is at most ci_halfwidth or max_runs runs were started. Replaces nb_of_runs.",
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _fill_protocol(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("protocol") in PROTOCOLS:
-            data = {**PROTOCOLS[data["protocol"]], **data}
+            preset = PROTOCOLS[data["protocol"]]
+            if data.get("until") is not None:  # `until` sets the runs, not the preset
+                preset = {k: v for k, v in preset.items() if k != "nb_of_runs"}
+            data = {**preset, **data}
         return data
 
     @field_validator("layer_to_transfer")
@@ -410,8 +426,12 @@ class RemoteStudySpec(RemoteTransferSpec):
 
     @model_validator(mode="after")
     def _not_too_big(self) -> RemoteStudySpec:
+        if self.until is not None and self.nb_of_runs != 1:  # 1: left out (the default)
+            raise ValueError("give nb_of_runs or until, not both: with until, each layer "
+                             "runs until.min_runs to until.max_runs times")
         if self.nb_of_jobs > MAX_STUDY_JOBS:
-            raise ValueError(f"{len(self.study_layers)} layers x {self.nb_of_runs} runs make "
+            runs = "until.max_runs" if self.until is not None else "runs"
+            raise ValueError(f"{len(self.study_layers)} layers x {self.max_runs} {runs} make "
                              f"{self.nb_of_jobs} jobs; a study may have {MAX_STUDY_JOBS} at most")
         return self
 
@@ -423,8 +443,19 @@ class RemoteStudySpec(RemoteTransferSpec):
         return (*[k for k in layers if k >= 0], *[k for k in layers if k < 0])
 
     @property
+    def max_runs(self) -> int:
+        """Most runs of one layer: `nb_of_runs`, or `until.max_runs`."""
+        return self.until.max_runs if self.until is not None else self.nb_of_runs
+
+    @property
+    def first_runs(self) -> int:
+        """Runs of each layer created with the study (`until` adds the others later)."""
+        return self.until.min_runs if self.until is not None else self.nb_of_runs
+
+    @property
     def nb_of_jobs(self) -> int:
-        return len(self.study_layers) * self.nb_of_runs
+        """Most child jobs the study may have."""
+        return len(self.study_layers) * self.max_runs
 
     @property
     def transferred_layers(self) -> tuple[int, ...]:
@@ -444,6 +475,7 @@ class RemoteStudySpec(RemoteTransferSpec):
 
     def child_spec(self, layer: int, run: int) -> RemoteTransferSpec:
         """The transfer job that measures `layer` in run `run` of the study."""
-        values = self.model_dump(exclude={"layers", "include_all_at_once", "protocol"})
+        values = self.model_dump(exclude={"layers", "include_all_at_once", "protocol",
+                                          "baselines", "until"})
         values.update(layer_to_transfer=layer, nb_of_runs=1, seed=self.child_seed(run))
         return RemoteTransferSpec.model_validate(values)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from quanta_jobs.settings import Settings
@@ -19,6 +20,8 @@ class JobContext:
 
     settings: Settings
     sessions: sessionmaker[Session]
+    #: Where jobs a hook creates (a study's next runs) are sent; None: the sweeper sends them.
+    celery: Celery | None = None
 
     def redact(self, message: str) -> str:
         """Server folders in a message become `uploads/`, `artifacts/`, `data/`: clients

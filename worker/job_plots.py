@@ -24,17 +24,23 @@ def _title(spec: dict[str, Any]) -> str:
     return f"{task_name(spec['source_task'])} → {task_name(spec['target_task'])}"
 
 
-def write_study_plots(output: Path, study: Job, summary: Summary) -> None:
+def write_study_plots(output: Path, study: Job, summary: Summary,
+                      baselines: dict[str, Any] | None = None) -> None:
     from quanta import plots
 
     spec = study_spec(study)
-    runs = f"{spec.nb_of_runs} run{'s' if spec.nb_of_runs > 1 else ''}"
+    if spec.until is not None:
+        counts = sorted({len(data["runs"]) for data in summary.entries.values()})
+        runs = (f"{counts[0]}-{counts[-1]}" if len(counts) > 1 else f"{counts[0]}") + \
+            f" runs (until 95% CI ±{spec.until.ci_halfwidth:g})"
+    else:
+        runs = f"{spec.nb_of_runs} run{'s' if spec.nb_of_runs > 1 else ''}"
     detail = f"{runs} × {spec.nb_of_target_epochs} epochs per layer"
     title = _title(study.spec)
     try:
         transferability, accuracy = STUDY_PLOTS
         plots.transferability(summary, output / study_plot(transferability),
-                              f"Transferability, {title}\n{detail}")
+                              f"Transferability, {title}\n{detail}", baselines)
         plots.accuracy(summary, output / study_plot(accuracy),
                        f"Test accuracy, {title}\n{detail}")
     except Exception:

@@ -19,12 +19,22 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from quanta_jobs import crud, job_events
+from quanta_jobs import crud, job_events, until
 from quanta_jobs.artifacts import scan
 from quanta_jobs.job_state import TERMINAL, ConcurrentChange, JobStatus, transition
 from quanta_jobs.models import Job
-from quanta_jobs.studies import KIND, claim_study_end, study_progress, unfinished_children
+from quanta_jobs.queue import enqueue
+from quanta_jobs.refs import resolve_spec
+from quanta_jobs.studies import (
+    KIND,
+    claim_study_end,
+    study_progress,
+    study_spec,
+    unfinished_children,
+)
+from quanta_jobs.study_stats import score_correlations
 from quanta_spec import layer_label
+from quanta_spec.baselines import BASELINE_SCORES_JSON, study_scores_spec
 from quanta_spec.files import atomic_write
 from quanta_spec.layout import STUDY_PLOTS, SUMMARY_CSV, SUMMARY_JSON, study_plot
 from worker.context import JobContext
@@ -44,6 +54,12 @@ def finish_study(context: JobContext, study_id: str, worker: str) -> str:
     being ended elsewhere), or the study's final status.
     """
     me = f"{worker} (ending the study)"[:255]
+    try:
+        if add_runs(context, study_id):
+            return "waiting"
+    except Exception:  # the sweeper asks again; a study is not ended on a guess
+        log.exception("study %s: its next runs could not be decided", study_id)
+        return "waiting"
     with context.sessions() as session:
         study = session.get(Job, study_id)
         if study is None or study.kind != KIND or study.status in TERMINAL:
@@ -84,6 +100,15 @@ def finish_study(context: JobContext, study_id: str, worker: str) -> str:
         return status.value
 
 
+def add_runs(context: JobContext, study_id: str) -> list[str]:
+    """The runs a study with `until` needs next (`quanta_jobs.until`), created and sent."""
+    with context.sessions() as session:
+        ids = until.extend_study(session, study_id)
+        if ids and context.celery is not None:
+            enqueue(context.celery, session, ids)  # else the sweeper sends them
+    return ids
+
+
 def aggregate(context: JobContext, session: Session, study: Job
               ) -> tuple[JobStatus, dict[str, Any]]:
     """Statistics and plots of a study whose children all ended: (final status, fields)."""
@@ -120,19 +145,67 @@ def aggregate(context: JobContext, session: Session, study: Job
         }
     summary = summarise(records, missing)
     output = context.settings.artifacts_dir / study.id
-    write_summary(output, study, summary, children)
-    write_study_plots(output, study, summary)
+    spec = study_spec(study)
+    stopping = until.stopping(spec, children)
+    baselines = study_baselines(context, session, study, summary) if spec.baselines else None
+    write_summary(output, study, summary, children, stopping=stopping, baselines=baselines)
+    write_study_plots(output, study, summary, baselines)
     return JobStatus.SUCCEEDED, {"result": {
         "children": len(children),
         "succeeded": len(records),
         "missing": missing_out,
         "complete": not missing_out,
         "entries": compact_entries(summary),
+        **({"stopping": stopping} if stopping is not None else {}),
+        **({"baselines": {k: baselines[k] for k in ("correlations", "error") if k in baselines}}
+           if baselines is not None else {}),
         "summary": f"/v1/jobs/{study.id}/summary",
         "plots": [f"/v1/jobs/{study.id}/{study_plot(name)}"
                   for name in STUDY_PLOTS if (output / study_plot(name)).is_file()],
         "progress": progress,
     }}
+
+
+def _mean_lambda_s(summary: Summary, entry: str | None = None) -> dict[str, float]:
+    """Mean final λ_s by layer: of each layer transferred alone, or (`entry` "all") of
+    each of the seven layers transferred at once."""
+    if entry is not None:
+        data = summary.entries.get(entry, {}).get("lambda_s", {})
+        return {k: stat["mean"] for k, stat in data.items() if stat["n"]}
+    return {k: data["lambda_s"][k]["mean"] for k, data in summary.entries.items()
+            if k != "all" and data["lambda_s"].get(k, {}).get("n")}
+
+
+def study_baselines(context: JobContext, session: Session, study: Job, summary: Summary
+                    ) -> dict[str, Any]:
+    """The baseline scores of the study's source per layer (`baseline_scores.json` in its
+    folder), beside the mean λ_s, with each score's rank correlations with λ_s across
+    layers. A failure is reported in place of the scores: the runs are what the study
+    measured, and they stand without them."""
+    from quanta.baselines import score_source
+
+    try:
+        local = resolve_spec(session, context.settings, study_scores_spec(study_spec(study)))
+        scored = score_source(local, context.settings.artifacts_dir / study.id,  # type: ignore[arg-type]
+                              data_dir=context.settings.data_dir)
+    except Exception as exc:
+        log.warning("study %s: baseline scores not computed", study.id, exc_info=True)
+        return {"error": context.redact(f"baseline scores not computed: {exc}")}
+    layers = {k: {name: v for name, v in values.items() if name != "dims"}
+              for k, values in scored.scores["layers"].items()}
+    lambdas = _mean_lambda_s(summary)
+    out: dict[str, Any] = {
+        "file": BASELINE_SCORES_JSON,
+        "nb_of_samples": scored.scores["nb_of_samples"],
+        "layers": {k: {"lambda_s": lambdas.get(k), **scored.scores["layers"][k]}
+                   for k in layers},
+        "source": scored.scores["source"],
+        "correlations": score_correlations(layers, lambdas),
+    }
+    if "all" in summary.entries:
+        out["correlations_all_at_once"] = score_correlations(
+            layers, _mean_lambda_s(summary, "all"))
+    return out
 
 
 def compact_entries(summary: Summary) -> dict[str, Any]:
@@ -155,14 +228,20 @@ def compact_entries(summary: Summary) -> dict[str, Any]:
     return out
 
 
-def write_summary(output: Path, study: Job, summary: Summary, children: list[Job]) -> None:
+def write_summary(output: Path, study: Job, summary: Summary, children: list[Job], *,
+                  stopping: dict[str, Any] | None = None,
+                  baselines: dict[str, Any] | None = None) -> None:
     body = {
         "study": study.id,
         "spec": study.spec,
         **summary.as_dict(),
+        **({"stopping": stopping} if stopping is not None else {}),
+        **({"baselines": baselines} if baselines is not None else {}),
         "children": [{"job": c.id, "layer": layer_label(int(c.spec["layer_to_transfer"])),
                       "run": c.study_run, "seed": c.spec.get("seed"), "status": c.status}
                      for c in children],
     }
     atomic_write(output / SUMMARY_JSON, (json.dumps(body, indent=1) + "\n").encode())
-    atomic_write(output / SUMMARY_CSV, summary.as_csv().encode())
+    scores = {k: {name: v for name, v in values.items() if name not in ("dims", "lambda_s")}
+              for k, values in (baselines or {}).get("layers", {}).items()}
+    atomic_write(output / SUMMARY_CSV, summary.as_csv(scores).encode())

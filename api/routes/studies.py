@@ -19,17 +19,21 @@ from api import events
 from api.auth import PrincipalDep
 from api.deps import SessionDep, SettingsDep
 from api.pagination import next_page
-from api.routes.jobs import CONFLICT, NOT_FOUND, PREFIX, jobs_out
+from api.routes.jobs import CONFLICT, INVALID, NOT_FOUND, PREFIX, jobs_out
 from api.schemas import MAX_OFFSET, JobPage, JobStatusName
-from quanta_jobs import crud, studies
+from quanta_jobs import compare, crud, studies
 from quanta_jobs.artifacts import safe_file
-from quanta_jobs.errors import Conflict, NotFound
+from quanta_jobs.compare_plot import comparison_png
+from quanta_jobs.errors import Conflict, Invalid, NotFound
 from quanta_jobs.job_state import JobStatus
 from quanta_jobs.models import Job
 from quanta_spec.layout import SUMMARY_JSON, study_plot
 
-router = APIRouter(prefix=PREFIX, tags=["studies"])
+#: Routes under /v1/jobs/{id}/ (a study is a job) and under /v1/studies/ (several studies).
+router = APIRouter(tags=["studies"])
+STUDIES = "/v1/studies"
 PLOT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class StudySummary(BaseModel):
@@ -60,7 +64,7 @@ def _study(session: SessionDep, job_id: str, owner: str | None, what: str) -> Jo
     return job
 
 
-@router.get("/{job_id}/children", response_model=JobPage, summary="A study's child jobs",
+@router.get(PREFIX + "/{job_id}/children", response_model=JobPage, summary="A study's child jobs",
             responses=NOT_FOUND)
 def list_children(
     job_id: str,
@@ -83,7 +87,7 @@ def list_children(
 
 
 @router.get(
-    "/{job_id}/summary",
+    PREFIX + "/{job_id}/summary",
     response_model=StudySummary,
     summary="A study's statistics",
     responses={**NOT_FOUND, **CONFLICT},
@@ -104,10 +108,14 @@ def get_summary(job_id: str, session: SessionDep, settings: SettingsDep,
     if study.status != JobStatus.SUCCEEDED:
         reason = f": {study.error}" if study.error else ""
         raise Conflict(f"study '{job_id}' {study.status}{reason}; it has no summary")
-    file = _artifact_file(session, settings, job_id, SUMMARY_JSON)
+    return JSONResponse(_read_summary(session, settings, study))
+
+
+def _read_summary(session: SessionDep, settings: SettingsDep, study: Job) -> dict[str, Any]:
+    file = _artifact_file(session, settings, study.id, SUMMARY_JSON)
     if file is None:
-        raise NotFound(f"study '{job_id}' has no summary.json (deleted?)")
-    return JSONResponse(json.loads(file.read_text()))
+        raise NotFound(f"study '{study.id}' has no summary.json (deleted?)")
+    return dict(json.loads(file.read_text()))
 
 
 def _artifact_file(session: SessionDep, settings: SettingsDep, job_id: str,
@@ -118,7 +126,7 @@ def _artifact_file(session: SessionDep, settings: SettingsDep, job_id: str,
 
 
 @router.get(
-    "/{job_id}/plots/{name}.png",
+    PREFIX + "/{job_id}/plots/{name}.png",
     summary="A plot of a job",
     response_class=FileResponse,
     responses={200: {"description": "The PNG image.", "content": {"image/png": {}}},
@@ -147,7 +155,7 @@ def get_plot(job_id: str, name: str, session: SessionDep, settings: SettingsDep,
 
 
 @router.get(
-    "/{job_id}/events",
+    PREFIX + "/{job_id}/events",
     summary="Follow a job live (Server-Sent Events)",
     response_class=StreamingResponse,
     responses={200: {"description": "`event: status` (a status change), `event: epoch` (a "
@@ -176,3 +184,71 @@ async def job_events_stream(
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
+
+
+# --- several studies -----------------------------------------------------------------
+IdsQuery = Annotated[str, Query(
+    max_length=4096, description="Comma-separated ids of two studies or more, the first "
+    "the reference the others are compared with.")]
+PartialQuery = Annotated[bool, Query(
+    description="Also compare studies that have not succeeded (queued, running, failed, "
+    "cancelled), on the runs that succeeded so far (no curves); else such a study is a "
+    "409.")]
+
+
+def _comparison(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+                ids: str, partial: bool) -> dict[str, Any]:
+    names = [part.strip() for part in ids.split(",") if part.strip()]
+    loc = ("query", "ids")
+    if len(names) < 2:
+        raise Invalid("give two study ids or more, separated by commas", loc=loc)
+    if len(names) > settings.max_compare_studies:
+        raise Invalid(f"{len(names)} studies; at most {settings.max_compare_studies} are "
+                      "compared at once (QUANTA_MAX_COMPARE_STUDIES)", loc=loc)
+    if bad := next((n for n in names if not ID.match(n)), None):
+        raise Invalid(f"'{bad[:80]}' is not a job id", loc=loc)
+    if len(set(names)) != len(names):
+        raise Invalid("a study is named twice", loc=loc)
+    curves = []
+    for name in names:
+        study = _study(session, name, principal.owner_filter, "comparisons")
+        if study.status == JobStatus.SUCCEEDED:
+            curves.append(compare.from_summary(study, _read_summary(session, settings, study)))
+        elif partial:
+            curves.append(compare.from_children(session, study))
+        else:
+            raise Conflict(f"study '{name}' is {study.status}; only succeeded studies are "
+                           "compared, unless partial=true (the runs that succeeded so far)",
+                           loc=loc)
+    return compare.compare(curves)
+
+
+@router.get(
+    STUDIES + "/compare",
+    summary="Compare studies layer by layer",
+    responses={**NOT_FOUND, **CONFLICT, **INVALID},
+)
+def compare_studies(ids: IdsQuery, session: SessionDep, settings: SettingsDep,
+                    principal: PrincipalDep, partial: PartialQuery = False) -> dict[str, Any]:
+    """Per entry (layer, or `all`) and QUANTA layer: each study's final λ_s over its runs
+    (n, mean, std, ci95, values) and mean λ_s curve per epoch, and each study after the
+    first compared with the first: `difference` (its mean minus the first's) and the
+    two-sided p-value of Welch's t-test (null below two runs on a side or without
+    variance). Only your own studies; an unknown one is a 404."""
+    return _comparison(session, settings, principal, ids, partial)
+
+
+@router.get(
+    STUDIES + "/compare.png",
+    summary="Plot of compared studies",
+    response_class=Response,
+    responses={200: {"description": "The PNG image.", "content": {"image/png": {}}},
+               **NOT_FOUND, **CONFLICT, **INVALID},
+)
+def compare_plot(ids: IdsQuery, session: SessionDep, settings: SettingsDep,
+                 principal: PrincipalDep, partial: PartialQuery = False) -> Response:
+    """Final λ_s per layer of each study (95% CI), a star where a study differs from the
+    first (Welch p < 0.05). Drawn on request from the same numbers as `compare`."""
+    body = _comparison(session, settings, principal, ids, partial)
+    return Response(comparison_png(body), media_type="image/png",
+                    headers={"Cache-Control": "no-cache"})
