@@ -133,15 +133,16 @@ def job_id(page: Any, kind: str) -> str:
 
 
 def test_page_is_served_with_a_strict_policy(server: SimpleNamespace) -> None:
-    response = httpx.get(f"{server.base}/")
+    http = httpx.Client(timeout=60)  # a loaded machine answers slowly
+    response = http.get(f"{server.base}/")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     policy = response.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy
     assert "<script>" not in response.text  # every script is a file
     for asset in ("/ui/js/main.js", "/ui/vendor/uPlot.iife.min.js", "/ui/app.css"):
-        assert httpx.get(f"{server.base}{asset}").status_code == 200, asset
-    assert httpx.get(f"{server.base}/ui/../api/main.py").status_code == 404
-    assert "/" not in httpx.get(f"{server.base}/openapi.json").json()["paths"]
+        assert http.get(f"{server.base}{asset}").status_code == 200, asset
+    assert http.get(f"{server.base}/ui/../api/main.py").status_code == 404
+    assert "/" not in http.get(f"{server.base}/openapi.json").json()["paths"]
 
 
 @pytest.mark.timeout(2400)
@@ -229,6 +230,8 @@ def test_submit_watch_open_compare_cancel(server: SimpleNamespace, page: Any,
     page.click("#compare-go")
     page.wait_for_url(re.compile(r"#/compare\?ids="))
     assert study in page.url and second in page.url
+    page.wait_for_selector("#compare-table tbody tr")
+    assert page.locator(".error-box").all_inner_texts() == []
     page.wait_for_selector("#compare-curve[data-studies='2'] .u-over")
     assert page.locator("#compare-table tbody tr").count() == 2
     assert page.locator("#compare-table .badge[data-status=succeeded]").count() == 2

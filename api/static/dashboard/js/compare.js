@@ -68,15 +68,6 @@ export function renderCompare(root, params, navigate) {
       entries: s.entries, colorIndex: i,
       label: `${shortId(s.study.id)} ${taskName(s.study.spec.source_task)}→${taskName(s.study.spec.target_task)}: `,
     }));
-    destroyAll(charts);
-    const c = h("div"), a = h("div");
-    put(curveBox, c);
-    put(accuracyBox, a);
-    curveBox.dataset.studies = String(loaded.length);
-    charts.push(lineChart(c, { title: "Transferability: final λ_s per layer", xLabel: "transferred layer",
-      yLabel: "λ_s", yRange: [0, 1], xDiscrete: true, ...curveData(studies) }));
-    charts.push(lineChart(a, { title: "Test accuracy per layer", xLabel: "transferred layer",
-      yLabel: "test accuracy", yRange: [0, 1], xDiscrete: true, xValues: layerTick, ...accuracyData(studies) }));
     const entries = [...new Set(loaded.flatMap((s) => Object.keys(s.entries)))];
     put(tableBox, h("h2", {}, "Mean final λ_s per layer (95% CI)"),
       h("table", { id: "compare-table" }, h("thead", {}, h("tr", {}, h("th", {}, "study"), h("th", {}, "status"),
@@ -92,6 +83,20 @@ export function renderCompare(root, params, navigate) {
           const mean = e === "all" ? avg(lams.map(([, v]) => v?.mean)) : stat?.mean;
           return h("td", { class: "num", title: stat ? ci(stat, 4) : "" }, num(mean), stat?.n ? h("div", { class: "small muted" }, ci(stat)) : null);
         }))))));
+    destroyAll(charts);
+    const c = h("div"), a = h("div");
+    put(curveBox, c);
+    put(accuracyBox, a);
+    curveBox.dataset.studies = String(loaded.length);
+    // A chart that cannot be drawn must not hide the table: say why in the console.
+    try {
+      charts.push(lineChart(c, { title: "Transferability: final λ_s per layer", xLabel: "transferred layer",
+        yLabel: "λ_s", yRange: [0, 1], xDiscrete: true, ...curveData(studies) }));
+      charts.push(lineChart(a, { title: "Test accuracy per layer", xLabel: "transferred layer",
+        yLabel: "test accuracy", yRange: [0, 1], xDiscrete: true, xValues: layerTick, ...accuracyData(studies) }));
+    } catch (error) {
+      console.error("compare: a chart could not be drawn", error, error.stack);
+    }
     return loaded.some((s) => !s.final && s.study.status !== "failed" && s.study.status !== "cancelled");
   };
   draw();
