@@ -41,7 +41,9 @@ from quanta_client.specs import (
     transfer_spec,
 )
 from quanta_client.tables import compare_table
+from quanta_spec.networks import NETWORKS
 from quanta_spec.options import positive_int
+from quanta_spec.specs import PROTOCOLS
 
 PROG = "quanta-client"
 
@@ -80,7 +82,16 @@ def _follow_options(parser: argparse.ArgumentParser) -> None:
                         help="poll the job instead of streaming its events")
 
 
-def _common_spec_options(parser: argparse.ArgumentParser) -> None:
+def _common_spec_options(parser: argparse.ArgumentParser, source: bool = False) -> None:
+    parser.add_argument("--architecture", choices=tuple(NETWORKS), default=None,
+                        help="the network: kes2021 (64-128-512 filters + Dense(2048), the "
+                        "seed's tool) or compact2025 (64-128-256 + Dense(1024), the 2025 "
+                        "revision) (default: " + ("kes2021)" if source else
+                                                  "read off the source weights file)"))
+    parser.add_argument("--shuffle", action="store_true",
+                        help="reshuffle the training samples every epoch, in an order fixed by "
+                        "the seed and the epoch (default: the same order every epoch, as the "
+                        "reference)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed for determinism; a value >= 0 seeds every generator")
     parser.add_argument("--augment_data", action="store_true", help="train on augmented data")
@@ -104,8 +115,16 @@ def _transfer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--witness", action="store_true",
                         help="also train a witness (no transfer) in each run; reports the "
                         "transfer gain")
-    parser.add_argument("--quanta_gradient_multiplier", type=float, default=None,
-                        help="multiply the quanta weights' gradient")
+    parser.add_argument("--quanta_lr_multiplier", "--quanta_learning_rate_multiplier",
+                        dest="quanta_learning_rate_multiplier", type=float, default=None,
+                        help="multiply the learning rate of the quanta weights only, so they "
+                        "move faster than the network's (the service's default: 1.0)")
+    parser.add_argument("--quanta_gradient_multiplier", dest="quanta_learning_rate_multiplier",
+                        type=float, default=argparse.SUPPRESS,
+                        help="deprecated name of --quanta_lr_multiplier")
+    parser.add_argument("--test_every_epoch", action="store_true",
+                        help="evaluate the target on the test split after every epoch (the "
+                        "paper's protocol)")
     _common_spec_options(parser)
 
 
@@ -130,8 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser("study", help="measure several layers over several runs, spread "
                            "over every worker")
     _transfer_options(study)
-    study.add_argument("--layers", type=layers_option, required=True,
-                       help="'all' (0-6) or comma-separated layers, e.g. 0,3,6 (-1: all at once)")
+    study.add_argument("--layers", type=layers_option, default=None,
+                       help="'all' (0-6) or comma-separated layers, e.g. 0,3,6 (-1: all at "
+                       "once); required unless --protocol gives them")
+    study.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None,
+                       help="a preset: kes2021 is the paper's protocol (layers 0-6, 30 runs, 60 "
+                       "epochs, augmentation, the kes2021 network, test every epoch); options "
+                       "given explicitly override it")
+    # Unset unless given, so that the service's preset (or its defaults) applies.
+    study.set_defaults(nb_of_runs=None, nb_of_target_epochs=None, augment_data=None,
+                       witness=None, shuffle=None, test_every_epoch=None)
     study.add_argument("--include_all_at_once", action="store_true",
                        help="also measure the seven layers transferred at once")
     study.add_argument("--baselines", action="store_true",
@@ -186,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="continue a saved source: a local .keras file, job:ID or upload:ID")
     source.add_argument("--show_only_build", action="store_true",
                         help="only build the model and print its summary")
-    _common_spec_options(source)
+    _common_spec_options(source, source=True)
     _follow_options(source)
     _connection(source, top=False)
 

@@ -75,12 +75,11 @@ def transfer_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:
         "target_task": files.task(args.target_task, "-t/--target_task"),
         "source_weights": files.reference(args.source_weights, "weights", (".h5",),
                                           "-sw/--source_weights"),
-        "nb_of_runs": args.nb_of_runs,
-        "nb_of_target_epochs": args.nb_of_target_epochs,
-        "augment_data": args.augment_data,
-        "witness": args.witness,
-        **_optional(args, "nb_of_target_samples", "seed", "width_multiplier",
-                    "quanta_gradient_multiplier", "precision"),
+        # A study leaves out what was not given (its preset or the service decides).
+        **_optional(args, "nb_of_runs", "nb_of_target_epochs", "augment_data", "witness",
+                    "shuffle", "test_every_epoch"),
+        **_optional(args, "nb_of_target_samples", "seed", "width_multiplier", "architecture",
+                    "quanta_learning_rate_multiplier", "precision"),
     }
     if args.command == "submit":
         spec["layer_to_transfer"] = args.layer_to_transfer
@@ -90,7 +89,9 @@ def transfer_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:
                 args.train_from_previous_training, "model", (".keras",),
                 "--train_from_previous_training")
     else:
-        spec["layers"] = args.layers
+        if args.layers is None and args.protocol is None:
+            raise Usage("the following arguments are required: --layers (or --protocol)")
+        spec.update(_optional(args, "layers", "protocol"))
         spec["include_all_at_once"] = args.include_all_at_once
         spec["baselines"] = args.baselines
         if args.until is not None:
@@ -121,7 +122,9 @@ def source_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:
         "nb_of_epochs": args.nb_of_epochs,
         "augment_data": args.augment_data,
         "show_only_build": args.show_only_build,
-        **_optional(args, "nb_of_samples", "seed", "width_multiplier", "precision"),
+        "shuffle": args.shuffle,
+        **_optional(args, "nb_of_samples", "seed", "width_multiplier", "architecture",
+                    "precision"),
     }
     if args.train_from_previous_training:
         ref = files.reference(args.train_from_previous_training, "model", (".keras",),

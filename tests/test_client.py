@@ -76,6 +76,8 @@ def test_study_files_are_renamed_to_their_run() -> None:
         "a_to_b/testing_metrics_of_witness_r_1_l_all.jsonl"
     assert as_run("digits_to_digits/source_r_0_l_6.keras", 29) == \
         "digits_to_digits/source_r_29_l_6.keras"
+    assert as_run("d_to_d/testing_metrics_of_target_per_epoch_r_0_l_3.jsonl", 4) == \
+        "d_to_d/testing_metrics_of_target_per_epoch_r_4_l_3.jsonl"
     for bad in ("../x", "/etc/passwd", "a//b", "a/./b", "a\\b"):
         with pytest.raises(ClientError):
             safe_relative(bad)
@@ -244,3 +246,39 @@ def test_one_run_study_reports_no_interval(monkeypatch: pytest.MonkeyPatch,
     assert cli.main(["wait", "x", "--no-events"]) == 0
     out = capsys.readouterr().out
     assert "0.7500 [n/a]" in out and "0.5000 [0.4000, 0.6000]" in out
+
+
+def test_the_networks_order_and_protocol_options(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    service = Uploads()
+    mock(service, monkeypatch)
+    base = ["-s", "digits", "-t", "digits", "-sw", "job:abc"]
+    assert cli.main(["submit", *base, "-l", "3", "--architecture", "compact2025", "--shuffle",
+                     "--test_every_epoch", "--quanta_lr_multiplier", "10"]) == 0
+    assert cli.main(["submit", *base, "-l", "3", "--quanta_gradient_multiplier", "5"]) == 0
+    assert cli.main(["study", *base, "--protocol", "kes2021"]) == 0
+    assert cli.main(["study", *base, "--protocol", "kes2021", "-r", "2", "--layers", "0,6"]) == 0
+    assert cli.main(["study", *base, "--layers", "1"]) == 0
+    assert cli.main(["train-source", "-s", "digits", "--architecture", "compact2025",
+                     "--shuffle"]) == 0
+    named, deprecated, preset, overridden, plain, source = service.jobs
+    spec = RemoteTransferSpec.model_validate(named["spec"])
+    assert (spec.architecture, spec.shuffle, spec.test_every_epoch) == ("compact2025", True, True)
+    assert spec.quanta_learning_rate_multiplier == 10
+    spec = RemoteTransferSpec.model_validate(deprecated["spec"])
+    assert spec.quanta_learning_rate_multiplier == 5 and spec.architecture is None
+    assert not spec.shuffle and not spec.test_every_epoch
+    study = RemoteStudySpec.model_validate(preset["spec"])
+    assert study.study_layers == tuple(range(7)) and study.nb_of_jobs == 7 * 30
+    assert (study.nb_of_target_epochs, study.augment_data, study.test_every_epoch,
+            study.architecture) == (60, True, True, "kes2021")
+    study = RemoteStudySpec.model_validate(overridden["spec"])
+    assert study.nb_of_runs == 2 and study.study_layers == (0, 6)
+    assert study.nb_of_target_epochs == 60
+    study = RemoteStudySpec.model_validate(plain["spec"])  # no preset: the service's defaults
+    assert (study.nb_of_runs, study.nb_of_target_epochs, study.augment_data) == (1, 1, False)
+    source_spec = RemoteSourceSpec.model_validate(source["spec"])
+    assert source_spec.architecture == "compact2025" and source_spec.shuffle
+    capsys.readouterr()
+    assert cli.main(["study", *base]) == 2
+    assert "--layers (or --protocol)" in capsys.readouterr().err

@@ -48,15 +48,21 @@ def write_study_plots(output: Path, study: Job, summary: Summary,
 
 
 def transfer_plot(spec: Any, experiment: Path, output: Path, nb_of_runs: int) -> None:
-    """`plots/quantas.png` of a finished transfer job: λ_s per epoch of each run."""
+    """`plots/quantas.png` of a finished transfer job: λ_s per epoch of each run, and the
+    target's test accuracy per epoch when the job tested every epoch."""
     try:
         from quanta import plots
 
-        lines = []
+        lines, tests = [], []
         for run in range(nb_of_runs):
-            path = experiment / run_file_names(run, spec.layer_label)["quantas"]
+            names = run_file_names(run, spec.layer_label)
+            path = experiment / names["quantas"]
             if path.is_file():
                 lines.append(last_line(path))
+                # test_every_epoch: the target's test accuracy after each epoch, beside λ_s.
+                per_epoch = experiment / names["target_testing_per_epoch"]
+                if per_epoch.is_file():
+                    tests.append(last_line(per_epoch))
         if not lines:
             return
         layer = "all layers" if spec.layer_to_transfer < 0 else f"layer {spec.layer_to_transfer}"
@@ -64,6 +70,6 @@ def transfer_plot(spec: Any, experiment: Path, output: Path, nb_of_runs: int) ->
         what = experiment.name.replace("_to_", " → ")
         seeded = f", seed {spec.seed}" if spec.seeded else ""
         title = rf"$\lambda_s$ per epoch, {what}, {layer} ({runs}{seeded})"
-        plots.quantas_per_epoch(lines, output / TRANSFER_PLOT, title)
+        plots.quantas_per_epoch(lines, output / TRANSFER_PLOT, title, tests=tests)
     except Exception:
         log.exception("quantas plot of %s not drawn", output.name)
