@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         description="Parameters the layers of an uploaded .keras model may declare in its "
         "config (units, filters, kernel sizes); more is a 422.",
     )
+    max_compare_studies: int = Field(
+        default=10, ge=2,
+        description="Most studies one GET /v1/studies/compare (or compare.png) puts side by "
+        "side; more is a 422.",
+    )
     max_queued_per_owner: int = Field(
         default=2000, ge=0,
         description="Queued jobs a token may have at once, a study's jobs included "

@@ -44,10 +44,12 @@ def study_spec(study: Job) -> RemoteStudySpec:
 
 def add_children(session: Session, study: Job) -> list[Job]:
     """Insert the study's children, run by run (so a study cut short still covers every
-    layer); they inherit its owner. The caller commits, then calls `enqueue_children`."""
+    layer); they inherit its owner. The caller commits, then calls `enqueue_children`.
+    With `until`, these are the first `min_runs` runs of each layer; `quanta_jobs.until`
+    adds the others as runs end."""
     spec = study_spec(study)
     children = []
-    for run in range(spec.nb_of_runs):
+    for run in range(spec.first_runs):
         for layer in spec.study_layers:
             child = Job(kind=JobKind.TRANSFER.value, status=JobStatus.QUEUED.value,
                         spec=spec.child_spec(layer, run).model_dump(mode="json"),

@@ -45,7 +45,7 @@ from quanta_jobs.queue import enqueue
 from quanta_jobs.recovery import is_stale, recover
 from quanta_jobs.refs import remote_spec, resolve_spec
 from quanta_jobs.settings import Settings
-from worker import checkpoints, hooks, job_plots
+from worker import checkpoints, hooks, job_plots, scores_job
 from worker.context import JobContext
 from worker.db_retry import RETRYABLE, DatabaseUnavailable, retry_db
 from worker.results import write_model_summaries
@@ -197,7 +197,7 @@ class JobRunner:
         self.engine = make_engine(settings.database_url)
         self.sessions = make_sessionmaker(self.engine)
         #: What the job hooks and the end of a study get (they never see the runner).
-        self.context = JobContext(settings, self.sessions)
+        self.context = JobContext(settings, self.sessions, celery)
         self.shutting_down = threading.Event()
         #: Where a job handed back to the queue is sent at once (else the sweeper sends it).
         self.celery = celery
@@ -442,6 +442,8 @@ class JobRunner:
                     "model_summary": write_model_summaries(output, {"": source.summary}),
                     "timings": {k: round(v, 3) for k, v in source.timings.items()},
                 }
+            elif kind == JobKind.SCORES:  # one inference pass: no epochs, no checkpoint
+                result = scores_job.run(spec, output, self.settings.data_dir)
             else:
                 transfer = run_transfer(spec, output, **hooks)
                 result = {
