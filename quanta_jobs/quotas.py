@@ -20,6 +20,7 @@ from quanta_jobs.errors import InsufficientStorage, Invalid
 from quanta_jobs.file_checks import npz_headers
 from quanta_jobs.models import Artifact, Job, Upload
 from quanta_jobs.settings import Settings
+from quanta_spec.baselines import ScoresSpec
 
 #: Training images of the built-in tasks (an upper bound of what `nb_of_samples` keeps).
 BUILTIN_TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000,
@@ -58,8 +59,8 @@ def planned_work(local: Any, nb_of_jobs: int = 1) -> tuple[int, str, str]:
 
 def check_work(settings: Settings, local: Any, *, study_jobs: int | None = None) -> None:
     """422 naming the epochs field when the planned work is over its ceiling."""
-    if getattr(local, "show_only_build", False):
-        return
+    if getattr(local, "show_only_build", False) or isinstance(local, ScoresSpec):
+        return  # nothing trains (a scores job is one inference pass)
     work, field, how = planned_work(local, study_jobs or 1)
     limit, setting = ((settings.max_study_work, "QUANTA_MAX_STUDY_WORK") if study_jobs
                       else (settings.max_job_work, "QUANTA_MAX_JOB_WORK"))
