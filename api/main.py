@@ -16,7 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from api import docs
+from api import docs, openapi
 from api.auth import authenticate, identify
 from api.body_limit import BodyLimit, identify_with
 from api.errors import STATUS, Unauthorized, http_headers, http_status
@@ -110,7 +110,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """An app bound to `settings` (default: from the environment) with its own engine."""
     settings = settings or get_settings()
     app = FastAPI(title="QUANTA job service", version="0.1.0", description=DESCRIPTION,
-                  lifespan=lifespan, docs_url=None, redoc_url=None)  # api.docs: offline
+                  lifespan=lifespan, docs_url=None, redoc_url=None,  # api.docs: offline
+                  generate_unique_id_function=openapi.operation_id,
+                  separate_input_output_schemas=False)  # one schema per model
+    openapi.install(app)  # operation ids, tags and download schemas for client generators
     app.state.settings = settings
     app.state.env_tokens = parse_env_tokens(settings.api_tokens)  # malformed: refuse to start
     app.state.engine = make_engine(settings.database_url)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, SkipValidation
 
 from quanta_spec import RemoteSourceSpec, RemoteStudySpec, RemoteTransferSpec
 from quanta_spec.baselines import RemoteScoresSpec
@@ -17,28 +17,34 @@ UploadKind = Literal["weights", "model", "dataset"]
 MAX_OFFSET = 2**31 - 1
 
 
+def _kind_required(schema: dict[str, Any]) -> None:
+    """`kind` stays required in the schema (a discriminator must be), though it has a
+    default: a generated client then fills it in, and nobody passes it twice."""
+    schema["required"] = ["kind", *[k for k in schema.get("required", []) if k != "kind"]]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_kind_required)
 
 
 class SourceJobCreate(_Strict):
     """Train a source model."""
 
-    kind: Literal["source"]
+    kind: Literal["source"] = "source"
     spec: RemoteSourceSpec
 
 
 class TransferJobCreate(_Strict):
     """Run a QUANTA transfer experiment on a source model's weights."""
 
-    kind: Literal["transfer"]
+    kind: Literal["transfer"] = "transfer"
     spec: RemoteTransferSpec
 
 
 class StudyJobCreate(_Strict):
     """Measure several layers over several runs: one transfer job per (layer, run)."""
 
-    kind: Literal["study"]
+    kind: Literal["study"] = "study"
     spec: RemoteStudySpec
 
 
@@ -98,6 +104,69 @@ class StudyProgress(BaseModel):
     by_layer: dict[str, LayerProgress]
 
 
+T = TypeVar("T")
+#: A field typed for the schema (and generated clients) but sent as stored: the worker
+#: wrote it, and validating every job of a page again would cost time and could refuse
+#: a job stored by an older version.
+Shown = Annotated[SkipValidation[SerializeAsAny[T]], "shown"]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class SourceResult(_Open):
+    """What a source training found."""
+
+    training_dir: str = Field(description="Its folder among the job's files.")
+    test_metrics: dict[str, float | None]
+    model_summary: str | None = Field(
+        default=None, description="The file with Keras's summary of the model.")
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")
+
+
+class RunResult(_Open):
+    run: int = Field(description="0-based, as in the file names.")
+    target_metrics: dict[str, float | None]
+    source_metrics: dict[str, float | None]
+    quantas: dict[str, dict[str, float | None]] = Field(
+        description="Final quantas by transferred layer: {\"2\": {\"source\": λs, "
+        "\"target\": λt}}.")
+    witness_metrics: dict[str, float | None] | None = None
+    transfer_gain: float | None = Field(
+        default=None, description="Target accuracy minus witness accuracy (with witness).")
+
+
+class TransferResult(_Open):
+    """What a transfer found, run by run."""
+
+    experiment_dir: str = Field(description="Its folder among the job's files.")
+    runs: list[RunResult]
+    model_summaries: dict[str, str] | None = Field(
+        default=None, description="With show_only_build: the files of the models' summaries.")
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")
+
+
+class StudyResult(_Open):
+    """The headline numbers of a study (the full statistics: its summary)."""
+
+    entries: dict[str, dict[str, Any]] = Field(
+        description="Per entry (layer number or `all`): runs, lambda_s by QUANTA layer, "
+        "target_accuracy, witness_accuracy, transfer_gain (mean, std, ci95).")
+    children: int
+    succeeded: int
+    complete: bool
+    missing: list[dict[str, Any]]
+    summary: str = Field(description="URL of the full statistics.")
+    plots: list[str] = Field(default_factory=list, description="URLs of its plots.")
+
+
+class EndedResult(_Open):
+    """A job that ended without results (cancelled)."""
+
+    message: str
+
+
 class JobLinks(BaseModel):
     self: str
     cancel: str
@@ -114,7 +183,9 @@ class JobOut(BaseModel):
     id: str
     kind: JobKind
     status: JobStatusName
-    spec: dict[str, Any]
+    spec: Shown[RemoteStudySpec | RemoteTransferSpec | RemoteScoresSpec | RemoteSourceSpec
+                | dict[str, Any]] = (
+        Field(description="The spec as submitted, with every default filled in."))
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -127,9 +198,9 @@ class JobOut(BaseModel):
         default=None, description="For a study's job: its run in the study (its seed is the "
         "study's seed + study_run).")
     progress: Progress | StudyProgress | None = None
-    result: dict[str, Any] | None = Field(
-        default=None, description="Final metrics and quantas of a finished job."
-    )
+    result: Shown[SourceResult | TransferResult | StudyResult | EndedResult | dict[str, Any]
+                  | None] = Field(
+        default=None, description="Final metrics and quantas of a finished job.")
     error: str | None = Field(default=None, description="Why a failed job failed.")
     links: JobLinks
 

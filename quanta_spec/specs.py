@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
+from typing_extensions import TypeAliasType
 
 from quanta_spec.networks import DEFAULT_ARCHITECTURE, Architecture
 from quanta_spec.stopping import UntilRule
@@ -37,7 +38,9 @@ ALL_LAYERS_LABEL = "all"
 #: Most child jobs one study may fan out to (the paper's protocol is 8 entries x 30 runs).
 MAX_STUDY_JOBS = 1000
 
-BuiltinTask = Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "digits"]
+#: One named schema (`TaskName`) wherever a task is asked for, not an enum per field.
+BuiltinTask = TypeAliasType("TaskName",
+                            Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "digits"])
 ObjectId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
@@ -73,7 +76,7 @@ class JobRef(_Strict):
     )
 
     @model_serializer(mode="wrap")
-    def _omit_default_run(self, handler: Any) -> Any:
+    def _omit_default_run(self, handler: Any):  # no return type: it would become the schema
         """`{"job": ID}` as given: a source job has no runs, and run 0 is the default, so
         a stored spec does not echo `"run": 0` back."""
         data = handler(self)
