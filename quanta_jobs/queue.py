@@ -56,7 +56,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
         broker_connection_timeout=3,
         broker_transport_options=transport_options,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # Celery's task events for Flower and `celery events`, when asked for (-E).
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         enable_utc=True,
     )
     return app

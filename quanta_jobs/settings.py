@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         description="Least time between two checkpoints of a running job (0: after every "
         "epoch). A worker that dies loses at most this much training.",
     )
+    task_events: bool = Field(
+        default=False,
+        description="Workers send Celery's task events (as `celery worker -E`), for Flower "
+        "and `celery events`; they need a broker with broadcast, such as Redis.",
+    )
     traced_models: int = Field(
         default=10,
         ge=0,

@@ -1,0 +1,58 @@
+"""Celery's own tools see the workers on Redis: `inspect ping` answers, and with
+QUANTA_TASK_EVENTS on, a worker sends task events (what Flower and `celery events` read)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import WorkerProcess, port_open, service_env
+
+REDIS = "redis://127.0.0.1:6379/7"
+
+pytestmark = [pytest.mark.redis,
+              pytest.mark.skipif(not port_open("127.0.0.1", 6379), reason="no Redis")]
+
+
+def test_a_worker_answers_ping_and_sends_task_events(tmp_path: Path) -> None:
+    from quanta_jobs.migrate import upgrade
+    from quanta_jobs.queue import TASK_NAME, make_celery, send_run_job
+    from quanta_jobs.settings import Settings
+
+    values: dict[str, Any] = {
+        "database_url": f"sqlite:///{tmp_path / 'quanta.db'}", "broker_url": REDIS,
+        "queue": f"tools-{uuid.uuid4().hex[:8]}", "artifacts_dir": tmp_path / "artifacts",
+        "task_events": True}
+    upgrade(values["database_url"])
+    worker = WorkerProcess(service_env(**values), tmp_path / "worker.log", "tools")
+    app = make_celery(Settings(**values))
+    try:
+        worker.wait_ready()
+        replies = app.control.inspect(timeout=5).ping() or {}
+        assert any(name.startswith("tools@") and reply == {"ok": "pong"}
+                   for name, reply in replies.items()), replies
+        seen: list[dict[str, Any]] = []
+        done = threading.Event()
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event["type"].startswith("task-") and event.get("name", TASK_NAME) == TASK_NAME:
+                seen.append(event)
+            if event["type"] in ("task-succeeded", "task-failed"):
+                done.set()
+
+        with app.connection_for_read() as connection:
+            receiver = app.events.Receiver(connection, handlers={"*": on_event})
+            listening = threading.Thread(
+                target=lambda: receiver.capture(limit=None, timeout=60, wakeup=True),
+                daemon=True)
+            listening.start()
+            send_run_job(app, "no-such-job")  # the worker finds nothing to do, and says so
+            assert done.wait(60), (seen, worker.text()[-3000:])
+            receiver.should_stop = True
+        types = [event["type"] for event in seen]
+        assert "task-received" in types and "task-started" in types, types
+    finally:
+        worker.stop()
