@@ -239,7 +239,8 @@ def transferability_figure(summary: Summary, title: str,
         _label_points(ax, all_x, all_means, all_errs, _COLORS[1], below=True)
     _layer_axis(ax, with_all=False)
     ax.set_ylabel(f"final {LAMBDA_S}: share of source features\n(mean over runs, 95% CI)")
-    ax.set_ylim(0, 1)
+    # 0 to 1, widened to hold every interval whole (few runs make wide Student-t intervals).
+    ax.set_ylim(min(0.0, ax.dataLim.y0 - 0.02), max(1.0, ax.dataLim.y1 + 0.02))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize="small")

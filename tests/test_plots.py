@@ -85,3 +85,13 @@ def test_transferability_labels_lambda_s_as_a_subscript():
     ax = plots.transferability_figure(summarise(_records()), "t").axes[0]
     assert r"$\lambda_s$" in ax.get_ylabel()
     assert any(r"$\lambda_s$" in t for t in _legend_texts(ax))
+
+
+def test_transferability_holds_every_interval_whole():
+    records = [RunRecord("0", run, {"0": {"quantas": {"source": [0.9, final]}}},
+                         {"categorical_accuracy": 0.5}) for run, final in ((0, 0.99), (1, 0.8))]
+    summary = summarise(records)
+    low, high = summary.entries["0"]["lambda_s"]["0"]["ci95"]
+    assert high > 1  # two runs: a wide interval, the case under test
+    ax = plots.transferability_figure(summary, "t").axes[0]
+    assert ax.get_ylim()[0] <= low and high <= ax.get_ylim()[1]
