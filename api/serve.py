@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from quanta_jobs.migrate import upgrade
 from quanta_jobs.settings import Settings, get_settings
@@ -170,8 +171,42 @@ def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float) -> 
             process.wait()
 
 
+def where(host: str, port: int) -> str:
+    """The lines `quanta-serve` prints once it listens: where people go first."""
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    if host in ("0.0.0.0", "::", "[::]"):
+        shown = "HOST"
+    base = f"http://{shown}:{port}"
+    return (f"QUANTA job service listening on {base}\n"
+            f"  API documentation: {base}/docs   (OpenAPI schema: {base}/openapi.json)\n"
+            f"  dashboard:         {base}/")
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server that says where the docs and the dashboard are once it listens."""
+
+        def __init__(self, config: uvicorn.Config, workers: int) -> None:
+            super().__init__(config)
+            self.workers = workers
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                started = (f"  workers: {self.workers} (jobs wait in the queue until one is "
+                           "ready)" if self.workers else "  workers: none in this process "
+                           "(start them with quanta-worker)")
+                print(f"{where(self.config.host, self.config.port)}\n{started}", flush=True)
+
+    return Server
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn  # here: `quanta-serve migrate` does not need it
+
+    _Server = _server_class()
 
     from api.main import create_app
 
@@ -187,7 +222,7 @@ def serve(args: argparse.Namespace) -> int:
     workers = start_workers(args.workers, gpus, args.log_level)
     config = uvicorn.Config(create_app(settings), host=args.host, port=args.port,
                             log_level=args.log_level.lower(), proxy_headers=True)
-    server = uvicorn.Server(config)
+    server = _Server(config, workers=args.workers)
     # What is imported and built by now lives as long as the process: out of the cyclic
     # collector's reach, full collections stop walking it. They otherwise paused a request
     # now and then (the p99 in docs/performance.md).
