@@ -328,3 +328,32 @@ def test_nul_characters_never_reach_the_database(client: Any) -> None:
         "content-type": f"multipart/form-data; boundary={boundary}"})
     assert response.status_code == 201, response.text
     assert response.json()["filename"] == "data.npz"
+
+
+def test_staleness_is_judged_by_the_database_clock(finished_job: Any, db: Any, settings: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host whose clock runs an hour ahead (or behind) neither takes a live job from its
+    worker nor keeps a dead one: heartbeats stamp the database's time and the sweeper
+    compares in SQL with the database's time (SQLite and PostgreSQL alike)."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from quanta_jobs import models, recovery
+    from quanta_jobs.models import Job, db_now
+
+    job = finished_job("source", dict(TINY_SOURCE), status="running")
+    for skew in (timedelta(hours=1), -timedelta(hours=1)):
+        monkeypatch.setattr(models, "utcnow", lambda s=skew: models.datetime.now(models.UTC) + s)
+        monkeypatch.setattr(recovery, "utcnow", models.utcnow)
+        db.execute(update(Job).where(Job.id == job.id).values(heartbeat_at=db_now()))
+        db.commit()
+        assert recovery.recover_stale_jobs(db, settings) == []
+        assert not recovery.is_stale(db, job, settings)
+    db.execute(update(Job).where(Job.id == job.id)
+               .values(heartbeat_at=db_now(settings.stale_after_s + 5)))
+    db.commit()
+    assert recovery.is_stale(db, job, settings)
+    assert recovery.recover_stale_jobs(db, settings) == [job.id]
+    db.refresh(job)
+    assert (job.status, job.attempts) == ("queued", 1)
