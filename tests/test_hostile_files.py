@@ -242,6 +242,7 @@ def test_the_worker_refuses_a_file_replaced_after_upload(client: Any, upload: An
     """A real runner, on a job whose weights file was replaced on disk after its upload
     passed: the job fails naming the field, before any loader (or TensorFlow) runs."""
     from conftest import reference_weights_bytes
+
     from worker.runner import JobRunner
 
     uploaded = upload("source.weights.h5", reference_weights_bytes())

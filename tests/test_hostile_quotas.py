@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from conftest import TINY_SOURCE, npz_bytes
 
 
