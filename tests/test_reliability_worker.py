@@ -313,7 +313,8 @@ def test_shutdown_hands_back_and_the_next_attempt_resumes(make_runner: Callable[
 def test_keras_files_with_code_are_refused_by_safe_mode(make_runner: Callable[..., Any],
                                                         tmp_path: Path) -> None:
     """A .keras with a Lambda layer (code that would run at load) slipped past the upload
-    check: the worker loads it in Keras' safe mode, refuses it, and the code never runs."""
+    check: the worker checks it again before loading and refuses it, the library's loader
+    (Keras' safe mode) would refuse it too, and the code never runs."""
     import keras
 
     from quanta_jobs.models import Upload
@@ -335,7 +336,13 @@ def test_keras_files_with_code_are_refused_by_safe_mode(make_runner: Callable[..
                                         {"upload": "evil"}})
     assert runner.run(job_id, WORKER).status == "failed"
     error = row(runner, job_id).error
-    assert "lambda" in error.lower() and "safe_mode" in error, error
+    assert "lambda" in error.lower() and "train_from_previous_training" in error, error
+    assert not canary.exists()
+    from quanta.errors import QuantaError
+    from quanta.sources import load_previous
+
+    with pytest.raises(QuantaError, match="safe_mode"):
+        load_previous(folder / "model.keras")
     assert not canary.exists()
     assert str(runner.settings.uploads_path) not in error
     keras.saving.load_model(folder / "model.keras", safe_mode=False)  # the file IS armed
