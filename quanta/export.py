@@ -8,6 +8,8 @@ keep the reference's append semantics: a second run into the same folder adds li
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,23 @@ def save_model(model: keras.Model, path: str | Path) -> Path:
     path = Path(path)
     with _replacing(path, ".keras") as tmp:
         model.save(tmp)
+    return path
+
+
+def same_file(earlier: str | Path, path: str | Path) -> Path:
+    """`path` becomes the file `earlier` (a hard link, or a copy where links fail), atomically.
+
+    For a model saved again unchanged: Keras writes the same config and weights bytes
+    every time, and only the save date in `metadata.json` differs. Files are always
+    replaced, never rewritten in place, so a linked file never changes under the other.
+    """
+    path = Path(path)
+    with _replacing(path, ".keras") as tmp:
+        tmp.unlink()
+        try:
+            os.link(earlier, tmp)
+        except OSError:  # another file system, or links not allowed
+            shutil.copyfile(earlier, tmp)
     return path
 
 

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import keras
 from tqdm.auto import tqdm
 
+#: The running loss and accuracy are read at most this often (seconds): reading them
+#: waits for the step in flight, so doing it after every batch would slow training.
+METRICS_EVERY_S = 1.0
+
 
 class EpochProgressBar(keras.callbacks.Callback):
-    """One tqdm bar per epoch over its batches, with the running loss and accuracy."""
+    """One tqdm bar per epoch over its batches, with the running loss and accuracy.
+
+    It counts batches as they start (which needs no step's result) and reads the
+    metrics by time, not after every batch; the epoch's own figures close the bar.
+    """
 
     def __init__(self, nb_of_runs: int = 1) -> None:
         super().__init__()
         self.nb_of_runs = nb_of_runs
         self.run = -1
         self._bar: tqdm | None = None
+        self._shown = 0.0
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.run += 1
@@ -28,18 +38,29 @@ class EpochProgressBar(keras.callbacks.Callback):
             unit="batch",
             leave=True,
         )
+        self._shown = time.monotonic()
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(batch - self._bar.n)  # `batch` batches are done
+        now = time.monotonic()
+        if batch and now - self._shown >= METRICS_EVERY_S:
+            self._shown = now
+            self._postfix(self.model.get_metrics_result())
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self._bar is not None:
-            logs = logs or {}
+            if self._bar.total is not None:
+                self._bar.update(self._bar.total - self._bar.n)
+            self._postfix(logs or {})
+            self._bar.close()
+            self._bar = None
+
+    def _postfix(self, logs: dict[str, Any]) -> None:
+        if self._bar is not None:
             self._bar.set_postfix(
                 loss=f"{float(logs.get('loss', 0)):.4f}",
                 acc=f"{float(logs.get('categorical_accuracy', 0)):.4f}",
                 refresh=False,
             )
-            self._bar.update(1)
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None

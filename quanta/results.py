@@ -24,6 +24,10 @@ class Timings(dict):
         finally:
             self[name] = self.get(name, 0.0) + time.perf_counter() - start
 
+    def add(self, other: dict[str, float]) -> None:
+        for name, seconds in other.items():
+            self[name] = self.get(name, 0.0) + seconds
+
 
 @dataclass
 class EpochEvent:
@@ -76,6 +80,9 @@ class TransferResult:
     #: Model summaries (`show_only_build`), by model name.
     summaries: dict[str, str] = field(default_factory=dict)
     timings: Timings = field(default_factory=Timings)
+    #: The "train" phase in parts: setup, first_step (tracing a new model), steps and
+    #: epoch_end (quantas, tests, checkpoints, progress), summed over the runs.
+    train_timings: Timings = field(default_factory=Timings)
 
 
 @dataclass
@@ -85,3 +92,5 @@ class SourceResult:
     files: list[Path] = field(default_factory=list)
     summary: str = ""
     timings: Timings = field(default_factory=Timings)
+    #: The "train" phase in parts, as for `TransferResult.train_timings`.
+    train_timings: Timings = field(default_factory=Timings)

@@ -87,6 +87,7 @@ def train_source(
             after_epoch=ckpt.save_epoch if ckpt is not None else None,
             shuffle=spec.shuffle,
         )
+    result.train_timings.add(fitted.timings)
     with clock.phase("evaluate"):
         result.test_metrics = training.evaluate(
             model, data.x_test, training.one_hot(data.y_test, data.nb_classes)

@@ -8,8 +8,10 @@ quantas are recorded when training starts and after every epoch.
 
 from __future__ import annotations
 
+import math
 import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +21,7 @@ import numpy as np
 
 from quanta.errors import Cancelled
 from quanta.layer import quanta_layers
+from quanta.results import Timings
 
 BATCH_SIZE = 32
 LEARNING_RATE = 2e-4
@@ -26,7 +29,7 @@ WEIGHT_DECAY = 1e-6
 
 #: Called after every epoch with (epoch index, metrics, current quantas by layer number).
 EpochHook = Callable[[int, dict[str, float], dict[str, dict[str, float]]], None]
-#: Asked between batches; returning True stops training (raises `Cancelled`).
+#: Asked between batches (see `CANCEL_CHECK_S`); True stops training (raises `Cancelled`).
 CancelCheck = Callable[[], bool]
 
 
@@ -211,6 +214,8 @@ class FitResult:
     quantas: QuantaHistory = field(default_factory=QuantaHistory)
     #: Test metrics after each epoch, by epoch index (with `fit(test=...)`).
     test_history: dict[int, dict[str, float]] = field(default_factory=dict)
+    #: Where this process's training time went (see `_Hooks.record_timings`).
+    timings: Timings = field(default_factory=Timings)
 
 
 #: Model inputs: images, or images and precomputed source features.
@@ -221,39 +226,71 @@ AfterEpoch = Callable[[keras.Model, FitResult], None]
 Test = tuple[keras.Model | None, np.ndarray, np.ndarray]
 
 
-class EpochBatches(keras.utils.PyDataset):
-    """The batches of each epoch: the samples in order (the reference's), or with
-    `shuffle` in an order fixed by (seed, epoch); either way an interrupted run that
-    resumes at epoch k sees exactly the batches an uninterrupted run would have seen."""
+def epoch_rows(n: int, seed: int | None, epoch: int, shuffle: bool = False) -> np.ndarray:
+    """The rows of epoch `epoch` (0-based), batch after batch: in order (the reference's),
+    or with `shuffle` a permutation fixed by the seed and the epoch, each batch's rows in
+    ascending order.
 
-    def __init__(self, x: Inputs, y: np.ndarray, seed: int | None, first_epoch: int,
-                 shuffle: bool = False) -> None:
-        super().__init__()
-        self.x, self.y, self.seed, self.epoch, self.shuffle = x, y, seed, first_epoch, shuffle
-        self._shuffle()
+    Fixed by (seed, epoch) alone, so a run that resumes at epoch k sees exactly the
+    batches an uninterrupted run would have seen. The generator is seeded with
+    `[seed, epoch + 1]`: the orders earlier versions drew (Keras moved their batch
+    sequence on by one epoch before the first), so a seeded run repeats across versions.
+    """
+    if not shuffle:
+        return np.arange(n)
+    rng = np.random.default_rng(None if seed is None else [seed, epoch + 1])
+    order = rng.permutation(n)
+    full = n - n % BATCH_SIZE
+    order[:full] = np.sort(order[:full].reshape(-1, BATCH_SIZE), axis=1).reshape(-1)
+    order[full:] = np.sort(order[full:])
+    return order
 
-    def _shuffle(self) -> None:
-        if not self.shuffle:
-            self.order = np.arange(len(self.y))
-            return
-        rng = np.random.default_rng(None if self.seed is None else [self.seed, self.epoch])
-        self.order = rng.permutation(len(self.y))
 
-    def __len__(self) -> int:
-        return -(-len(self.y) // BATCH_SIZE)
+def steps_per_epoch(n: int) -> int:
+    return -(-n // BATCH_SIZE)
 
-    def __getitem__(self, index: int) -> tuple[Any, np.ndarray]:
-        rows = np.sort(self.order[index * BATCH_SIZE : (index + 1) * BATCH_SIZE])
-        if isinstance(self.x, tuple):
-            return tuple(part[rows] for part in self.x), self.y[rows]
-        return self.x[rows], self.y[rows]
 
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self._shuffle()
+def epoch_dataset(x: Inputs, y: np.ndarray, seed: int | None, first_epoch: int, epochs: int,
+                  shuffle: bool = False) -> Any:
+    """The batches of epochs `first_epoch` to `epochs - 1`, one after the other, as a
+    `tf.data.Dataset` of `(x, y)` (`x` a tuple when the model takes several inputs).
+
+    The rows come from `epoch_rows`, computed up front with NumPy; TensorFlow gathers
+    each batch from the arrays in its own threads, ahead of the step that needs it. A
+    Python `PyDataset` would hand every batch through the interpreter instead.
+    """
+    import tensorflow as tf
+
+    n = len(y)
+    parts = x if isinstance(x, tuple) else (x,)
+    if shuffle:
+        orders = np.stack([epoch_rows(n, seed, e, True) for e in range(first_epoch, epochs)])
+        rows = tf.data.Dataset.from_tensor_slices(orders).flat_map(
+            lambda order: tf.data.Dataset.from_tensor_slices(order).batch(BATCH_SIZE))
+    else:
+        rows = tf.data.Dataset.range(n).batch(BATCH_SIZE).repeat(epochs - first_epoch)
+    tensors = tuple(tf.convert_to_tensor(part) for part in parts)
+    labels = tf.convert_to_tensor(y)
+
+    def gather(batch: Any) -> tuple[Any, Any]:
+        inputs = tuple(tf.gather(part, batch) for part in tensors)
+        return (inputs if isinstance(x, tuple) else inputs[0]), tf.gather(labels, batch)
+
+    return rows.map(gather).prefetch(tf.data.AUTOTUNE)
+
+
+#: Training asks `should_cancel` before the first batch, then before a batch that starts
+#: at least this many seconds after the last question: a cancellation stops training
+#: within this delay plus one batch (plus the caller's own delay, e.g. the worker's
+#: database poll), without a Python call that waits for every step's results.
+CANCEL_CHECK_S = 0.25
 
 
 class _Hooks(keras.callbacks.Callback):
+    """Quantas, tests, checkpoints and progress after each epoch; cancellation between
+    batches. Nothing runs after a batch: a batch-end callback would make Keras wait for
+    each step's metrics before starting the next step."""
+
     def __init__(
         self,
         result: FitResult,
@@ -269,19 +306,34 @@ class _Hooks(keras.callbacks.Callback):
         self.should_cancel = should_cancel
         self.after_epoch = after_epoch
         self.cancelled = False
+        self._asked = -math.inf
+        self.began = time.perf_counter()
+        self.first_batch: float | None = None
+        self.second_batch: float | None = None
+        self.epoch_end_s = 0.0
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if not self.result.history:  # a resumed run already has its starting point
             self.result.quantas.record(self.model)
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.should_cancel is not None and self.should_cancel():
-            self.cancelled = True
-            self.model.stop_training = True
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.perf_counter()
+        if self.first_batch is None:
+            self.first_batch = now
+        elif self.second_batch is None:
+            self.second_batch = now
+        if self.should_cancel is not None and now - self._asked >= CANCEL_CHECK_S:
+            self._asked = now
+            if self.should_cancel():
+                self.cancelled = True
+                self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.cancelled:
             return
+        start = time.perf_counter()
+        if self.second_batch is None:  # an epoch of one batch
+            self.second_batch = start
         metrics_ = {name: float(value) for name, value in (logs or {}).items()}
         self.result.history[epoch] = metrics_
         self.result.quantas.record(self.model)
@@ -293,6 +345,19 @@ class _Hooks(keras.callbacks.Callback):
             self.after_epoch(self.model, self.result)
         if self.on_epoch is not None:
             self.on_epoch(epoch, metrics_, current_quantas(self.model))
+        self.epoch_end_s += time.perf_counter() - start
+
+    def record_timings(self, timings: Timings) -> None:
+        """Where the call's time went: setting up the data (`setup`), the first step
+        (with tracing, for a model not traced yet), the other steps, and the work after
+        each epoch (quantas, tests, checkpoints, progress hooks)."""
+        end = time.perf_counter()
+        first = self.first_batch or end
+        second = self.second_batch or end
+        for name, seconds in (("setup", first - self.began), ("first_step", second - first),
+                              ("steps", end - second - self.epoch_end_s),
+                              ("epoch_end", self.epoch_end_s)):
+            timings[name] = timings.get(name, 0.0) + max(seconds, 0.0)
 
 
 def fit(
@@ -318,7 +383,7 @@ def fit(
     the epoch after them. With `test`, that model is evaluated on the test split after
     every epoch. `layer_indices` is the `keras_layer_index` each QUANTA layer is recorded
     under (default: its index in `model.layers`). Raises `Cancelled` if `should_cancel`
-    said so.
+    said so (asked as `CANCEL_CHECK_S` says).
     """
     result = resume if resume is not None else FitResult()
     if layer_indices and not result.history:
@@ -327,14 +392,16 @@ def fit(
     if done < epochs:
         hooks = _Hooks(result, on_epoch, should_cancel, after_epoch, test)
         model.fit(
-            EpochBatches(x, y, seed, first_epoch=done, shuffle=shuffle),
+            epoch_dataset(x, y, seed, done, epochs, shuffle),
             epochs=epochs,
             initial_epoch=done,
-            shuffle=False,  # EpochBatches orders the samples; Keras would reorder the
-            # batches with Python's global generator, which a resumed run cannot replay.
+            # One iterator over every remaining epoch, cut into epochs of this many steps.
+            steps_per_epoch=steps_per_epoch(len(y)),
+            shuffle=False,  # the dataset has the order; Keras would only warn
             callbacks=[hooks, *(callbacks or [])],
             verbose=verbose,
         )
+        hooks.record_timings(result.timings)
         if hooks.cancelled:
             raise Cancelled(
                 f"training cancelled during epoch {len(result.history) + 1} of {epochs}"

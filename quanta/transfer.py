@@ -96,6 +96,7 @@ def run_transfer(
                              spec.architecture)
     target_y_train = training.one_hot(target_data.y_train, target_data.nb_classes)
     target_y_test = training.one_hot(target_data.y_test, target_data.nb_classes)
+    saved_source = _SavedSource()
     features = None
     if spec.source_inference_mode and not spec.show_only_build:
         with clock.phase("source"):
@@ -141,6 +142,7 @@ def run_transfer(
                        target_data.x_test, target_y_test) if spec.test_every_epoch else None),
                 layer_indices=_reference_indices(target.model),
             )
+        result.train_timings.add(fitted.timings)
         with clock.phase("evaluate"):
             outcome = _RunOutcome(
                 fitted=fitted,
@@ -156,14 +158,33 @@ def run_transfer(
             if ckpt is not None:
                 ckpt.rollback_export()  # an earlier attempt may have died while exporting
                 ckpt.begin_export(_jsonl_files(result.experiment_dir, spec, run))
-            run_result = _export_run(result.experiment_dir, spec, run, source, target.model,
-                                     outcome)
+            run_result = _export_run(result.experiment_dir, spec, run, saved_source.save(source),
+                                     target.model, outcome)
             if ckpt is not None:
                 ckpt.finish_export(run_result.as_dict())
         result.runs.append(run_result)
     if checkpoint_dir is not None:
         clear_checkpoints(checkpoint_dir)
     return result
+
+
+class _SavedSource:
+    """The frozen source is the same model in every run: saved once per call, and the
+    other runs' files are that file (see `export.same_file`)."""
+
+    def __init__(self) -> None:
+        self.model: keras.Model | None = None
+        self.path: Path | None = None
+
+    def save(self, source: keras.Model) -> Callable[[Path], Path]:
+        def write(path: Path) -> Path:
+            if self.model is source and self.path is not None and self.path.is_file():
+                return export.same_file(self.path, path)
+            export.save_model(source, path)
+            self.model, self.path = source, path
+            return path
+
+        return write
 
 
 @dataclass
@@ -299,7 +320,7 @@ def _export_run(
     folder: Path,
     spec: TransferSpec,
     run: int,
-    source: keras.Model,
+    save_source: Callable[[Path], Path],
     target: keras.Model,
     outcome: _RunOutcome,
 ) -> RunResult:
@@ -307,7 +328,7 @@ def _export_run(
     fitted = outcome.fitted
     files = [
         export.save_model(target, folder / names["target_model"]),
-        export.save_model(source, folder / names["source_model"]),
+        save_source(folder / names["source_model"]),
         export.append_jsonl(
             folder / names["target_training"], export.training_record(fitted.history)
         ),

@@ -231,18 +231,21 @@ def test_a_target_the_reference_saved_loads_and_continues(tmp_path):
 
 def test_batches_keep_their_order_unless_shuffled():
     x, y = np.arange(100), np.arange(100)
-    plain = training.EpochBatches(x, y, seed=1, first_epoch=0)
-    first = [plain[i][0].tolist() for i in range(len(plain))]
+
+    def epochs(first, last, shuffle):
+        batches = [b.tolist() for b, _ in
+                   training.epoch_dataset(x, y, 1, first, last, shuffle).as_numpy_iterator()]
+        steps = training.steps_per_epoch(len(y))
+        return [batches[i:i + steps] for i in range(0, len(batches), steps)]
+
+    first, second = epochs(0, 2, shuffle=False)
     assert first[0] == list(range(32)) and first[-1] == list(range(96, 100))
-    plain.on_epoch_end()
-    assert [plain[i][0].tolist() for i in range(len(plain))] == first
-    mixed = training.EpochBatches(x, y, seed=1, first_epoch=0, shuffle=True)
-    epoch0 = [mixed[i][0].tolist() for i in range(len(mixed))]
-    mixed.on_epoch_end()
-    epoch1 = [mixed[i][0].tolist() for i in range(len(mixed))]
+    assert second == first
+    epoch0, epoch1 = epochs(0, 2, shuffle=True)
     assert epoch0 != first and epoch1 != epoch0
-    again = training.EpochBatches(x, y, seed=1, first_epoch=1, shuffle=True)  # a resume
-    assert [again[i][0].tolist() for i in range(len(again))] == epoch1
+    assert all(batch == sorted(batch) for batch in epoch0 + epoch1)
+    assert sorted(row for batch in epoch0 for row in batch) == list(range(100))
+    assert epochs(1, 2, shuffle=True) == [epoch1]  # a resume at epoch 1
 
 
 def test_quanta_learning_rate_multiplier_moves_the_quantas_faster():

@@ -2,6 +2,7 @@
 
 import json
 
+import keras
 import numpy as np
 import pytest
 
@@ -65,19 +66,57 @@ def test_progress_hook_reports_every_epoch_of_every_run(source_weights, tmp_path
     # Where the time went, phase by phase.
     assert set(result.timings) == {"data", "source", "build", "train", "evaluate", "export"}
     assert all(seconds > 0 for seconds in result.timings.values())
+    assert set(result.train_timings) == {"setup", "first_step", "steps", "epoch_end"}
+    assert sum(result.train_timings.values()) <= result.timings["train"]
 
 
-def test_cancel_stops_within_one_batch_and_writes_nothing(source_weights, tmp_path):
-    calls = []
+def test_cancel_stops_within_one_batch_and_writes_nothing(source_weights, tmp_path,
+                                                          monkeypatch):
+    asked = []
 
     def should_cancel():
-        calls.append(1)
-        return len(calls) >= 2
+        asked.append(1)
+        return len(asked) >= 2
 
+    batches = []
+
+    class Count(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            batches.append(batch)
+
+    # Asked before every batch when the interval allows it: the answer stops the batch
+    # it was asked before, at the latest.
+    monkeypatch.setattr(training, "CANCEL_CHECK_S", 0.0)
     with pytest.raises(Cancelled, match="epoch 1 of 2"):
-        run_transfer(_spec(source_weights), tmp_path, should_cancel=should_cancel)
-    assert len(calls) == 2  # asked after each batch, stopped right after the second
+        run_transfer(_spec(source_weights), tmp_path / "a", should_cancel=should_cancel,
+                     callbacks=[Count()])
+    assert len(asked) == 2 and len(batches) <= 2
     assert not list(tmp_path.rglob("*.jsonl")) and not list(tmp_path.rglob("*.keras"))
+    # With the default interval it is asked before the first batch, not before every one.
+    asked.clear()
+    monkeypatch.setattr(training, "CANCEL_CHECK_S", 3600.0)
+    run_transfer(_spec(source_weights), tmp_path / "b", should_cancel=should_cancel)
+    assert len(asked) == 1
+
+
+def test_the_frozen_source_is_saved_once_per_call(source_weights, tmp_path, monkeypatch):
+    import zipfile
+
+    from quanta import export
+
+    saved = []
+    real_save = export.save_model
+
+    def save(model, path):
+        saved.append(model.name)
+        return real_save(model, path)
+
+    monkeypatch.setattr(export, "save_model", save)
+    result = run_transfer(_spec(source_weights, nb_of_runs=3, nb_of_target_epochs=1), tmp_path)
+    assert saved.count("source") == 1 and saved.count("target") == 3
+    files = [zipfile.ZipFile(result.experiment_dir / f"source_r_{r}_l_2.keras") for r in range(3)]
+    for name in ("config.json", "model.weights.h5"):
+        assert len({f.read(name) for f in files}) == 1
 
 
 def test_seeded_runs_are_identical_and_use_every_core(source_weights, tmp_path):
