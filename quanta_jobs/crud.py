@@ -5,13 +5,17 @@ Status changes are not here: they go through `quanta_jobs.job_state`.
 
 from __future__ import annotations
 
+import json
+from collections import namedtuple
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, delete, func, select, type_coerce, update
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.types import NullType
 
 from quanta_jobs.errors import Conflict, NotFound
 from quanta_jobs.job_state import TERMINAL, ConcurrentChange, JobKind, JobStatus, transition
@@ -52,7 +56,58 @@ def count_queued(session: Session, owner: str) -> int:
                Job.kind != JobKind.STUDY.value)) or 0)
 
 
-def list_jobs(
+#: What a page of the job list shows of each job, read as plain rows (no ORM objects).
+LIST_COLUMNS = (Job.id, Job.kind, Job.status, Job.spec, Job.created_at, Job.started_at,
+                Job.finished_at, Job.updated_at, Job.attempts, Job.cancel_requested,
+                Job.worker, Job.parent_id, Job.study_run, Job.progress, Job.result, Job.error)
+#: A row of `list_job_rows`: the columns' values as the ORM would give them.
+JobRow = namedtuple("JobRow", [c.key for c in LIST_COLUMNS])  # type: ignore[misc]
+_FILTERS = ("parent_id", "owner", "status", "kind")
+
+
+def _json_value(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _time_value(value: Any) -> datetime | None:
+    if isinstance(value, str):  # SQLite's text form
+        value = datetime.fromisoformat(value)
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value
+
+
+def _job_row(row: Any) -> JobRow:
+    (job_id, kind, status, spec, created_at, started_at, finished_at, updated_at, attempts,
+     cancel_requested, worker, parent_id, study_run, progress, result, error, _total) = row
+    return JobRow(job_id, kind, status, _json_value(spec), _time_value(created_at),
+                  _time_value(started_at), _time_value(finished_at), _time_value(updated_at),
+                  attempts, cancel_requested, worker, parent_id, study_run,
+                  _json_value(progress), _json_value(result), error)
+
+
+@lru_cache(maxsize=len(_FILTERS) ** 2)
+def _page_query(filters: tuple[str, ...]) -> Any:
+    """The page's statement for one set of filters, built once (values are parameters).
+
+    The total comes with every row: an uncorrelated count subquery, which the database
+    computes once, from an index where it can. The JSON and time columns are read as
+    the driver gives them, and `_job_row` converts them as `Job`'s column types would,
+    at a fraction of their cost per value (a page has hundreds of them).
+    """
+    counted = aliased(Job)  # its own FROM: never correlated with the rows' query
+    total = (select(func.count()).select_from(counted)
+             .where(*(getattr(counted, f) == bindparam(f) for f in filters)).scalar_subquery())
+    raw = {"spec", "progress", "result", "created_at", "started_at", "finished_at",
+           "updated_at"}
+    columns = [type_coerce(c, NullType()).label(c.key) if c.key in raw else c
+               for c in LIST_COLUMNS]
+    return (select(*columns, total).where(*(getattr(Job, f) == bindparam(f) for f in filters))
+            .order_by(Job.created_at.desc(), Job.id.desc())
+            .limit(bindparam("limit")).offset(bindparam("offset")))
+
+
+def list_job_rows(
     session: Session,
     *,
     status: str | None = None,
@@ -61,21 +116,20 @@ def list_jobs(
     offset: int = 0,
     owner: str | None = None,
     parent_id: str | None = None,
-) -> tuple[list[Job], int]:
-    """Jobs newest first (ties broken by id so pages never overlap), and the total count."""
-    query = select(Job)
-    count = select(func.count()).select_from(Job)
-    if parent_id is not None:
-        query = query.where(Job.parent_id == parent_id)
-        count = count.where(Job.parent_id == parent_id)
-    if owner is not None:
-        query, count = query.where(Job.owner == owner), count.where(Job.owner == owner)
-    if status is not None:
-        query, count = query.where(Job.status == status), count.where(Job.status == status)
-    if kind is not None:
-        query, count = query.where(Job.kind == kind), count.where(Job.kind == kind)
-    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
-    return list(session.scalars(query)), int(session.scalar(count) or 0)
+) -> tuple[list[JobRow], int]:
+    """Jobs newest first (ties broken by id so pages never overlap), as `JobRow`s, and
+    the total count, in one query; only a page past the end needs a second one."""
+    values = {"parent_id": parent_id, "owner": owner, "status": status, "kind": kind}
+    given = {name: value for name, value in values.items() if value is not None}
+    found = session.execute(_page_query(tuple(given)),
+                            {**given, "limit": limit, "offset": offset}).all()
+    if found:
+        return [_job_row(row) for row in found], int(found[0][-1])
+    if offset == 0:
+        return [], 0
+    count = select(func.count()).select_from(Job).where(
+        *(getattr(Job, name) == value for name, value in given.items()))
+    return [], int(session.scalar(count) or 0)
 
 
 def cancel_job(session: Session, job: Job) -> Job:

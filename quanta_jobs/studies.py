@@ -93,11 +93,12 @@ def study_progress(session: Session, study: Job) -> dict[str, Any]:
 def studies_progress(session: Session, study_ids: list[str]) -> dict[str, dict[str, Any]]:
     """`study_progress` of several studies in one query (a page of the job list)."""
     layer = Job.spec["layer_to_transfer"].as_integer()
-    rows = session.execute(select(Job.parent_id, Job.status, layer, Job.progress)
+    fraction = Job.progress["fraction"].as_float()  # not each child's whole progress
+    rows = session.execute(select(Job.parent_id, Job.status, layer, fraction)
                            .where(Job.parent_id.in_(study_ids))).all() if study_ids else []
     by_study: dict[str, list[tuple[str, int, Any]]] = {study_id: [] for study_id in study_ids}
-    for parent_id, status, layer_number, progress in rows:
-        by_study[parent_id].append((status, layer_number, progress))
+    for parent_id, status, layer_number, done in rows:
+        by_study[parent_id].append((status, layer_number, done))
     return {study_id: _progress(children) for study_id, children in by_study.items()}
 
 
@@ -106,7 +107,7 @@ def _progress(children: list[tuple[str, int, Any]]) -> dict[str, Any]:
     terminal = {s.value for s in TERMINAL}
     by_layer: dict[str, dict[str, int]] = {}
     work = 0.0
-    for status, layer_number, progress in children:
+    for status, layer_number, fraction in children:
         layer = layer_label(int(layer_number))
         entry = by_layer.setdefault(layer, {"total": 0, "done": 0, **dict.fromkeys(counts, 0)})
         entry["total"] += 1
@@ -115,8 +116,8 @@ def _progress(children: list[tuple[str, int, Any]]) -> dict[str, Any]:
         if status in terminal:
             entry["done"] += 1
             work += 1.0
-        elif status == JobStatus.RUNNING.value and progress:
-            work += float(progress.get("fraction") or 0.0)
+        elif status == JobStatus.RUNNING.value and fraction:
+            work += float(fraction)
     total = len(children)
     done = sum(counts[s.value] for s in TERMINAL)
     order = sorted(by_layer, key=lambda k: (k == "all", int(k) if k != "all" else 0))

@@ -193,6 +193,41 @@ def test_list_filters_and_pages_newest_first(client: Any, finished_job: Any,
     assert client.get("/v1/jobs", params={"kind": "transfer"}).json()["total"] == 1
 
 
+def test_a_page_shows_each_job_as_its_own_url_does_from_one_query(
+        client: Any, finished_job: Any, source_job: Any, db: Any, app: Any) -> None:
+    from sqlalchemy import event
+
+    queued = client.post("/v1/jobs", json={"kind": "source", "spec": TINY_SOURCE}).json()["id"]
+    finished_job("transfer", transfer_spec({"job": source_job.id}), status="failed")
+    running = finished_job("source", dict(TINY_SOURCE), status="running")
+    running.progress = {"run": 0, "nb_of_runs": 1, "epoch": 1, "nb_of_epochs": 2,
+                        "fraction": 0.5, "metrics": {"loss": 1.25, "auc": None}}
+    db.commit()
+    statements: list[str] = []
+    engine = app.state.sessionmaker.kw["bind"]
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM jobs" in statement:
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        page = client.get("/v1/jobs").json()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(statements) == 1  # the rows and their total together
+    assert page["total"] == 4 and len(page["items"]) == 4
+    assert queued in {job["id"] for job in page["items"]}
+    for job in page["items"]:
+        assert job == client.get(f"/v1/jobs/{job['id']}").json()
+    shown = {job["id"]: job for job in page["items"]}
+    assert shown[running.id]["progress"]["metrics"] == {"loss": 1.25, "auc": None}
+    assert shown[source_job.id]["finished_at"] is not None
+    # Past the last page: no rows, and still the total.
+    assert client.get("/v1/jobs", params={"offset": 10}).json() | {"items": []} == {
+        "items": [], "total": 4, "limit": 50, "offset": 10, "next": None}
+
+
 @pytest.mark.parametrize("params", [{"limit": 501}, {"limit": 0}, {"offset": -1},
                                     {"status": "done"}, {"kind": "x"}])
 def test_list_bad_query_is_422(client: Any, params: dict[str, Any]) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import shutil
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
+from pydantic_core import to_json
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
@@ -185,14 +186,42 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     parent_id: Annotated[str | None, Query(max_length=64,
                                            description="Only the jobs of this study.")] = None,
-) -> JobPage:
+) -> Response:
     """A page of jobs; `next` is the URL of the following page (absent on the last one)."""
-    jobs, total = crud.list_jobs(session, status=status, kind=kind, limit=limit, offset=offset,
-                                 owner=principal.owner_filter, parent_id=parent_id)
+    rows, total = crud.list_job_rows(session, status=status, kind=kind, limit=limit,
+                                     offset=offset, owner=principal.owner_filter,
+                                     parent_id=parent_id)
     following = next_page(PREFIX, {"status": status, "kind": kind, "parent_id": parent_id},
-                          limit=limit, offset=offset, shown=len(jobs), total=total)
-    return JobPage(items=jobs_out(session, jobs), total=total, limit=limit, offset=offset,
-                   next=following)
+                          limit=limit, offset=offset, shown=len(rows), total=total)
+    progress = studies.studies_progress(session, [r.id for r in rows if r.kind == studies.KIND])
+    page = {"items": [_list_item(row, progress.get(row.id)) for row in rows], "total": total,
+            "limit": limit, "offset": offset, "next": following}
+    return Response(to_json(page, inf_nan_mode="null"), media_type="application/json")
+
+
+def _list_item(row: crud.JobRow, study_progress: dict | None) -> dict[str, Any]:
+    """What `job_out` shows of a job (tested equal), as plain values from a row of the
+    list: a page is read and written without building a model per job, and its JSON
+    is written once, from those values (FastAPI would validate a `JobPage` first)."""
+    (job_id, kind, status, spec, created_at, started_at, finished_at, updated_at, attempts,
+     cancel_requested, worker, parent_id, study_run, progress, result, error) = row
+    base = f"{PREFIX}/{job_id}"
+    study = kind == studies.KIND
+    if study:
+        progress = StudyProgress.model_validate(study_progress).model_dump()
+    elif progress:
+        progress = Progress.model_validate(progress).model_dump()
+    return {
+        "id": job_id, "kind": kind, "status": status, "spec": spec,
+        "created_at": created_at, "started_at": started_at, "finished_at": finished_at,
+        "updated_at": updated_at, "attempts": attempts, "cancel_requested": cancel_requested,
+        "worker": worker, "parent_id": parent_id, "study_run": study_run,
+        "progress": progress or None, "result": result, "error": error,
+        "links": {"self": base, "cancel": f"{base}/cancel", "artifacts": f"{base}/artifacts",
+                  "archive": f"{base}/archive", "events": f"{base}/events",
+                  "children": f"{base}/children" if study else None,
+                  "summary": f"{base}/summary" if study else None},
+    }
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job", responses=NOT_FOUND)
