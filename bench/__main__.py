@@ -1,10 +1,13 @@
 """The whole benchmark suite in one command: `python -m bench [--quick] [--out DIR]`.
 
 Runs, each in its own process so they do not disturb each other:
-training throughput (`train_throughput.py`), the small study through the service
-(`study_wall_time.py`), API latency under load (`api_latency.py`) and POST-to-start
-latency per broker (`post_to_start.py`). Writes one JSON file per part and
-`bench.json` with all of them under `--out` (default `bench/results/`), and prints them.
+training throughput, bare and on the real path (`train_throughput.py`), one seeded run's
+whole process against the reference's `quanta.py` (`whole_process.py`, given the
+reference's git directory with `--reference-dir` or `$QUANTA_REFERENCE_GIT_DIR`), the
+small study through the service (`study_wall_time.py`), API latency under load
+(`api_latency.py`) and POST-to-start latency per broker (`post_to_start.py`). Writes one
+JSON file per part and `bench.json` with all of them under `--out` (default
+`bench/results/`), and prints them.
 `--quick` shrinks every part (a narrow network, fewer samples, a shorter load) to check
 that the suite works in a few minutes; its numbers are not the documented ones.
 """
@@ -25,7 +28,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["throughput", "study", "api", "post_to_start"])
+                        choices=["throughput", "whole_process", "study", "api",
+                                 "post_to_start"])
+    parser.add_argument("--reference-dir", default=None,
+                        help="git directory of RomainOr/Quanta, for whole_process "
+                        "(default: $QUANTA_REFERENCE_GIT_DIR; without it that part is skipped)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -33,6 +40,9 @@ def main() -> None:
     parts = {
         "throughput": ["train_throughput.py", "--layers", "0", "3", "6", "all"]
         + (["--samples", "256", "--width_multiplier", "0.25"] if quick else []),
+        "whole_process": ["whole_process.py"]
+        + (["--samples", "64", "--epochs", "1", "--pairs", "1"] if quick else [])
+        + (["--reference-dir", args.reference_dir] if args.reference_dir else []),
         "study": ["study_wall_time.py"]
         + (["--layers", "2", "--runs", "1", "--samples", "128", "--width_multiplier", "0.125"]
            if quick else []),
