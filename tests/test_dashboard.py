@@ -230,7 +230,7 @@ def test_submit_watch_open_compare_cancel(server: SimpleNamespace, page: Any,
     page.click("#compare-go")
     page.wait_for_url(re.compile(r"#/compare\?ids="))
     assert study in page.url and second in page.url
-    page.wait_for_selector("#compare-table tbody tr")
+    page.wait_for_selector("#compare-table tbody tr, .error-box")  # a failure says why
     assert page.locator(".error-box").all_inner_texts() == []
     page.wait_for_selector("#compare-curve[data-studies='2'] .u-over")
     assert page.locator("#compare-table tbody tr").count() == 2

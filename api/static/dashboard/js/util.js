@@ -178,6 +178,8 @@ export function describe(values) {
 
 export function ci(stat, digits = 3) {
   if (!stat || !stat.n) return "–";
+  // One run has no interval: the service sends ci95 (and std) as null then.
+  if (!stat.ci95) return "[n/a]";
   return `[${num(stat.ci95[0], digits)}, ${num(stat.ci95[1], digits)}]`;
 }
 
