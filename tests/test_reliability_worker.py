@@ -271,12 +271,17 @@ def test_wall_time_limit_fails_the_job(make_runner: Callable[..., Any]) -> None:
 
 
 def test_shutdown_hands_back_and_the_next_attempt_resumes(make_runner: Callable[..., Any],
-                                                          caplog: pytest.LogCaptureFixture
+                                                          caplog: pytest.LogCaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
     """SIGTERM's path (shutting_down) during epoch 2 of 3: the job goes back to the queue
     with its checkpoint; the next attempt resumes after epoch 1 and ends with every epoch."""
     import json
 
+    from quanta import training
+
+    # Ask before every batch: these epochs are shorter than the usual 0.25 s between asks.
+    monkeypatch.setattr(training, "CANCEL_CHECK_S", 0.0)
     runner = make_runner()
     job_id = new_job(runner, "source", {**TINY_SOURCE, "nb_of_epochs": 3})
     after_epoch(runner, 1, runner.shutting_down.set)
