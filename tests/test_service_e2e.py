@@ -134,9 +134,11 @@ def test_source_job_reports_progress_and_files(service: SimpleNamespace,
     assert "categorical_accuracy" in job["result"]["test_metrics"]
     paths = {a["path"] for a in service.client.get(f"/v1/jobs/{job['id']}/artifacts")
              .json()["items"]}
+    # The seed's files, and Keras's model summary as an artifact the result names.
+    assert job["result"]["model_summary"] == "model_summary.txt"
     assert paths == {f"digits_training/{name}" for name in (
         "source.keras", "source.weights.h5", "training_metrics_of_source.jsonl",
-        "testing_metrics_of_source.jsonl")}
+        "testing_metrics_of_source.jsonl")} | {"model_summary.txt"}
 
 
 def test_transfer_job_files_in_the_seed_layout(service: SimpleNamespace,

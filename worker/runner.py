@@ -464,6 +464,9 @@ class JobRunner:
                     job_plots.transfer_plot(spec, transfer.experiment_dir, output,
                                             spec.nb_of_runs)
         except Cancelled as exc:
+            if cancel_check.lost:
+                log.error("job %s was taken from us (another attempt owns it now); stopped, "
+                          "nothing recorded", job_id)
             if cancel_check.lost or cancel_check.silenced:
                 return None, {}
             if cancel_check.over_time and not cancel_check.requested:
