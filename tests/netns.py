@@ -26,12 +26,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.s3server import wait_port
 
 #: A tiny TCP relay for when socat is missing: python -c FORWARDER LISTEN_HOST PORT TARGET_HOST PORT
 FORWARDER = r"""
@@ -86,20 +87,6 @@ def _free_subnet() -> int:
         if f"10.77.{third}." not in used:
             return third
     raise RuntimeError("no free 10.77.X.0/24 subnet")
-
-
-def wait_port(host: str, port: int, timeout: float = 30.0,
-              process: subprocess.Popen[Any] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the process for {host}:{port} exited ({process.returncode})")
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
 def _stop(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
