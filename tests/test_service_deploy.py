@@ -34,6 +34,46 @@ def env_example() -> dict[str, str]:
     return values
 
 
+#: What the API and the workers read to reach the artifact store (docs/service.md).
+STORE_ENV = ("QUANTA_STORE_URL", "QUANTA_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+             "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+def interpolate(text: str, shell: dict[str, str]) -> str:
+    """Compose's interpolation of `text`: `$$` is a `$`; `${NAME}`, `${NAME:-default}`,
+    `${NAME-default}` and `$NAME` take `shell` (a `${NAME:?message}` unset fails)."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        if match.group("bare"):
+            return shell.get(match.group("bare"), "")
+        name, op, default = match.group("name", "op", "default")
+        value = shell.get(name)
+        if op == ":?" and not value:
+            raise AssertionError(f"compose refuses: {name} is required ({default})")
+        if (op == ":-" and not value) or (op == "-" and value is None):
+            return default
+        return value or ""
+
+    return re.sub(r"\$\$|\$\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:-|-|:\?)(?P<default>[^}]*))?\}"
+                  r"|\$(?P<bare>[A-Za-z_]\w*)", one, text)
+
+
+def container_env(environment: dict[str, str | None], shell: dict[str, str]) -> dict[str, str]:
+    """The variables an `environment:` mapping gives a container when `shell` is the
+    environment compose runs in (.env aside): a name without a value is passed only if
+    the shell has it, anything else is interpolated."""
+    env = {}
+    for name, value in environment.items():
+        if value is None:
+            if name in shell:
+                env[name] = shell[name]
+        else:
+            env[name] = interpolate(str(value), shell)
+    return env
+
+
 def test_compose_services_and_healthchecks(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert {"api", "worker", "redis", "postgres"} <= set(services)
@@ -62,10 +102,137 @@ def test_compose_shares_volumes_and_env_file(compose: dict[str, Any]) -> None:
         assert ".env" in services[name]["env_file"], name
         mounts = {v.split(":")[1] for v in services[name]["volumes"]}
         assert {"/var/lib/quanta/artifacts", "/var/lib/quanta/uploads",
-                "/var/lib/quanta/datasets"} <= mounts
+                "/var/lib/quanta/datasets", "/var/lib/quanta/checkpoints",
+                "/var/lib/quanta/cache"} <= mounts
     assert services["api"]["build"]["dockerfile"] == "Dockerfile.gpu"
-    assert {"pgdata", "redisdata", "artifacts", "uploads", "datasets"} <= set(compose["volumes"])
+    assert {"pgdata", "redisdata", "artifacts", "uploads", "datasets", "checkpoints",
+            "cache"} <= set(compose["volumes"])
     assert any(v.endswith(":/var/lib/postgresql/data") for v in services["postgres"]["volumes"])
+
+
+def test_compose_s3_profile_runs_minio_and_makes_the_bucket(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("postgres", "redis", "api", "worker"):  # a plain `docker compose up`
+        assert not services[name].get("profiles"), name
+    assert services["flower"]["profiles"] == ["monitoring"]
+    minio, init = services["minio"], services["minio-init"]
+    assert minio["profiles"] == ["s3"] and init["profiles"] == ["s3"]
+    for service in (minio, init):
+        image, _, tag = service["image"].rpartition(":")
+        assert "minio" in image and tag.startswith("RELEASE."), service["image"]  # pinned
+    data = [v for v in minio["volumes"] if v.split(":")[1] == "/data"]
+    assert data and data[0].split(":")[0] in compose["volumes"]
+    assert "/data" in minio["command"]
+    assert minio["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL")
+    assert all(str(port).startswith("127.0.0.1:") for port in minio["ports"])
+    # MinIO's root key is the key the API and the workers are given.
+    shell = {"AWS_ACCESS_KEY_ID": "quanta", "AWS_SECRET_ACCESS_KEY": "secret-key"}
+    assert container_env(minio["environment"], shell) == {
+        "MINIO_ROOT_USER": "quanta", "MINIO_ROOT_PASSWORD": "secret-key"}
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert init["restart"] == "no"
+    assert init["entrypoint"] == ["/bin/sh", "-c"] and len(init["command"]) == 1
+
+
+def run_minio_init(compose: dict[str, Any], shell: dict[str, str],
+                   tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """minio-init's script under /bin/sh, with an `mc` that records its arguments."""
+    init = compose["services"]["minio-init"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    calls = tmp_path / "mc-calls"
+    calls.unlink(missing_ok=True)
+    (bin_dir / "mc").write_text(f'#!/bin/sh\necho "$*" >> {shlex.quote(str(calls))}\n')
+    (bin_dir / "mc").chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin",
+           **container_env(init["environment"], shell)}
+    script = interpolate(init["command"][0], shell)
+    done = subprocess.run([*init["entrypoint"], script], env=env, capture_output=True,
+                          text=True, timeout=30)
+    return done, (calls.read_text().splitlines() if calls.exists() else [])
+
+
+def test_minio_init_makes_the_bucket_the_store_url_names(
+        compose: dict[str, Any], tmp_path: Path) -> None:
+    keys = {"AWS_ACCESS_KEY_ID": "quanta", "AWS_SECRET_ACCESS_KEY": "secret-key"}
+    done, calls = run_minio_init(
+        compose, {"QUANTA_STORE_URL": "s3://papers/runs/2025", **keys}, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert calls == ["alias set store http://minio:9000 quanta secret-key",
+                     "mb --ignore-existing store/papers"]
+    for url in ("", "papers", "papers/runs", "s3://", "s3:///runs"):
+        done, calls = run_minio_init(compose, {"QUANTA_STORE_URL": url, **keys}, tmp_path)
+        assert done.returncode != 0 and "QUANTA_STORE_URL" in done.stderr, url
+        assert calls == [], url
+    done, calls = run_minio_init(compose, {"QUANTA_STORE_URL": "s3://papers/"}, tmp_path)
+    assert done.returncode != 0 and "AWS_ACCESS_KEY_ID" in done.stderr and calls == []
+
+
+def settings_from(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`Settings` read from `env` alone, as in a container (no AWS file of this machine)."""
+    from quanta_jobs.settings import Settings
+
+    for key in list(os.environ):
+        if key.startswith(("QUANTA_", "AWS_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("QUANTA_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+@pytest.mark.parametrize("service", ["api", "worker"])
+def test_compose_passes_the_store_settings(compose: dict[str, Any], service: str,
+                                           tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store variables reach the API and the workers from the shell (or .env), and
+    what compose passes when they are not set keeps the local folders, or, with only
+    QUANTA_STORE_URL set, an S3 client on AWS: an empty endpoint or region would not do."""
+    from quanta_jobs.store import LocalStore, S3Store, store_from_settings
+
+    environment = compose["services"][service]["environment"]
+    assert set(STORE_ENV) <= set(environment)
+    if service == "api":
+        assert "QUANTA_API_TOKENS" in environment
+
+    env = container_env(environment, {"QUANTA_API_TOKENS": "ops:" + "x" * 32})
+    assert env.get("QUANTA_STORE_URL", "") == ""
+    settings = settings_from(env, tmp_path, monkeypatch)
+    assert settings.store_url is None
+    assert isinstance(store_from_settings(settings, "artifacts"), LocalStore)
+
+    aws = {"QUANTA_STORE_URL": "s3://quanta/runs", "AWS_ACCESS_KEY_ID": "k",
+           "AWS_SECRET_ACCESS_KEY": "s", "QUANTA_API_TOKENS": "ops:" + "x" * 32}
+    env = container_env(environment, aws)
+    assert {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")} == {
+        "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    store = store_from_settings(settings_from(env, tmp_path, monkeypatch), "uploads")
+    assert isinstance(store, S3Store)
+    assert (store.bucket, store.prefix, store.endpoint_url) == ("quanta", "runs/uploads", None)
+
+    minio = {**aws, "QUANTA_STORE_URL": "s3://quanta/",
+             "QUANTA_S3_ENDPOINT_URL": "http://minio:9000"}
+    env = container_env(environment, minio)
+    store = store_from_settings(settings_from(env, tmp_path, monkeypatch), "checkpoints")
+    assert isinstance(store, S3Store)
+    assert (store.bucket, store.prefix, store.endpoint_url) == (
+        "quanta", "checkpoints", "http://minio:9000")
+
+
+def test_env_example_documents_the_store() -> None:
+    """Every store variable is in .env.example, commented: unset is the local store, and
+    an uncommented empty endpoint, region, part size or cache folder would be a value."""
+    lines = (REPO / ".env.example").read_text().splitlines()
+    commented = {m.group(1) for line in lines
+                 if (m := re.match(r"#\s*([A-Z][A-Z0-9_]*)=", line))}
+    assert {*STORE_ENV, "QUANTA_S3_PART_BYTES", "QUANTA_STORE_CACHE_DIR"} <= commented
+    values = env_example()
+    for key in ("QUANTA_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "QUANTA_S3_PART_BYTES",
+                "QUANTA_STORE_CACHE_DIR"):
+        assert values.get(key, "unset") != "", f"{key} is set to an empty value"
+    assert values.get("QUANTA_STORE_URL", "") == ""  # the local folders by default
 
 
 def test_env_example_configures_the_service() -> None:
@@ -76,9 +243,11 @@ def test_env_example_configures_the_service() -> None:
     assert values["QUANTA_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert values["QUANTA_BROKER_URL"].startswith("redis://redis:")
     compose_only = {"QUANTA_API_PORT", "QUANTA_GPU_ID", "QUANTA_WORKERS_PER_GPU",
-                    "QUANTA_GPU_MEMORY_MB"}
+                    "QUANTA_GPU_MEMORY_MB", "QUANTA_S3_PORT"}
     fields = {f"QUANTA_{name.upper()}" for name in Settings.model_fields}
-    for key in values:
+    commented = {m.group(1) for line in (REPO / ".env.example").read_text().splitlines()
+                 if (m := re.match(r"#\s*(QUANTA_[A-Z0-9_]*)=", line))}
+    for key in set(values) | commented:
         if key.startswith("QUANTA_") and key not in compose_only:
             assert key in fields, f"{key} is not a setting"
     assert ".env" in (REPO / ".gitignore").read_text().split()
@@ -168,14 +337,19 @@ def test_every_mounted_folder_is_created_and_owned_by_the_image_user(
     assert {"api", "worker"} <= set().union(*mounted.values())
     folders = set(mounted) | {value for key, value in env.items()
                               if key.startswith("QUANTA_") and key.endswith("_DIR")}
-    assert "/var/lib/quanta/checkpoints" in folders
+    assert {"/var/lib/quanta/checkpoints", "/var/lib/quanta/cache"} <= folders
     for folder in sorted(folders):
         path = PurePosixPath(folder)
         assert path in created, f"{folder} is not created in the image (Docker makes it root's)"
         assert path in owned, f"{folder} is not chowned to {user} after it is created"
     for key in ("QUANTA_ARTIFACTS_DIR", "QUANTA_UPLOADS_DIR", "QUANTA_DATA_DIR",
-                "QUANTA_CHECKPOINTS_DIR"):  # the service writes where the volumes are
+                "QUANTA_CHECKPOINTS_DIR", "QUANTA_STORE_CACHE_DIR"):
+        # the service writes where the volumes are (the cache a folder of its own)
         assert env.get(key) in mounted, f"{key}={env.get(key)} is not a mounted volume"
+    assert "worker" in mounted[env["QUANTA_STORE_CACHE_DIR"]]
+    assert len({env[key] for key in ("QUANTA_ARTIFACTS_DIR", "QUANTA_UPLOADS_DIR",
+                                     "QUANTA_DATA_DIR", "QUANTA_CHECKPOINTS_DIR",
+                                     "QUANTA_STORE_CACHE_DIR")}) == 5
 
 
 def _expand(word: str, env: dict[str, str]) -> str:
