@@ -358,9 +358,11 @@ def test_a_job_survives_its_host_and_the_files_travel_through_the_bucket(
         if name == "epoch":
             epochs.setdefault(body["attempt"], []).append(body["epoch"])
     assert epochs[1][:KILL_AFTER_EPOCH] == list(range(1, KILL_AFTER_EPOCH + 1)), epochs
-    assert 1 < epochs[2][0] <= max(epochs[1]) + 1, epochs
+    resumed = f"job {source_id}: resuming an earlier attempt"
+    assert 1 < epochs[2][0] <= max(epochs[1]) + 1, (
+        f"attempt 2 did not resume: epochs by attempt {epochs}\n{all_logs(cluster)}")
     assert epochs[2] == list(range(epochs[2][0], SOURCE["nb_of_epochs"] + 1)), epochs
-    assert f"job {source_id}: resuming an earlier attempt" in other.text()
+    assert resumed in other.text(), all_logs(cluster)
     statuses = [(b["status"], b["attempt"], b["worker"]) for n, b in stream if n == "status"]
     assert ("running", 1, first.name) in statuses and ("running", 2, other.name) in statuses
     figures["resumed"] = (f"killed after epoch {killed_epoch}, attempt 2 began at epoch "
