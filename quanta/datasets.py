@@ -197,6 +197,13 @@ def _cached(key: tuple[Any, ...], paths: tuple[Path, ...], load: Callable[[], Da
     return dataset
 
 
+def task_files(task: str) -> list[tuple[str, ...]]:
+    """The files a built-in task reads from the data folder, each as the names it may
+    have there (the official one first); [] for a user's `npz:` file or an unknown task.
+    A worker fetches them from the service's store before the task loads."""
+    return [(local, *_ALIASES.get(local, ())) for local in _TASK_FILES.get(task, ())]
+
+
 def _url(local: str) -> str:
     base, remote = _REMOTE[local]
     return _URL_BASES[base] + remote

@@ -1,9 +1,10 @@
 """The artifact index: what a job's output folder holds (hashed), and safe lookups in it.
 
-A worker records every file of a finished job (`scan`) so that the API lists and
-serves only recorded files. A path asked for by a client is only used if it is a
-recorded artifact of the job AND resolves inside the job's folder without a symlink
-on the way (`safe_file`); anything else is unknown (we do not say whether it exists).
+A worker records every file of a finished job (its path, size and SHA-256) so that the
+API lists and serves only recorded files. A path asked for by a client is only used if
+it is a recorded artifact of the job and a safe relative path; the store then refuses
+any key that could lead outside it, a symlink on the way included
+(`quanta_jobs.store`); anything else is unknown (we do not say whether it exists).
 """
 
 from __future__ import annotations
@@ -31,24 +32,6 @@ def is_safe_relative(path: str) -> bool:
         return False
     parts = path.split("/")
     return all(part not in ("", ".", "..") for part in parts) and ":" not in parts[0]
-
-
-def safe_file(root: Path, relative: str) -> Path | None:
-    """`root/relative` if it is a regular file inside `root` reached without any symlink."""
-    if not is_safe_relative(relative):
-        return None
-    candidate = root
-    for part in relative.split("/"):
-        candidate = candidate / part
-        if candidate.is_symlink():
-            return None
-    try:
-        real = Path(os.path.realpath(candidate))
-        if not real.is_relative_to(Path(os.path.realpath(root))) or not real.is_file():
-            return None
-    except OSError:
-        return None
-    return candidate
 
 
 def scan(root: Path) -> list[ArtifactInfo]:

@@ -2,19 +2,24 @@
 
 A job may have two workers at once: one that lost the database (or was frozen) and still
 trains, and the one the sweeper gave the job to meanwhile. So no attempt writes the
-job's folder `ARTIFACTS_DIR/{job}/` itself. Attempt `n` writes
+job's folder `{job}/` of the artifacts store itself. Attempt `n` writes
 
-- its outputs to `ARTIFACTS_DIR/.attempts/{job}/{n}/` (the same volume as the job's
-  folder, so that promoting it is one atomic rename),
-- its checkpoints to `CHECKPOINTS_DIR/{job}/{n}/`,
-- once it ended, its outcome to `ARTIFACTS_DIR/.attempts/{job}/{n}.outcome.json`: the
-  status, the result and the artifact index (sizes and SHA-256, computed before any
-  database transaction), so that an outcome the database never heard of is recorded
-  later by whoever finds it (the sweeper, or the worker's next start), never lost with
-  the checkpoints.
+- its outputs to `.attempts/{job}/{n}/` of the artifacts store,
+- its checkpoints to `{job}/{n}/` of the checkpoints store,
+- once it ended, its outcome to `.attempts/{job}/{n}.outcome.json`: the status, the
+  result and the artifact index (sizes and SHA-256, computed before any database
+  transaction), so that an outcome the database never heard of is recorded later by
+  whoever finds it (the sweeper, or the worker's next start), never lost with the
+  checkpoints.
+
+With the local store those are the folders themselves, written in place, and promotion
+is one atomic rename. With a bucket the worker writes them in its cache
+(`quanta_jobs.store.work_dir`) and `AttemptFiles.push` sends them (after every epoch,
+and at the end), so that another host resumes the attempt; promotion copies on the
+server, and until it is done readers find the files in the attempt's folder (`locate`).
 
 The attempt then records its end with a compare-and-swap on (job, attempt, worker)
-(`record`), and only if that wins renames its folder over the job's (`promote`). A
+(`record`), and only if that wins moves its folder over the job's (`promote`). A
 losing attempt's folders are discarded. A resumed attempt copies the checkpoints and
 outputs of the latest earlier attempt into its own folders (`worker.checkpoints`).
 
@@ -27,9 +32,7 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,39 +46,105 @@ from quanta_jobs.crud import ArtifactInfo
 from quanta_jobs.job_state import TERMINAL, JobStatus, transition
 from quanta_jobs.models import Job, db_now
 from quanta_jobs.settings import Settings
-from quanta_spec.files import atomic_write
+from quanta_jobs.store import ArtifactStore, KeyNotFound, Mirror, store_from_settings, work_dir
 
 log = logging.getLogger(__name__)
 ATTEMPTS = ".attempts"
 OUTCOME_SUFFIX = ".outcome.json"
 
 
-def root(settings: Settings, job_id: str) -> Path:
-    """Every attempt's outputs and outcomes of `job_id`."""
-    return settings.artifacts_dir / ATTEMPTS / job_id
+def artifacts_store(settings: Settings) -> ArtifactStore:
+    return store_from_settings(settings, "artifacts")
+
+
+def checkpoints_store(settings: Settings) -> ArtifactStore:
+    return store_from_settings(settings, "checkpoints")
+
+
+def root_prefix(job_id: str) -> str:
+    """Every attempt's outputs and outcomes of `job_id` (artifacts store)."""
+    return f"{ATTEMPTS}/{job_id}"
+
+
+def output_prefix(job_id: str, attempt: int) -> str:
+    return f"{ATTEMPTS}/{job_id}/{attempt}"
+
+
+def checkpoint_prefix(job_id: str, attempt: int) -> str:
+    return f"{job_id}/{attempt}"
+
+
+def outcome_key(job_id: str, attempt: int) -> str:
+    return f"{ATTEMPTS}/{job_id}/{attempt}{OUTCOME_SUFFIX}"
+
+
+def root(settings: Settings, job_id: str) -> str:
+    """Where every attempt of `job_id` is kept, for messages."""
+    return artifacts_store(settings).url(root_prefix(job_id))
 
 
 def output_dir(settings: Settings, job_id: str, attempt: int) -> Path:
-    return root(settings, job_id) / str(attempt)
+    """The local folder this process writes the attempt's outputs in."""
+    return work_dir(settings, "artifacts", output_prefix(job_id, attempt))
 
 
 def checkpoint_dir(settings: Settings, job_id: str, attempt: int) -> Path:
-    return settings.checkpoints_path / job_id / str(attempt)
-
-
-def outcome_path(settings: Settings, job_id: str, attempt: int) -> Path:
-    return root(settings, job_id) / f"{attempt}{OUTCOME_SUFFIX}"
+    """The local folder this process writes the attempt's checkpoints in."""
+    return work_dir(settings, "checkpoints", checkpoint_prefix(job_id, attempt))
 
 
 def earlier(settings: Settings, job_id: str, attempt: int) -> list[int]:
     """Attempts before `attempt` that left checkpoints, latest first."""
-    found = []
-    folder = settings.checkpoints_path / job_id
-    if folder.is_dir():
-        for entry in folder.iterdir():
-            if entry.name.isdigit() and int(entry.name) < attempt and entry.is_dir():
-                found.append(int(entry.name))
-    return sorted(found, reverse=True)
+    names = checkpoints_store(settings).names(job_id)
+    return sorted((int(n) for n in names if n.isdigit() and int(n) < attempt), reverse=True)
+
+
+def locate(settings: Settings, job_id: str, attempt: int, path: str) -> str | None:
+    """The artifacts-store key of a recorded file of a job: in the job's folder, or in
+    the recorded attempt's while its promotion is under way (a bucket copies, so a job
+    is recorded before its files have all reached its folder); None if neither has it."""
+    store = artifacts_store(settings)
+    for key in (f"{job_id}/{path}", f"{output_prefix(job_id, attempt)}/{path}"):
+        if store.exists(key):
+            return key
+    return None
+
+
+class AttemptFiles:
+    """One attempt's local output and checkpoint folders and their copies in the store.
+
+    `push` sends the outputs first, then the checkpoints: a checkpoint in the store
+    never names an output that is not there too, so another host resumes from any push.
+    With the local store both are the store's own folders and `push` only hashes."""
+
+    def __init__(self, settings: Settings, job_id: str, attempt: int) -> None:
+        self.settings, self.job_id, self.attempt = settings, job_id, attempt
+        self.output = output_dir(settings, job_id, attempt)
+        self.checkpoints = checkpoint_dir(settings, job_id, attempt)
+        self._outputs = Mirror(artifacts_store(settings), output_prefix(job_id, attempt),
+                               self.output)
+        self._checkpoints = Mirror(checkpoints_store(settings),
+                                   checkpoint_prefix(job_id, attempt), self.checkpoints)
+
+    @property
+    def remote(self) -> bool:
+        """Whether the store is elsewhere (a bucket): files must be pushed to it."""
+        return not self._outputs.in_place
+
+    def push(self, checkpoints: bool = True) -> list[ArtifactInfo]:
+        """Send what changed; returns the artifact index of the outputs."""
+        strip = len(self._outputs.prefix) + 1
+        index = [ArtifactInfo(info.key[strip:], info.size, info.sha256 or "")
+                 for info in self._outputs.push()]
+        if checkpoints:
+            self._checkpoints.push()
+        return index
+
+    def drop_local(self) -> None:
+        """Remove the local copies once the store holds them (a bucket only)."""
+        if self.remote:
+            shutil.rmtree(self.output, ignore_errors=True)
+            shutil.rmtree(self.checkpoints, ignore_errors=True)
 
 
 @dataclass
@@ -90,23 +159,26 @@ class SavedOutcome:
 
 
 def save_outcome(settings: Settings, job_id: str, outcome: SavedOutcome) -> None:
-    """Written atomically: a crash leaves the old file or none, never half of one."""
+    """Stored whole: a crash leaves the old outcome or none, never half of one."""
     data = {**asdict(outcome), "status": outcome.status.value,
             "artifacts": [asdict(a) for a in outcome.artifacts]}
-    atomic_write(outcome_path(settings, job_id, outcome.attempt), json.dumps(data))
+    artifacts_store(settings).put(outcome_key(job_id, outcome.attempt),
+                                  json.dumps(data).encode())
 
 
 def load_outcome(settings: Settings, job_id: str, attempt: int) -> SavedOutcome | None:
-    path = outcome_path(settings, job_id, attempt)
+    store = artifacts_store(settings)
+    key = outcome_key(job_id, attempt)
     try:
-        data = json.loads(path.read_text())
+        with store.get(key) as reader:
+            data = json.loads(reader.read())
         return SavedOutcome(int(data["attempt"]), str(data["worker"]), JobStatus(data["status"]),
                             dict(data["fields"]),
                             [ArtifactInfo(**a) for a in data["artifacts"]])
-    except FileNotFoundError:
+    except KeyNotFound:
         return None
     except (OSError, ValueError, KeyError, TypeError):
-        log.warning("unreadable outcome %s; ignored", path)
+        log.warning("unreadable outcome %s; ignored", store.url(key))
         return None
 
 
@@ -122,10 +194,14 @@ def record(session: Session, job: Job, outcome: SavedOutcome) -> None:
 
 
 @contextlib.contextmanager
-def _locked(job_id: str, settings: Settings) -> Iterator[None]:
+def _locked(settings: Settings, job_id: str) -> Iterator[None]:
     """Two processes promoting the same recorded attempt (a worker and the sweeper) take
-    turns; the second finds the work done."""
-    folder = root(settings, job_id)
+    turns on one host; the second finds the work done. Through a bucket they may both
+    copy: the same objects, so either order ends the same."""
+    folder = artifacts_store(settings).local_dir(root_prefix(job_id))
+    if folder is None:
+        yield
+        return
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -136,29 +212,38 @@ def _locked(job_id: str, settings: Settings) -> Iterator[None]:
 
 
 def promote(settings: Settings, job_id: str, attempt: int) -> None:
-    """Rename the recorded attempt's outputs over the job's folder, then drop every
+    """Move the recorded attempt's outputs over the job's folder, then drop every
     attempt's folders (the losers' too). Call only once `record` committed."""
-    staging = output_dir(settings, job_id, attempt)
-    final = settings.artifacts_dir / job_id
-    with _locked(job_id, settings):
-        if staging.is_dir():
-            if final.exists():  # left by an older release, or a half-done promotion
-                aside = root(settings, job_id) / f"replaced-{uuid.uuid4().hex}"
-                os.rename(final, aside)
-            os.rename(staging, final)
-        elif not final.is_dir():
+    store = artifacts_store(settings)
+    with _locked(settings, job_id):
+        moved = store.move_prefix(output_prefix(job_id, attempt), job_id)
+        final = store.local_dir(job_id)
+        if not moved and final is not None and not final.is_dir():
             final.mkdir(parents=True, exist_ok=True)  # an attempt that wrote nothing
     discard(settings, job_id)
 
 
 def discard(settings: Settings, job_id: str, attempt: int | None = None) -> None:
-    """Remove one attempt's folders, or (no `attempt`) every attempt's and checkpoint."""
+    """Remove one attempt's folders, or (no `attempt`) every attempt's and checkpoint,
+    in the store and in this process's work folders."""
+    outputs, saved = artifacts_store(settings), checkpoints_store(settings)
     if attempt is None:
-        shutil.rmtree(root(settings, job_id), ignore_errors=True)
-        shutil.rmtree(settings.checkpoints_path / job_id, ignore_errors=True)
-        return
-    shutil.rmtree(output_dir(settings, job_id, attempt), ignore_errors=True)
-    shutil.rmtree(checkpoint_dir(settings, job_id, attempt), ignore_errors=True)
+        prefixes = [(outputs, "artifacts", root_prefix(job_id)),
+                    (saved, "checkpoints", job_id)]
+    else:
+        prefixes = [(outputs, "artifacts", output_prefix(job_id, attempt)),
+                    (saved, "checkpoints", checkpoint_prefix(job_id, attempt))]
+    for store, area, prefix in prefixes:
+        store.delete_prefix(prefix)
+        local = work_dir(settings, area, prefix)
+        if store.local_dir(prefix) != local:
+            shutil.rmtree(local, ignore_errors=True)
+
+
+def delete_job_files(settings: Settings, job_id: str) -> None:
+    """Everything kept of a deleted job: its files, attempts and checkpoints."""
+    artifacts_store(settings).delete_prefix(job_id)
+    discard(settings, job_id)
 
 
 def settle_leftovers(session: Session, settings: Settings, limit: int = 100) -> int:
@@ -167,10 +252,8 @@ def settle_leftovers(session: Session, settings: Settings, limit: int = 100) -> 
     sweeper, deleted). Jobs ended less than `stale_after_s` ago are left to their
     worker; running and queued ones keep their attempts (the next resumes from them).
     Returns how many jobs' folders were settled."""
-    base = settings.artifacts_dir / ATTEMPTS
-    if not base.is_dir():
-        return 0
-    names = sorted(entry.name for entry in base.iterdir() if entry.is_dir())[:limit]
+    names = [name for name in artifacts_store(settings).names(ATTEMPTS)
+             if name.isalnum()][:limit]
     if not names:
         return 0
     jobs = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(names)))}

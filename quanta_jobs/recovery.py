@@ -106,7 +106,7 @@ def sweep(sessions: sessionmaker[Session], celery: Celery, settings: Settings) -
         sent += resend_stuck_studies(session, celery, settings)
         try:
             attempts.settle_leftovers(session, settings)
-        except OSError:
+        except Exception:  # housekeeping: a store that is down is tried again next sweep
             log.warning("could not settle the attempts' folders", exc_info=True)
     if sent:
         log.info("re-sent %d queued job(s) to the broker", sent)

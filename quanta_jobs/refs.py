@@ -2,7 +2,10 @@
 
 The API calls this to validate a request before queuing it (does the job exist, is
 it the right kind, has it succeeded, is the file there?) and the worker calls it
-again to get the paths it trains from, so both apply the same rules.
+again to get the paths it trains from, so both apply the same rules. The paths are
+local copies of the store's objects (`quanta_jobs.store.StoreCache`, checked against
+the SHA-256 the database recorded): with the local store the files themselves, with a
+bucket copies fetched once per host, so a worker needs nothing but the network.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from quanta_jobs import attempts
 from quanta_jobs.errors import Conflict, Invalid
 from quanta_jobs.job_state import JobStatus
 from quanta_jobs.models import Artifact, Job, Upload
 from quanta_jobs.settings import Settings
+from quanta_jobs.store import Area, IntegrityError, KeyNotFound, cache_from_settings
 from quanta_spec import (
     JobRef,
     RemoteSourceSpec,
@@ -60,11 +65,21 @@ def _find_artifact(session: Session, job: Job, suffix: str) -> Artifact | None:
     return next((a for a in rows if a.path == suffix or a.path.endswith("/" + suffix)), None)
 
 
-def _existing(path: Path, field: str, what: str) -> Path:
-    if not path.is_file():
-        raise Invalid(f"{what} is missing on the server ({path.name}); it may have been deleted",
-                      loc=(*LOC, field))
-    return path
+def _fetched(settings: Settings, area: Area, key: str | None, sha256: str | None,
+             field: str, what: str) -> Path:
+    """A verified local copy of the object, or a 422 saying it is gone."""
+    name = key.rsplit("/", 1)[-1] if key else what
+    try:
+        if key is None:
+            raise KeyNotFound(what)
+        return cache_from_settings(settings, area).path(key, sha256)
+    except KeyNotFound:
+        raise Invalid(f"{what} is missing on the server ({name}); it may have been deleted",
+                      loc=(*LOC, field)) from None
+    except IntegrityError:
+        raise Invalid(f"{what} on the server ({name}) does not have the SHA-256 recorded "
+                      "for it; it was damaged or replaced: upload it again",
+                      loc=(*LOC, field)) from None
 
 
 def _visible(row: Job | Upload | None, owner: str | None) -> bool:
@@ -83,7 +98,8 @@ def _upload_path(session: Session, settings: Settings, ref: UploadRef, field: st
             f"upload '{ref.upload}' is a {upload.kind} file; {field} needs a {wanted} upload",
             loc=(*LOC, field, "upload"),
         )
-    return _existing(settings.uploads_path / upload.path, field, f"upload '{ref.upload}'")
+    return _fetched(settings, "uploads", upload.path, upload.sha256, field,
+                    f"upload '{ref.upload}'")
 
 
 def _finished_job(session: Session, ref: JobRef, field: str, kind: str,
@@ -121,8 +137,9 @@ def _job_file(session: Session, settings: Settings, ref: JobRef, field: str, kin
     if artifact is None:
         raise Invalid(f"job '{ref.job}' produced no {name} (was it a show_only_build job?)",
                       loc=(*LOC, field, "job"))
-    path = settings.artifacts_dir / job.id / artifact.path
-    return _existing(path, field, f"{name} of job '{job.id}'")
+    key = attempts.locate(settings, job.id, job.attempts, artifact.path)
+    return _fetched(settings, "artifacts", key, artifact.sha256, field,
+                    f"{name} of job '{job.id}'")
 
 
 def _file(

@@ -27,8 +27,10 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple, Protocol
 
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
 MiB = 1024 * 1024
+#: S3 copies an object of up to 5 GiB in one request; larger ones go in parts.
+COPY_IN_ONE_BYTES = 5 * 1024 * MiB
 #: The name of the SHA-256 in an S3 object's user metadata (header `x-amz-meta-sha256`).
 SHA256_META = "sha256"
 #: The folders (local) or key prefixes (bucket) of the service's files.
@@ -189,10 +193,14 @@ class ArtifactStore(ABC):
     # -- the primitives each backend implements --------------------------------------
 
     @abstractmethod
-    def put(self, key: str, source: Source) -> Stored:
+    def put(self, key: str, source: Source, *, consume: bool = False) -> Stored:
         """Store `source` (bytes, a local file's path, or a binary stream read to its end)
         under `key`, replacing any object there; readers see the old object or the new
-        one, never part of it. Returns its size and SHA-256."""
+        one, never part of it. Returns its size and SHA-256.
+
+        With `consume` and a file's path, the file is the caller's to give away: the
+        local folder moves it into place (no copy of a large upload), a bucket removes it
+        once it is stored."""
 
     @abstractmethod
     def get(self, key: str, start: int = 0, length: int | None = None) -> StoreReader:
@@ -226,6 +234,13 @@ class ArtifactStore(ABC):
     @abstractmethod
     def url(self, key: str = "") -> str:
         """Where a key lives, for logs and messages (never credentials)."""
+
+    @abstractmethod
+    def move_prefix(self, source: str, target: str) -> int:
+        """Make the folder `target` hold exactly what `source` holds, and remove `source`
+        (a promotion). The local folder renames, in one step; a bucket copies each object
+        on the server, removes what `target` held beyond them, then removes `source`, so
+        that a move cut short is done again from the start. Returns the objects moved."""
 
     # -- shared by both backends -----------------------------------------------------
 
@@ -352,13 +367,24 @@ class LocalStore(ArtifactStore):
             raise KeyNotFound(f"no object {self.url(key)}")
         return path
 
-    def put(self, key: str, source: Source) -> Stored:
+    def put(self, key: str, source: Source, *, consume: bool = False) -> Stored:
         path = self._path(key)
         if path.is_dir():
             raise InvalidKey(f"{self.url(key)} is a folder")
         same = isinstance(source, str | os.PathLike) and _same_file(source, path)
         if same:  # already in place (a worker that wrote straight into the folder)
             return sha256_file(path)
+        if consume and isinstance(source, str | os.PathLike):
+            stored = sha256_file(source)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(source, path)
+                return stored
+            except OSError:  # another file system: copied below, then removed
+                pass
+            stored = self.put(key, source)
+            Path(source).unlink(missing_ok=True)
+            return stored
         with replacing(path, path.suffix) as tmp, open(tmp, "wb") as out:
             stored = _copy_hashing(source, out)
             out.flush()
@@ -436,6 +462,22 @@ class LocalStore(ArtifactStore):
     def url(self, key: str = "") -> str:
         return (self.root / key).as_uri() if key else self.root.as_uri()
 
+    def move_prefix(self, source: str, target: str) -> int:
+        source_dir = self._path(check_prefix(source) or "?")
+        target_dir = self._path(check_prefix(target) or "?")
+        if not source_dir.is_dir():
+            return 0
+        count = sum(1 for _ in _walk(source_dir))
+        aside = None
+        if target_dir.exists():  # left by an older release, or a move cut short
+            aside = target_dir.with_name(f".{target_dir.name}.replaced-{uuid.uuid4().hex}")
+            os.rename(target_dir, aside)
+        target_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(source_dir, target_dir)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        return count
+
     def local_path(self, key: str) -> Path | None:
         try:
             return self._file(key)
@@ -497,7 +539,13 @@ class S3Store(ArtifactStore):
     def _missing(self, exc: Exception) -> bool:
         return _code(exc) in ("404", "NoSuchKey", "NotFound")
 
-    def put(self, key: str, source: Source) -> Stored:
+    def put(self, key: str, source: Source, *, consume: bool = False) -> Stored:
+        stored = self._put(key, source)
+        if consume and isinstance(source, str | os.PathLike):
+            Path(source).unlink(missing_ok=True)
+        return stored
+
+    def _put(self, key: str, source: Source) -> Stored:
         full = self._key(key)
         with tempfile.SpooledTemporaryFile(max_size=self.part_bytes) as spool:
             if isinstance(source, str | os.PathLike):
@@ -629,6 +677,36 @@ class S3Store(ArtifactStore):
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
         return f"s3://{self.bucket}/{path}{where}"
 
+    def move_prefix(self, source: str, target: str) -> int:
+        source, target = check_prefix(source), check_prefix(target)
+        if not source or not target:
+            raise InvalidKey("move_prefix needs two folders")
+        moved = self.list(source)
+        kept = set()
+        for info in moved:
+            relative = info.key[len(source) + 1:]
+            key = _join(target, relative)
+            self._copy(info.key, key, info.size)
+            kept.add(key)
+        for info in self.list(target):
+            if info.key not in kept:
+                self.delete(info.key)
+        self.delete_prefix(source)
+        return len(moved)
+
+    def _copy(self, source: str, target: str, size: int) -> None:
+        """A server-side copy keeping the object's metadata (its SHA-256)."""
+        copy_source = {"Bucket": self.bucket, "Key": self._key(source)}
+        if size < COPY_IN_ONE_BYTES:  # one request copies the metadata as it is
+            self.client.copy_object(Bucket=self.bucket, Key=self._key(target),
+                                    CopySource=copy_source)
+            return
+        info = self.stat(source)
+        metadata = {SHA256_META: info.sha256} if info is not None and info.sha256 else {}
+        self.client.copy(copy_source, self.bucket, self._key(target),
+                         ExtraArgs={"Metadata": metadata, "MetadataDirective": "REPLACE"},
+                         Config=self.transfer)
+
 
 def _code(exc: Exception) -> str:
     """The S3 error code of a botocore ClientError ("" for anything else)."""
@@ -747,14 +825,78 @@ def local_area_dir(settings: StoreSettings, area: Area) -> Path:
 
 def store_from_settings(settings: StoreSettings, area: Area) -> ArtifactStore:
     """The store of one area: its local folder without `QUANTA_STORE_URL`, else the
-    prefix `area/` in the bucket (`s3://bucket/prefix` -> `prefix/area/key`)."""
-    if settings.store_url is None:
-        return LocalStore(local_area_dir(settings, area))
+    prefix `area/` in the bucket (`s3://bucket/prefix` -> `prefix/area/key`).
+
+    One store per distinct configuration and process (a bucket's client keeps its
+    connections), shared by threads: boto3 clients and the local folder are both safe
+    to use from several threads."""
     if area not in AREAS:
         raise ValueError(f"unknown store area {area!r}; one of {', '.join(AREAS)}")
-    bucket, prefix = parse_store_url(settings.store_url)
-    return S3Store(bucket, _join(prefix, area), endpoint_url=settings.s3_endpoint_url,
-                   part_bytes=settings.s3_part_bytes)
+    if settings.store_url is None:
+        return _local_store(local_area_dir(settings, area))
+    return _bucket_store(settings.store_url, area, settings.s3_endpoint_url,
+                         settings.s3_part_bytes)
+
+
+@lru_cache(maxsize=32)
+def _local_store(root: Path) -> LocalStore:
+    return LocalStore(root)
+
+
+@lru_cache(maxsize=32)
+def _bucket_store(url: str, area: Area, endpoint_url: str | None, part_bytes: int) -> S3Store:
+    bucket, prefix = parse_store_url(url)
+    return S3Store(bucket, _join(prefix, area), endpoint_url=endpoint_url,
+                   part_bytes=part_bytes)
+
+
+def work_dir(settings: StoreSettings, area: Area, prefix: str) -> Path:
+    """The local folder where this process writes what goes to `prefix` of an area: the
+    store's own folder when the store is local (nothing to send afterwards), else a
+    folder of the cache (`QUANTA_STORE_CACHE_DIR/work/area/prefix`) that a `Mirror`
+    sends to the bucket."""
+    store = store_from_settings(settings, area)
+    direct = store.local_dir(prefix)
+    if direct is not None:
+        return direct
+    return settings.store_cache_path.joinpath("work", area, *check_prefix(prefix).split("/"))
+
+
+class Mirror:
+    """Keeps the folder `prefix` of a store a copy of a local folder, sending only the
+    files that changed since the last `push` and removing the objects whose file is
+    gone, so that a worker pushes its checkpoints after every epoch for the cost of what
+    that epoch rewrote. With a local store whose folder is the local folder itself,
+    there is nothing to send."""
+
+    def __init__(self, store: ArtifactStore, prefix: str, folder: Path) -> None:
+        self.store, self.prefix, self.folder = store, check_prefix(prefix), folder
+        self.in_place = store.local_dir(self.prefix) == folder
+        self._sent: dict[str, tuple[tuple[int, int, int], ObjectInfo]] = {}
+
+    def push(self) -> list[ObjectInfo]:
+        """Send what changed; returns every object of the folder with its SHA-256."""
+        found: dict[str, ObjectInfo] = {}
+        for relative, path in _walk(self.folder):
+            key = _join(self.prefix, relative)
+            stat = path.stat()
+            mark = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+            sent = self._sent.get(key)
+            if sent is not None and sent[0] == mark:
+                found[key] = sent[1]
+                continue
+            if self.in_place:
+                size, digest = sha256_file(path)
+            else:
+                size, digest = self.store.put(key, path)
+            info = ObjectInfo(key, size, digest)
+            self._sent[key] = (mark, info)
+            found[key] = info
+        for key in [k for k in self._sent if k not in found]:
+            if not self.in_place:
+                self.store.delete(key)
+            del self._sent[key]
+        return sorted(found.values())
 
 
 def cache_from_settings(settings: StoreSettings, area: Area) -> StoreCache:

@@ -119,10 +119,11 @@ def test_archive_of_running_job_is_409(client: Any, finished_job: Any) -> None:
 
 def test_archive_streams_large_files_in_pieces(tmp_path: Any) -> None:
     from api.artifacts import zip_stream
+    from quanta_jobs.store import LocalStore
 
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(3 * 1024 * 1024))
-    chunks = list(zip_stream([("big.bin", big)]))
+    chunks = list(zip_stream(LocalStore(tmp_path), [("big.bin", "big.bin")]))
     assert len(chunks) >= 3 and max(map(len, chunks)) <= 2 * 1024 * 1024
     with zipfile.ZipFile(io.BytesIO(b"".join(chunks))) as archive:
         assert archive.read("big.bin") == big.read_bytes()

@@ -160,7 +160,8 @@ def check_one_writer(service: SimpleNamespace, reference: dict[str, Any], job_id
     assert job["result"]["runs"] == reference["result"]["runs"]
     listing = service.client.get(f"/v1/jobs/{job_id}/artifacts").json()
     assert {a["path"] for a in listing["items"]} == set(ours)
-    assert not attempts.root(service.settings, job_id).exists()  # the loser's went too
+    store = attempts.artifacts_store(service.settings)
+    assert not store.names(attempts.root_prefix(job_id))  # the loser's went too
     assert not (service.settings.checkpoints_path / job_id).exists()
     return job
 

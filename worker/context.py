@@ -24,10 +24,15 @@ class JobContext:
     celery: Celery | None = None
 
     def redact(self, message: str) -> str:
-        """Server folders in a message become `uploads/`, `artifacts/`, `data/`: clients
-        name files by id and have no business knowing the server's layout."""
+        """Server folders in a message become `uploads/`, `artifacts/`, `data/` (the
+        worker's cache of a bucket too): clients name files by id and have no business
+        knowing the server's layout."""
         folders = [(self.settings.uploads_path, "uploads"),
-                   (self.settings.artifacts_dir, "artifacts")]
+                   (self.settings.artifacts_dir, "artifacts"),
+                   (self.settings.store_cache_path / "work" / "artifacts", "artifacts"),
+                   (self.settings.store_cache_path / "artifacts", "artifacts"),
+                   (self.settings.store_cache_path / "uploads", "uploads"),
+                   (self.settings.store_cache_path, "cache")]
         if self.settings.data_dir is not None:
             folders.append((self.settings.data_dir, "data"))
         for folder, name in sorted(folders, key=lambda f: -len(str(f[0]))):

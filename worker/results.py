@@ -7,6 +7,7 @@ its run 0, which is run `study_run` of the study.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,21 +46,26 @@ def last_line(path: Path) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def read_record(folder: Path, child: Job, entry: str, run: int) -> RunRecord:
+def read_record(fetch: Callable[[str], Path], child: Job, entry: str, run: int
+                ) -> RunRecord:
     """A child's run as the statistics want it, read from its JSONL files (in the folder
-    its result names: a succeeded transfer job always records `experiment_dir`)."""
+    its result names: a succeeded transfer job always records `experiment_dir`); `fetch`
+    gives a local copy of one of the child's files by its path in the job."""
     from quanta.summary import RunRecord
 
     spec = child.spec
-    experiment = folder / (child.result or {})["experiment_dir"]
+    experiment = (child.result or {})["experiment_dir"]
     names = run_file_names(0, entry)  # a child has one run, its run 0
-    witness = experiment / names["witness_testing"]
+
+    def read(name: str) -> dict[str, Any]:
+        return last_line(fetch(f"{experiment}/{names[name]}"))
+
     return RunRecord(
         entry=entry,
         run=run,
-        quantas=last_line(experiment / names["quantas"]),
-        target_metrics=last_line(experiment / names["target_testing"]),
-        witness_metrics=last_line(witness) if spec.get("witness") else None,
+        quantas=read("quantas"),
+        target_metrics=read("target_testing"),
+        witness_metrics=read("witness_testing") if spec.get("witness") else None,
     )
 
 

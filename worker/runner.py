@@ -35,7 +35,6 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from quanta_jobs import attempts, crud
-from quanta_jobs.artifacts import scan
 from quanta_jobs.db import make_engine, make_sessionmaker
 from quanta_jobs.errors import ServiceError
 from quanta_jobs.file_checks import FileLimits, check_spec_files
@@ -45,7 +44,7 @@ from quanta_jobs.queue import enqueue
 from quanta_jobs.recovery import is_stale, recover
 from quanta_jobs.refs import remote_spec, resolve_spec
 from quanta_jobs.settings import Settings
-from worker import checkpoints, hooks, job_plots, scores_job
+from worker import checkpoints, datasets, hooks, job_plots, scores_job
 from worker.context import JobContext
 from worker.db_retry import RETRYABLE, DatabaseUnavailable, retry_db
 from worker.results import write_model_summaries
@@ -255,18 +254,22 @@ class JobRunner:
             except Exception as exc:  # a stored spec that no longer parses
                 return self._end(job_id, worker, attempt, JobStatus.FAILED,
                                  {"error": f"invalid job spec: {exc}"})
-        output = attempts.output_dir(self.settings, job_id, attempt)
+        files = attempts.AttemptFiles(self.settings, job_id, attempt)
         try:  # this attempt's own folders, resumed from an earlier attempt's checkpoints
             checkpoints.prepare(self.settings, job_id, attempt)
         except OSError as exc:
             return self._end(job_id, worker, attempt, JobStatus.FAILED,
                              {"error": self._os_error(exc, "preparing the job's folders")})
+        except Exception as exc:  # the store (a bucket) cannot be read: another try later
+            log.error("job %s: cannot fetch its earlier attempt from the store (%s)", job_id,
+                      exc)
+            return self._end(job_id, worker, attempt, JobStatus.QUEUED, {})
         with Heartbeat(self.sessions, job_id, worker, self.settings.heartbeat_s,
                        attempt) as heartbeat:
             status, fields = self._execute(
-                job_id, worker, job.kind, local, output,
-                checkpoint_dir=attempts.checkpoint_dir(self.settings, job_id, attempt),
-                heartbeat=heartbeat, attempt=attempt)
+                job_id, worker, job.kind, local, files.output,
+                checkpoint_dir=files.checkpoints, heartbeat=heartbeat, attempt=attempt,
+                files=files)
         return self._end(job_id, worker, attempt, status, fields)
 
     def _claim_retrying(self, session: Session, job_id: str, worker: str) -> Job | Outcome:
@@ -294,17 +297,28 @@ class JobRunner:
             self._forget(job_id, attempt)
             return Outcome("lost", "this attempt no longer owns the job; nothing recorded")
         saved = attempts.SavedOutcome(attempt, worker, status, dict(fields))
+        files = attempts.AttemptFiles(self.settings, job_id, attempt)
         if status in TERMINAL:
-            saved.artifacts = scan(attempts.output_dir(self.settings, job_id, attempt))
+            try:  # every output in the store, hashed; with a bucket, sent there first
+                saved.artifacts = files.push(checkpoints=False)
+            except Exception as exc:
+                log.error("job %s: its files could not be stored in %s (%s)", job_id,
+                          attempts.root(self.settings, job_id), exc)
+                saved.status, saved.artifacts = JobStatus.FAILED, []
+                saved.fields = {"error": "could not store the job's files: "
+                                         f"{type(exc).__name__}: {self.redact(str(exc))}"}
             try:
                 attempts.save_outcome(self.settings, job_id, saved)
-            except OSError as exc:  # a full disk: the database is the only record left
-                log.error("job %s: its outcome could not be saved on disk (%s); recording "
-                          "it in the database only", job_id, exc)
+            except Exception as exc:  # a full disk: the database is the only record left
+                log.error("job %s: its outcome could not be saved in the store (%s); "
+                          "recording it in the database only", job_id, exc)
         try:
-            return retry_db(lambda: self._finish(job_id, saved),
-                            what=f"job {job_id}: recording its end",
-                            budget_s=self.settings.db_retry_s)
+            outcome = retry_db(lambda: self._finish(job_id, saved),
+                               what=f"job {job_id}: recording its end",
+                               budget_s=self.settings.db_retry_s)
+            if saved.status in TERMINAL or outcome.status == "lost":
+                files.drop_local()  # with a bucket: the store has them
+            return outcome
         except DatabaseUnavailable as exc:
             log.error("%s. Its files and outcome stay on disk (%s); the sweeper records "
                       "them once the database is back and the job's heartbeat is stale",
@@ -352,7 +366,7 @@ class JobRunner:
     def _promote(self, job_id: str, attempt: int) -> None:
         try:
             attempts.promote(self.settings, job_id, attempt)
-        except OSError:  # recorded: the sweeper promotes it from its saved outcome
+        except Exception:  # recorded: the sweeper promotes it from its saved outcome
             log.exception("job %s: attempt %d recorded but not promoted yet", job_id, attempt)
 
     def _forget(self, job_id: str, attempt: int) -> None:
@@ -364,7 +378,11 @@ class JobRunner:
         except RETRYABLE:
             return
         if ended:
-            attempts.discard(self.settings, job_id, attempt)
+            try:
+                attempts.discard(self.settings, job_id, attempt)
+            except Exception:  # the sweeper drops them with the job's other attempts
+                log.warning("job %s: attempt %d's files stay until the sweeper drops them",
+                            job_id, attempt, exc_info=True)
 
     @staticmethod
     def _os_error(exc: BaseException, doing: str) -> str:
@@ -374,8 +392,11 @@ class JobRunner:
         return f"internal error while {doing}: {type(exc).__name__}: {exc}"
 
     def _progress_hook(self, job_id: str, worker: str | None = None,
-                       attempt: int | None = None) -> Callable[[Any], None]:
-        """Saves each epoch's progress (and its event) while the job is this attempt's."""
+                       attempt: int | None = None,
+                       files: attempts.AttemptFiles | None = None) -> Callable[[Any], None]:
+        """Saves each epoch's progress (and its event) while the job is this attempt's;
+        with a bucket as the store, first sends the epoch's checkpoint and outputs there,
+        so that a worker on another host resumes from this epoch."""
         where = [Job.id == job_id, Job.status == JobStatus.RUNNING.value]
         if worker is not None:
             where.append(Job.worker == worker)
@@ -383,6 +404,11 @@ class JobRunner:
             where.append(Job.attempts == attempt)
 
         def on_epoch(event: Any) -> None:
+            if files is not None and files.remote:
+                try:
+                    files.push()
+                except Exception as exc:  # the next epoch sends it again
+                    log.warning("job %s: checkpoint not sent to the store (%s)", job_id, exc)
             total = max(1, event.nb_of_runs * event.nb_of_epochs)
             progress = {
                 "run": event.run, "nb_of_runs": event.nb_of_runs,
@@ -413,7 +439,8 @@ class JobRunner:
 
     def _execute(self, job_id: str, worker: str, kind: str, spec: Any, output: Path,
                  checkpoint_dir: Path | None = None, heartbeat: Heartbeat | None = None,
-                 attempt: int | None = None) -> tuple[JobStatus | None, dict[str, Any]]:
+                 attempt: int | None = None, files: attempts.AttemptFiles | None = None,
+                 ) -> tuple[JobStatus | None, dict[str, Any]]:
         """Run the library; map its outcome to (status, fields). Imports TensorFlow.
 
         With `checkpoint_dir`, the library saves each epoch there and resumes from it.
@@ -427,8 +454,8 @@ class JobRunner:
 
         cancel_check = CancelCheck(self, job_id, worker, heartbeat, attempt)
         hooks: dict[str, Any] = {
-            "data_dir": self.settings.data_dir,
-            "on_epoch": self._progress_hook(job_id, worker, attempt),
+            "data_dir": datasets.fetch_for(self.settings, spec),
+            "on_epoch": self._progress_hook(job_id, worker, attempt, files),
             "should_cancel": cancel_check,
             "checkpoint_dir": checkpoint_dir,
             "checkpoint_interval_s": self.settings.checkpoint_interval_s,
@@ -443,7 +470,7 @@ class JobRunner:
                     "timings": {k: round(v, 3) for k, v in source.timings.items()},
                 }
             elif kind == JobKind.SCORES:  # one inference pass: no epochs, no checkpoint
-                result = scores_job.run(spec, output, self.settings.data_dir)
+                result = scores_job.run(spec, output, hooks["data_dir"])
             else:
                 transfer = run_transfer(spec, output, **hooks)
                 result = {

@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from quanta_jobs import crud, job_events, until
-from quanta_jobs.artifacts import scan
+from quanta_jobs import attempts, crud, job_events, until
+from quanta_jobs.crud import ArtifactInfo
 from quanta_jobs.job_state import TERMINAL, ConcurrentChange, JobStatus, transition
 from quanta_jobs.models import Job
 from quanta_jobs.queue import enqueue
 from quanta_jobs.refs import resolve_spec
+from quanta_jobs.store import Mirror, StoreError, cache_from_settings, work_dir
 from quanta_jobs.studies import (
     KIND,
     claim_study_end,
@@ -37,6 +40,7 @@ from quanta_spec import layer_label
 from quanta_spec.baselines import BASELINE_SCORES_JSON, study_scores_spec
 from quanta_spec.files import atomic_write
 from quanta_spec.layout import STUDY_PLOTS, SUMMARY_CSV, SUMMARY_JSON, study_plot
+from worker import datasets
 from worker.context import JobContext
 from worker.job_plots import write_study_plots
 from worker.results import read_record
@@ -80,9 +84,9 @@ def finish_study(context: JobContext, study_id: str, worker: str) -> str:
             else:
                 status, fields = aggregate(context, session, study)
             transition(session, study, status, owner=me, **fields)
-            output = context.settings.artifacts_dir / study.id
-            crud.replace_artifacts(session, study.id, scan(output))
+            crud.replace_artifacts(session, study.id, _publish(context, study.id))
             session.commit()
+            _drop_local(context, study.id)
         except ConcurrentChange:
             log.warning("study %s changed while being ended (cancelled?); leaving it", study_id)
             return "skipped"
@@ -125,9 +129,9 @@ def aggregate(context: JobContext, session: Session, study: Job
         reason = None
         if child.status == JobStatus.SUCCEEDED:
             try:
-                records.append(read_record(context.settings.artifacts_dir / child.id, child,
+                records.append(read_record(_child_files(context, session, child), child,
                                            entry, run))
-            except (OSError, ValueError, KeyError, IndexError) as exc:
+            except (OSError, ValueError, KeyError, IndexError, StoreError) as exc:
                 reason = context.redact(f"its results cannot be read: {exc}")
         else:
             reason = child.error or (child.result or {}).get("message") or child.status
@@ -144,7 +148,7 @@ def aggregate(context: JobContext, session: Session, study: Job
             "result": {"missing": missing_out, "progress": progress},
         }
     summary = summarise(records, missing)
-    output = context.settings.artifacts_dir / study.id
+    output = _output(context, study.id)
     spec = study_spec(study)
     stopping = until.stopping(spec, children)
     baselines = study_baselines(context, session, study, summary) if spec.baselines else None
@@ -164,6 +168,42 @@ def aggregate(context: JobContext, session: Session, study: Job
                   for name in STUDY_PLOTS if (output / study_plot(name)).is_file()],
         "progress": progress,
     }}
+
+
+def _output(context: JobContext, study_id: str) -> Path:
+    """The local folder the study's files are written in (`_publish` stores them)."""
+    return work_dir(context.settings, "artifacts", study_id)
+
+
+def _publish(context: JobContext, study_id: str) -> list[ArtifactInfo]:
+    """The study's files in the store (sent there from the work folder when the store is
+    a bucket), as its artifact index."""
+    mirror = Mirror(attempts.artifacts_store(context.settings), study_id,
+                    _output(context, study_id))
+    strip = len(study_id) + 1
+    return [ArtifactInfo(info.key[strip:], info.size, info.sha256 or "")
+            for info in mirror.push()]
+
+
+def _drop_local(context: JobContext, study_id: str) -> None:
+    folder = _output(context, study_id)
+    if attempts.artifacts_store(context.settings).local_dir(study_id) != folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _child_files(context: JobContext, session: Session, child: Job) -> Callable[[str], Path]:
+    """A child job's recorded files as local copies, fetched from the store on demand and
+    checked against the SHA-256 its artifact index holds."""
+    cache = cache_from_settings(context.settings, "artifacts")
+    digests = {a.path: a.sha256 for a in crud.list_artifacts(session, child.id)}
+
+    def fetch(path: str) -> Path:
+        key = attempts.locate(context.settings, child.id, child.attempts, path)
+        if key is None or path not in digests:
+            raise FileNotFoundError(f"job {child.id} has no file {path}")
+        return cache.path(key, digests[path])
+
+    return fetch
 
 
 def _mean_lambda_s(summary: Summary, entry: str | None = None) -> dict[str, float]:
@@ -186,8 +226,8 @@ def study_baselines(context: JobContext, session: Session, study: Job, summary: 
 
     try:
         local = resolve_spec(session, context.settings, study_scores_spec(study_spec(study)))
-        scored = score_source(local, context.settings.artifacts_dir / study.id,  # type: ignore[arg-type]
-                              data_dir=context.settings.data_dir)
+        scored = score_source(local, _output(context, study.id),  # type: ignore[arg-type]
+                              data_dir=datasets.fetch_for(context.settings, local))
     except Exception as exc:
         log.warning("study %s: baseline scores not computed", study.id, exc_info=True)
         return {"error": context.redact(f"baseline scores not computed: {exc}")}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import shutil
+from pathlib import PurePosixPath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
@@ -12,7 +12,7 @@ from pydantic_core import to_json
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
-from api.artifacts import content_type, zip_stream
+from api.artifacts import content_type, stream_object, zip_stream
 from api.auth import PrincipalDep
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.idempotency import IdempotencyKey, check_key, mark_replayed, reused
@@ -31,8 +31,8 @@ from api.schemas import (
     Progress,
     StudyProgress,
 )
-from quanta_jobs import crud, job_events, quotas, source_network, studies
-from quanta_jobs.artifacts import safe_file
+from quanta_jobs import attempts, crud, job_events, quotas, source_network, studies
+from quanta_jobs.artifacts import is_safe_relative
 from quanta_jobs.errors import Conflict, NotFound, TooManyRequests
 from quanta_jobs.job_state import TERMINAL, JobStatus
 from quanta_jobs.models import Job
@@ -247,13 +247,13 @@ def cancel_job(job_id: str, session: SessionDep, settings: SettingsDep,
     if job.kind == studies.KIND:
         study = studies.cancel_study(session, job)
         for child_id in studies.cancelled_children(session, study.id):
-            shutil.rmtree(settings.checkpoints_path / child_id, ignore_errors=True)
+            attempts.discard(settings, child_id)
         return job_out(study)
     job = crud.cancel_job(session, job)
     session.commit()
     studies.after_cancel(session, celery, job)
     if job.status == JobStatus.CANCELLED:  # a queued job handed back by a worker may have some
-        shutil.rmtree(settings.checkpoints_path / job.id, ignore_errors=True)
+        attempts.discard(settings, job.id)
     return job_out(job)
 
 
@@ -291,16 +291,19 @@ def list_artifacts(job_id: str, session: SessionDep, principal: PrincipalDep) ->
 def download_artifact(
     job_id: str,
     path: str,
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     principal: PrincipalDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The `ETag` is the file's SHA-256; a matching `If-None-Match` gets a 304."""
-    crud.get_job(session, job_id, owner=principal.owner_filter)
+    """The `ETag` is the file's SHA-256; a matching `If-None-Match` gets a 304. A
+    `Range: bytes=...` header gets that part (206), streamed from the store."""
+    job = crud.get_job(session, job_id, owner=principal.owner_filter)
     artifact = crud.get_artifact(session, job_id, path)
-    file = safe_file(settings.artifacts_dir / job_id, path) if artifact is not None else None
-    if artifact is None or file is None:
+    key = (attempts.locate(settings, job_id, job.attempts, path)
+           if artifact is not None and is_safe_relative(path) else None)
+    if artifact is None or key is None:
         raise NotFound(f"job '{job_id}' has no file '{path}'")
     etag = f'"{artifact.sha256}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
@@ -308,8 +311,12 @@ def download_artifact(
         tags = {t.strip().removeprefix("W/").strip('"') for t in if_none_match.split(",")}
         if "*" in tags or artifact.sha256 in tags:
             return Response(status_code=304, headers=headers)
-    return FileResponse(file, media_type=content_type(path), headers=headers,
-                        filename=file.name)
+    try:
+        return stream_object(attempts.artifacts_store(settings), key, request,
+                             media_type=content_type(path), headers=headers,
+                             filename=PurePosixPath(path).name)
+    except FileNotFoundError:  # deleted between the lookup and now
+        raise NotFound(f"job '{job_id}' has no file '{path}'") from None
 
 
 @router.get(
@@ -325,12 +332,11 @@ def download_archive(job_id: str, request: Request, session: SessionDep,
     job = crud.get_job(session, job_id, owner=principal.owner_filter)
     if job.status not in TERMINAL:
         raise Conflict(f"job '{job_id}' is {job.status}; its files are recorded when it ends")
-    root = settings.artifacts_dir / job_id
     files = []
     for artifact in crud.list_artifacts(session, job_id):
-        file = safe_file(root, artifact.path)
-        if file is not None:
-            files.append((artifact.path, file))
+        key = attempts.locate(settings, job_id, job.attempts, artifact.path)
+        if key is not None:
+            files.append((artifact.path, key))
     if not files:  # an empty zip with a 200 would look like a download that worked
         raise Conflict(f"job '{job_id}' {job.status} without writing any file; there is "
                        "nothing to archive" if job.status != JobStatus.SUCCEEDED else
@@ -340,7 +346,9 @@ def download_archive(job_id: str, request: Request, session: SessionDep,
         response = Response(media_type="application/zip", headers=headers)
         del response.headers["content-length"]
         return response
-    return StreamingResponse(zip_stream(files), media_type="application/zip", headers=headers)
+    return StreamingResponse(zip_stream(attempts.artifacts_store(settings), files,
+                                        job.finished_at), media_type="application/zip",
+                             headers=headers)
 
 
 @router.delete(
@@ -364,8 +372,7 @@ def delete_job(job_id: str, session: SessionDep, settings: SettingsDep,
     removed = crud.delete_job(session, job)
     session.commit()
     for gone in removed:
-        shutil.rmtree(settings.artifacts_dir / gone, ignore_errors=True)
-        shutil.rmtree(settings.checkpoints_path / gone, ignore_errors=True)
+        attempts.delete_job_files(settings, gone)
     log.info("deleted job %s (%d with its study's jobs) for '%s'", job_id, len(removed),
              principal.name)
     return Response(status_code=204)

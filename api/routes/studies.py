@@ -16,13 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from api import events
+from api.artifacts import stream_object
 from api.auth import PrincipalDep
 from api.deps import SessionDep, SettingsDep
 from api.pagination import next_page
 from api.routes.jobs import CONFLICT, INVALID, NOT_FOUND, PREFIX, jobs_out
 from api.schemas import MAX_OFFSET, JobPage, JobStatusName
-from quanta_jobs import compare, crud, studies
-from quanta_jobs.artifacts import safe_file
+from quanta_jobs import attempts, compare, crud, studies
 from quanta_jobs.compare_plot import comparison_png
 from quanta_jobs.errors import Conflict, Invalid, NotFound
 from quanta_jobs.job_state import JobStatus
@@ -112,17 +112,19 @@ def get_summary(job_id: str, session: SessionDep, settings: SettingsDep,
 
 
 def _read_summary(session: SessionDep, settings: SettingsDep, study: Job) -> dict[str, Any]:
-    file = _artifact_file(session, settings, study.id, SUMMARY_JSON)
-    if file is None:
+    key = _artifact_key(session, settings, study, SUMMARY_JSON)
+    if key is None:
         raise NotFound(f"study '{study.id}' has no summary.json (deleted?)")
-    return dict(json.loads(file.read_text()))
+    with attempts.artifacts_store(settings).get(key) as reader:
+        return dict(json.loads(reader.read()))
 
 
-def _artifact_file(session: SessionDep, settings: SettingsDep, job_id: str,
-                   path: str) -> Any:
-    if crud.get_artifact(session, job_id, path) is None:
+def _artifact_key(session: SessionDep, settings: SettingsDep, job: Job, path: str
+                  ) -> str | None:
+    """The store key of a recorded file of `job`, or None."""
+    if crud.get_artifact(session, job.id, path) is None:
         return None
-    return safe_file(settings.artifacts_dir / job_id, path)
+    return attempts.locate(settings, job.id, job.attempts, path)
 
 
 @router.get(
@@ -132,15 +134,15 @@ def _artifact_file(session: SessionDep, settings: SettingsDep, job_id: str,
     responses={200: {"description": "The PNG image.", "content": {"image/png": {}}},
                **NOT_FOUND},
 )
-def get_plot(job_id: str, name: str, session: SessionDep, settings: SettingsDep,
-             principal: PrincipalDep) -> Response:
+def get_plot(job_id: str, name: str, request: Request, session: SessionDep,
+             settings: SettingsDep, principal: PrincipalDep) -> Response:
     """`quantas` for a transfer job (λ_s per epoch of each run), `transferability` (final
     λ_s per layer) and `accuracy` (target and witness accuracy per layer) for a study.
     Plots are drawn when the job ends; until then, and for other names, a 404."""
     job = crud.get_job(session, job_id, owner=principal.owner_filter)
     path = study_plot(name)
-    file = _artifact_file(session, settings, job_id, path) if PLOT_NAME.match(name) else None
-    if file is None:
+    key = _artifact_key(session, settings, job, path) if PLOT_NAME.match(name) else None
+    if key is None:
         found = sorted(a.path.removeprefix("plots/").removesuffix(".png")
                        for a in crud.list_artifacts(session, job_id)
                        if a.path.startswith("plots/") and a.path.endswith(".png"))
@@ -151,7 +153,8 @@ def get_plot(job_id: str, name: str, session: SessionDep, settings: SettingsDep,
     artifact = crud.get_artifact(session, job_id, path)
     etag = f'"{artifact.sha256}"' if artifact is not None else None
     headers = {"ETag": etag, "Cache-Control": "no-cache"} if etag else {}
-    return FileResponse(file, media_type="image/png", headers=headers)
+    return stream_object(attempts.artifacts_store(settings), key, request,
+                         media_type="image/png", headers=headers)
 
 
 @router.get(

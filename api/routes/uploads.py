@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +22,7 @@ from quanta_jobs import crud, quotas
 from quanta_jobs.errors import Conflict, Invalid
 from quanta_jobs.file_checks import FileLimits
 from quanta_jobs.models import Upload, new_id
+from quanta_jobs.store import ArtifactStore, store_from_settings, work_dir
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
@@ -54,9 +54,10 @@ def upload_out(upload: Upload) -> UploadOut:
                      size=upload.size, sha256=upload.sha256, created_at=upload.created_at)
 
 
-def _settle(received: ReceivedFile, declared: str | None, folder: Path,
-            limits: FileLimits) -> tuple[str, Path]:
-    """Decide the kind, check the content, move the file to its final name (in a thread)."""
+def _settle(received: ReceivedFile, declared: str | None, upload_id: str,
+            limits: FileLimits, store: ArtifactStore) -> tuple[str, str]:
+    """Decide the kind, check the content, give the file to the store under its final
+    key `{upload id}/{name}` (in a thread); returns (kind, key)."""
     if declared is not None and declared not in KINDS:
         raise Invalid(f"unknown kind '{declared}'; use one of {', '.join(KINDS)}",
                       loc=("body", "kind"))
@@ -69,10 +70,9 @@ def _settle(received: ReceivedFile, declared: str | None, folder: Path,
     except ValueError as exc:
         raise Invalid(f"'{received.filename}' is not a valid {kind} file: {exc}",
                       loc=("body", "file")) from exc
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / stored_name(kind, received.filename)
-    received.path.replace(final)
-    return kind, final
+    key = f"{upload_id}/{stored_name(kind, received.filename)}"
+    store.put(key, received.path, consume=True)
+    return kind, key
 
 
 def _clean_name(filename: str) -> str:
@@ -132,7 +132,8 @@ async def create_upload(request: Request, response: Response, session: SessionDe
     """
     key = check_key(idempotency_key)
     upload_id = new_id()
-    root = settings.uploads_path
+    store = store_from_settings(settings, "uploads")
+    root = work_dir(settings, "uploads", "")  # the store's folder, or the cache's with a bucket
     root.mkdir(parents=True, exist_ok=True)
     declared = request.headers.get("content-length", "")
     await run_in_threadpool(quotas.check_storage, session, settings, principal.name,
@@ -143,7 +144,6 @@ async def create_upload(request: Request, response: Response, session: SessionDe
                       loc=("body", "file"))
     received = form.file
     declared_kind = form.fields.get("kind")
-    folder = root / upload_id
     try:
         first = None
         if key is not None:
@@ -152,12 +152,12 @@ async def create_upload(request: Request, response: Response, session: SessionDe
         if first is None:
             await run_in_threadpool(quotas.check_storage, session, settings, principal.name,
                                     received.size)
-            kind, final = await run_in_threadpool(_settle, received, declared_kind, folder,
-                                                  FileLimits.from_settings(settings))
-            filename = _clean_name(received.filename) or final.name
+            kind, stored = await run_in_threadpool(_settle, received, declared_kind, upload_id,
+                                                   FileLimits.from_settings(settings), store)
+            filename = _clean_name(received.filename) or stored.rsplit("/", 1)[-1]
             upload = await run_in_threadpool(
                 _record, session, upload_id=upload_id, kind=kind, filename=filename,
-                path=final.relative_to(root).as_posix(), size=received.size,
+                path=stored, size=received.size,
                 sha256=received.sha256, owner=principal.name, idempotency_key=key,
             )
             if upload is not None:
@@ -170,17 +170,22 @@ async def create_upload(request: Request, response: Response, session: SessionDe
             if first is None:
                 raise RuntimeError(f"the upload with Idempotency-Key '{key}' vanished")
     except BaseException:
-        await run_in_threadpool(_discard, received.path, folder)
+        await run_in_threadpool(_discard, received.path, store, upload_id)
         raise
-    await run_in_threadpool(_discard, received.path, folder)  # a replay keeps only the first
+    await run_in_threadpool(_discard, received.path, store, upload_id)  # a replay keeps the first
     mark_replayed(response)
     return upload_out(first)
 
 
-def _discard(received: Path, folder: Path) -> None:
-    """Removes a received file and its folder (off the event loop: the file may be large)."""
+def _discard(received: Path, store: ArtifactStore, upload_id: str) -> None:
+    """Removes a received file and anything stored for it (off the event loop: the file
+    may be large, the store far)."""
     received.unlink(missing_ok=True)
-    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        store.delete_prefix(upload_id)
+    except Exception:  # the request's own error matters more; a stray object costs bytes
+        log.warning("upload %s: could not remove what was stored of it", upload_id,
+                    exc_info=True)
 
 
 @router.delete(
@@ -201,11 +206,14 @@ def delete_upload(upload_id: str, session: SessionDep, settings: SettingsDep,
         raise Conflict(f"upload '{upload_id}' is used by {len(users)} queued or running "
                        f"job(s) ({', '.join(users[:3])}); cancel them or wait for them to end",
                        loc=("path", "upload_id"))
-    folder = (settings.uploads_path / upload.path).parent
+    folder, _, _ = upload.path.rpartition("/")
     session.delete(upload)
     session.commit()
-    if folder != settings.uploads_path and folder.parent == settings.uploads_path:
-        shutil.rmtree(folder, ignore_errors=True)
+    store = store_from_settings(settings, "uploads")
+    if folder and "/" not in folder:  # `{upload id}/{name}`: its own folder
+        store.delete_prefix(folder)
+    else:
+        store.delete(upload.path)
     log.info("deleted upload %s for '%s'", upload_id, principal.name)
     return Response(status_code=204)
 
