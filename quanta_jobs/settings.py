@@ -212,6 +212,11 @@ class Settings(BaseSettings):
         "ARTIFACTS_DIR/../cache); unused without QUANTA_STORE_URL.",
     )
 
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return value or None  # an empty variable (compose's default) means AWS itself
+
     @field_validator("store_url")
     @classmethod
     def _store_url(cls, value: str | None) -> str | None:

@@ -682,6 +682,8 @@ class S3Store(ArtifactStore):
         if not source or not target:
             raise InvalidKey("move_prefix needs two folders")
         moved = self.list(source)
+        if not moved:  # nothing staged: done already (never empty the target for it)
+            return 0
         kept = set()
         for info in moved:
             relative = info.key[len(source) + 1:]

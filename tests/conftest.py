@@ -270,3 +270,30 @@ def wait_for(client: Any, job_id: str, statuses: tuple[str, ...] = ("succeeded",
             return body
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} still {body.get('status')} after {timeout}s: {body}")
+
+
+# --- an S3-protocol server (moto's standalone server, its own process) -------------------
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a moto server with the bucket `tests.s3server.BUCKET`, credentials in
+    the environment; skips where moto cannot run."""
+    from tests.s3server import BUCKET, S3_ENV, make_bucket, moto_missing, moto_server
+
+    reason = moto_missing()
+    if reason:
+        pytest.skip(reason)
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in S3_ENV.items():
+            patch.setenv(name, value)
+        try:
+            server = moto_server(log=log)
+            endpoint = server.__enter__()
+        except RuntimeError as exc:
+            pytest.skip(f"moto's server did not start: {exc}")
+        try:
+            make_bucket(endpoint, BUCKET)
+            yield endpoint
+        finally:
+            server.__exit__(None, None, None)

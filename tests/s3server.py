@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 #: Credentials moto accepts; boto3 reads them from the environment like real ones.
+#: The bucket the `s3_endpoint` fixture creates (tests keep to prefixes of their own).
+BUCKET = "quanta-store-test"
 S3_ENV = {"AWS_ACCESS_KEY_ID": "quanta-test", "AWS_SECRET_ACCESS_KEY": "quanta-test-secret",
           "AWS_DEFAULT_REGION": "us-east-1"}
 

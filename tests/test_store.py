@@ -11,7 +11,6 @@ import hashlib
 import io
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,9 +31,7 @@ from quanta_jobs.store import (
     parse_store_url,
     store_from_settings,
 )
-from tests.s3server import S3_ENV, make_bucket, moto_missing, moto_server
-
-BUCKET = "quanta-store-test"
+from tests.s3server import BUCKET, S3_ENV
 
 
 def sha(data: bytes) -> str:
@@ -57,27 +54,6 @@ class OnePass(io.RawIOBase):
         chunk = self._data.read(min(len(buffer), 1000))
         buffer[: len(chunk)] = chunk
         return len(chunk)
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    reason = moto_missing()
-    if reason:
-        pytest.skip(reason)
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in S3_ENV.items():
-            patch.setenv(name, value)
-        try:
-            server = moto_server(log=log)
-            endpoint = server.__enter__()
-        except RuntimeError as exc:
-            pytest.skip(f"moto's server did not start: {exc}")
-        try:
-            make_bucket(endpoint, BUCKET)
-            yield endpoint
-        finally:
-            server.__exit__(None, None, None)
 
 
 @pytest.fixture(params=["local", "s3"])
