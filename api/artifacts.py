@@ -1,7 +1,7 @@
 """Serving a job's files over HTTP from the store: byte ranges, content types, and zip
 archives streamed piece by piece.
 
-Which files a job has is the artifact index (`quanta_jobs.artifacts`); where each is
+Which files a job has is the artifact index (the `artifacts` table); where each is
 kept is the store's business (`quanta_jobs.store`): the API never opens a path itself,
 so the same code serves a local folder and a bucket, and a download is streamed from the
 store in chunks (with a bucket, a ranged download asks the bucket for that range only).
@@ -18,8 +18,7 @@ from pathlib import PurePosixPath
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 
-from quanta_jobs.artifacts import CHUNK
-from quanta_jobs.store import ArtifactStore
+from quanta_jobs.store import CHUNK, ArtifactStore
 
 RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 

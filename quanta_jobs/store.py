@@ -313,7 +313,7 @@ class ArtifactStore(ABC):
 
 def _walk(root: Path) -> Iterator[tuple[str, Path]]:
     """(relative POSIX path, path) of every regular file under `root`, no symlinks and no
-    unfinished writes, in a stable order (the rule of `quanta_jobs.artifacts.scan`)."""
+    unfinished writes, in a stable order."""
     if not root.is_dir() or root.is_symlink():
         return
     for folder, dirs, files in os.walk(root, followlinks=False):

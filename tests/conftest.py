@@ -172,11 +172,19 @@ def upload(client: Any) -> Callable[..., Any]:
     return post
 
 
+def scan(root: Path) -> list[Any]:
+    """The artifact index of a job folder written by a test (what a worker records)."""
+    from quanta_jobs.crud import ArtifactInfo
+    from quanta_jobs.store import LocalStore
+
+    listed = LocalStore(root).list(digests=True)
+    return [ArtifactInfo(i.key, i.size, i.sha256 or "") for i in listed]
+
+
 @pytest.fixture
 def finished_job(db: Any, settings: Any) -> Callable[..., Any]:
     """Arrange a job that ran (queued -> running -> status) and wrote `files`."""
     from quanta_jobs import crud
-    from quanta_jobs.artifacts import scan
     from quanta_jobs.job_state import JobStatus, transition
 
     def make(kind: str, spec: dict[str, Any], files: dict[str, bytes] | None = None,

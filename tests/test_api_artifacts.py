@@ -135,6 +135,6 @@ def test_archive_streams_large_files_in_pieces(tmp_path: Any) -> None:
      ("a//b", False), ("./a", False), ("a\\b", False), ("c:x", False), ("a\0b", False)],
 )
 def test_is_safe_relative(path: str, safe: bool) -> None:
-    from quanta_jobs.artifacts import is_safe_relative
+    from api.routes.jobs import _safe
 
-    assert is_safe_relative(path) is safe
+    assert _safe(path) is safe

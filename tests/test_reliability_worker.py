@@ -484,7 +484,7 @@ def test_outputs_are_hashed_outside_any_transaction(make_runner: Callable[..., A
 
     from sqlalchemy import event
 
-    from quanta_jobs import artifacts
+    from quanta_jobs import store
 
     runner = make_runner()
     job_id = new_job(runner, "source", {**TINY_SOURCE, "nb_of_epochs": 1})
@@ -500,13 +500,13 @@ def test_outputs_are_hashed_outside_any_transaction(make_runner: Callable[..., A
     event.listen(runner.engine, "commit", ended)
     event.listen(runner.engine, "rollback", ended)
     hashed_in: list[int] = []
-    real = artifacts.sha256_of
+    real = store.sha256_file
 
-    def sha256_of(path: Any) -> str:
+    def sha256_file(path: Any) -> Any:
         hashed_in.append(open_here.get(threading.get_ident(), 0))
         return real(path)
 
-    monkeypatch.setattr(artifacts, "sha256_of", sha256_of)
+    monkeypatch.setattr(store, "sha256_file", sha256_file)
     assert runner.run(job_id, WORKER).status == "succeeded"
     assert len(hashed_in) == len(artifact_paths(runner, job_id)) > 0
     assert set(hashed_in) == {0}, "hashed inside a transaction"

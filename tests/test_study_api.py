@@ -223,8 +223,9 @@ def test_a_failed_job_is_missing_from_the_summary(client: Any, source_job: Any, 
                                                   settings: Any) -> None:
     """Three children succeed and one fails: the study succeeds, its summary over the
     three, and `missing` names the failed job and its error; ended exactly once."""
+    from conftest import scan
+
     from quanta_jobs import crud
-    from quanta_jobs.artifacts import scan
     from quanta_jobs.job_state import JobStatus, transition
     from worker import hooks, study_end
     from worker.runner import JobRunner

@@ -32,12 +32,13 @@ from api.schemas import (
     StudyProgress,
 )
 from quanta_jobs import attempts, crud, job_events, quotas, source_network, studies
-from quanta_jobs.artifacts import is_safe_relative
 from quanta_jobs.errors import Conflict, NotFound, TooManyRequests
 from quanta_jobs.job_state import TERMINAL, JobStatus
 from quanta_jobs.models import Job
 from quanta_jobs.queue import enqueue
 from quanta_jobs.refs import resolve_spec
+from quanta_jobs.store import InvalidKey
+from quanta_jobs.store import check_key as check_store_key
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -302,7 +303,7 @@ def download_artifact(
     job = crud.get_job(session, job_id, owner=principal.owner_filter)
     artifact = crud.get_artifact(session, job_id, path)
     key = (attempts.locate(settings, job_id, job.attempts, path)
-           if artifact is not None and is_safe_relative(path) else None)
+           if artifact is not None and _safe(path) else None)
     if artifact is None or key is None:
         raise NotFound(f"job '{job_id}' has no file '{path}'")
     etag = f'"{artifact.sha256}"'
@@ -317,6 +318,15 @@ def download_artifact(
                              filename=PurePosixPath(path).name)
     except FileNotFoundError:  # deleted between the lookup and now
         raise NotFound(f"job '{job_id}' has no file '{path}'") from None
+
+
+def _safe(path: str) -> bool:
+    """A path that names a key inside the job's folder (the store's own rule)."""
+    try:
+        check_store_key(path)
+    except InvalidKey:
+        return False
+    return True
 
 
 @router.get(
