@@ -50,21 +50,25 @@ from tests.netns import Host, Hosts, netns_unavailable
 from tests.s3server import S3_ENV, make_bucket, moto_missing, moto_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis,
-              pytest.mark.timeout(900)]
+              pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[1]
 #: A Redis database no other test uses (they take 5, 6 and 7), and a queue of this run's.
 REDIS_DB = 9
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 TOKEN = "several-hosts-" + uuid.uuid4().hex
-#: Takeover within seconds: beats every 0.5 s, stale after 5 s, swept every second. A
-#: worker that could not stamp its beat for 3 s stops the job itself (less than 5 s).
-FAST = {"heartbeat_s": 0.5, "stale_after_s": 5, "heartbeat_loss_s": 3,
+#: Generous waits: on a machine other work keeps busy an epoch can take half a minute.
+WAIT_S = 480
+#: Takeover within seconds: beats every 0.5 s, stale after 12 s, swept every second. A
+#: worker that could not stamp its beat for 8 s stops the job itself (less than 12 s).
+#: Not lower: an attempt beats only once its folders are ready, and on a loaded machine
+#: creating its S3 client and fetching the checkpoint to resume from takes seconds.
+FAST = {"heartbeat_s": 0.5, "stale_after_s": 12, "heartbeat_loss_s": 8,
         "requeue_interval_s": 1, "cancel_poll_s": 0.2, "checkpoint_interval_s": 0}
 #: The long job: the full-width network (its .keras is tens of MiB, the large artifact),
 #: epochs of a second or so on a CPU, a checkpoint after each.
 SOURCE = {"source_task": "digits", "architecture": "kes2021", "width_multiplier": 1.0,
-          "nb_of_epochs": 10, "nb_of_samples": 256, "seed": 3}
+          "nb_of_epochs": 6, "nb_of_samples": 128, "seed": 3}
 KILL_AFTER_EPOCH = 2
 STUDY_LAYERS = [0, 3]
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -141,7 +145,7 @@ class Worker:
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 180) -> None:
+    def wait_ready(self, timeout: float = WAIT_S) -> None:
         """Until this start's Celery worker says it is ready."""
         marker = f"===== start {self.starts} ====="
         deadline = time.monotonic() + timeout
@@ -178,6 +182,7 @@ def cluster(tmp_path: Path) -> Iterator[SimpleNamespace]:
         pg_port = hosts.forward(5432, listen_port=hosts.free_port())
         redis_port = hosts.forward(6379, listen_port=hosts.free_port())
         s3 = stack.enter_context(moto_server(server, log=logs / "moto.log"))
+        stack.callback(hosts.close)  # the API and the workers stop before the S3 server
         make_bucket(s3, bucket)
         shared = {"queue": queue, "store_url": f"s3://{bucket}/quanta",
                   "s3_endpoint_url": s3, **FAST}
@@ -198,7 +203,8 @@ def cluster(tmp_path: Path) -> Iterator[SimpleNamespace]:
         port = hosts.free_port()
         api_log = stack.enter_context(open(logs / "api.log", "wb"))
         api = hosts.serve([sys.executable, "-m", "api.serve", "--host", server, "--port",
-                           str(port), "--workers", "0", "--stop-timeout", "10"],
+                           str(port), "--workers", "0", "--stop-timeout", "10",
+                           "--log-level", "WARNING"],
                           env=api_env, stdout=api_log, stderr=subprocess.STDOUT)
         workers = {}
         for name, host in hosts.hosts.items():
@@ -210,7 +216,7 @@ def cluster(tmp_path: Path) -> Iterator[SimpleNamespace]:
         url = f"http://{server}:{port}"
         http = stack.enter_context(httpx.Client(
             base_url=url, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}))
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + WAIT_S
         while True:
             try:
                 if http.get("/healthz", timeout=2).status_code == 200:
@@ -332,10 +338,11 @@ def test_a_job_survives_its_host_and_the_files_travel_through_the_bucket(
     job = wait_job(cluster, source_id, lambda j: j["status"] == "running"
                    and j["worker"] in names
                    and (j["progress"] or {}).get("epoch", 0) >= KILL_AFTER_EPOCH,
-                   timeout=180, poll=0.05)
+                   timeout=WAIT_S, poll=0.05)
     first = workers[names[job["worker"]]]
     other = next(w for w in workers.values() if w is not first)
-    assert job["attempts"] == 1
+    assert job["attempts"] == 1, (
+        f"taken over before any kill (stale heartbeats?)\n{all_logs(cluster)}")
     first.kill()
     killed_at = time.monotonic()
     killed_epoch = cluster.http.get(f"/v1/jobs/{source_id}").json()["progress"]["epoch"]
@@ -346,7 +353,7 @@ def test_a_job_survives_its_host_and_the_files_travel_through_the_bucket(
     figures["takeover"] = (f"SIGKILL to attempt 2 running on host-{other.host.name} "
                            f"{takeover:.1f}s")
     first.start()  # the killed host's worker comes back (under its name) for the study
-    job = wait_end(cluster, source_id, timeout=240)
+    job = wait_end(cluster, source_id, timeout=WAIT_S)
     assert job["status"] == "succeeded", f"{job}\n{all_logs(cluster)}"
     assert (job["worker"], job["attempts"]) == (other.name, 2)
     # Resumed, not started again: attempt 2 trained only the epochs attempt 1 had not
@@ -376,7 +383,7 @@ def test_a_job_survives_its_host_and_the_files_travel_through_the_bucket(
             "nb_of_target_epochs": 2, "nb_of_target_samples": 64, "seed": 5}
     response = http.post("/v1/jobs", json={"kind": "study", "spec": spec})
     assert response.status_code == 201, response.text
-    study = wait_end(cluster, response.json()["id"], timeout=300)
+    study = wait_end(cluster, response.json()["id"], timeout=WAIT_S)
     assert study["status"] == "succeeded", f"{study}\n{all_logs(cluster)}"
     children = http.get(f"/v1/jobs/{study['id']}/children").json()["items"]
     assert len(children) == len(STUDY_LAYERS)
@@ -385,17 +392,19 @@ def test_a_job_survives_its_host_and_the_files_travel_through_the_bucket(
         sorted(c["worker"].rpartition("@")[2] for c in children))
 
     # 4. Every file of every job, from the API: whole, by range, and zipped.
-    largest: tuple[int, str, str] = (0, "", "")
+    largest: tuple[int, str, str, float] = (0, "", "", 0.0)
     for job_id in (source_id, study["id"], *(c["id"] for c in children)):
         listing = http.get(f"/v1/jobs/{job_id}/artifacts").json()
         assert listing["items"] and listing["partial"] is False, listing
         listed = {a["path"]: a for a in listing["items"]}
         for artifact in listing["items"]:
-            got = http.get(artifact["url"])
+            began = time.monotonic()
+            got = http.get(artifact["url"], timeout=300)
+            took = time.monotonic() - began
             assert got.status_code == 200, (artifact, got.text[:500])
             assert (len(got.content), sha256(got.content)) == (
                 artifact["size"], artifact["sha256"]), artifact
-            largest = max(largest, (artifact["size"], artifact["url"], artifact["sha256"]))
+            largest = max(largest, (artifact["size"], artifact["url"], artifact["sha256"], took))
         with http.stream("GET", f"/v1/jobs/{job_id}/archive") as response:
             assert response.status_code == 200, response.read()
             archive = b"".join(response.iter_bytes())
@@ -405,11 +414,9 @@ def test_a_job_survives_its_host_and_the_files_travel_through_the_bucket(
             assert set(members) == set(listed), (job_id, set(members) ^ set(listed))
             for path, artifact in listed.items():
                 assert sha256(zipped.read(members[path])) == artifact["sha256"], path
-    size, url, digest = largest
+    size, url, digest, took = largest  # its first download
     assert size > 10 * MiB, largest  # the full-width network's model
-    began = time.monotonic()
     whole = http.get(url, timeout=300).content
-    took = time.monotonic() - began
     assert sha256(whole) == digest
     figures["download"] = (f"download {size / MiB:.1f} MiB in {took:.2f}s = "
                            f"{mib_per_s(size, took):.0f} MiB/s")
