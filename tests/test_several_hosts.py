@@ -118,6 +118,11 @@ def forget_queue(queue: str) -> None:
             if queue.encode() in payload:
                 client.hdel("unacked", tag)
                 client.zrem("unacked_index", tag)
+        # Kombu's bookkeeping of the workers' control queue, once no other run's queue
+        # is left in the database.
+        if not [k for k in client.scan_iter(match="_kombu.binding.*")
+                if not k.endswith(b".celery.pidbox")]:
+            client.delete("_kombu.binding_deadlines", "_kombu.binding.celery.pidbox")
     finally:
         client.close()
 
