@@ -37,16 +37,20 @@ def _train_size(task: str) -> int:
     return BUILTIN_TRAIN_SIZES.get(task, 0)
 
 
-def planned_work(local: Any, nb_of_jobs: int = 1) -> tuple[int, str, str]:
+def planned_work(local: Any, nb_of_jobs: int = 1, witnesses: int | None = None
+                 ) -> tuple[int, str, str]:
     """(samples × epochs × runs, the epochs field, how it was counted) of a resolved spec;
-    `nb_of_jobs` multiplies it for a study (its spec is one child's)."""
+    `nb_of_jobs` multiplies it for a study (its spec is one child's), whose witnesses
+    are `witnesses` trainings (one per run), not one per job."""
     if hasattr(local, "target_task"):  # a transfer (or a study's child)
         samples = _train_size(local.target_task)
         if local.nb_of_target_samples:
             samples = min(samples, local.nb_of_target_samples) or local.nb_of_target_samples
         epochs, field = local.nb_of_target_epochs, "nb_of_target_epochs"
-        runs = local.nb_of_runs * nb_of_jobs * (2 if local.witness else 1)
-        how = (f"{runs} runs{' (witness included)' if local.witness else ''} × "
+        if witnesses is None:
+            witnesses = local.nb_of_runs * nb_of_jobs if local.witness else 0
+        runs = local.nb_of_runs * nb_of_jobs + witnesses
+        how = (f"{runs} runs{' (witness included)' if witnesses else ''} × "
                f"{epochs} epochs × {samples} samples")
     else:
         samples = _train_size(local.source_task)
@@ -57,11 +61,12 @@ def planned_work(local: Any, nb_of_jobs: int = 1) -> tuple[int, str, str]:
     return runs * epochs * samples, field, how
 
 
-def check_work(settings: Settings, local: Any, *, study_jobs: int | None = None) -> None:
+def check_work(settings: Settings, local: Any, *, study_jobs: int | None = None,
+               study_witnesses: int | None = None) -> None:
     """422 naming the epochs field when the planned work is over its ceiling."""
     if getattr(local, "show_only_build", False) or isinstance(local, ScoresSpec):
         return  # nothing trains (a scores job is one inference pass)
-    work, field, how = planned_work(local, study_jobs or 1)
+    work, field, how = planned_work(local, study_jobs or 1, study_witnesses)
     limit, setting = ((settings.max_study_work, "QUANTA_MAX_STUDY_WORK") if study_jobs
                       else (settings.max_job_work, "QUANTA_MAX_JOB_WORK"))
     if limit and work > limit:

@@ -476,9 +476,20 @@ class RemoteStudySpec(RemoteTransferSpec):
         transfer: a child (layer, r) with one run reproduces run r of `quanta -r N`."""
         return run_seed(self.seed, run) if self.seeded else self.seed
 
+    @property
+    def witness_layer(self) -> int | None:
+        """The layer whose jobs train the study's witnesses (its first), or None.
+
+        A witness depends on the run (its seed), never on the layer: the same network
+        from scratch on the same data. So each run's witness is trained once, by that
+        layer's job, and every layer of the run is compared with it."""
+        return self.study_layers[0] if self.witness else None
+
     def child_spec(self, layer: int, run: int) -> RemoteTransferSpec:
-        """The transfer job that measures `layer` in run `run` of the study."""
+        """The transfer job that measures `layer` in run `run` of the study; only the
+        witness layer's job trains the run's witness (`witness_layer`)."""
         values = self.model_dump(exclude={"layers", "include_all_at_once", "protocol",
                                           "baselines", "until"})
-        values.update(layer_to_transfer=layer, nb_of_runs=1, seed=self.child_seed(run))
+        values.update(layer_to_transfer=layer, nb_of_runs=1, seed=self.child_seed(run),
+                      witness=layer == self.witness_layer)
         return RemoteTransferSpec.model_validate(values)

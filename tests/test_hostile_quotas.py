@@ -69,6 +69,18 @@ def test_a_study_has_its_own_ceiling(client: Any, app: Any, source_job: Any) -> 
     assert client.post("/v1/jobs", json=study(source_job, [0, 1], 2)).status_code == 201
 
 
+def test_a_study_counts_one_witness_per_run_not_per_job(client: Any, app: Any,
+                                                         source_job: Any) -> None:
+    """3 layers x 2 runs with a witness: 6 transfers and 2 witnesses (the first layer's
+    jobs train them for every layer), not 12 trainings."""
+    app.state.settings.max_study_work = 8 * 64
+    allowed = client.post("/v1/jobs", json=study(source_job, [0, 1, 2], 2, witness=True))
+    assert allowed.status_code == 201, allowed.text
+    app.state.settings.max_study_work = 8 * 64 - 1
+    refused = client.post("/v1/jobs", json=study(source_job, [0, 1, 2], 2, witness=True))
+    assert refused.status_code == 422 and "8 runs (witness included)" in refused.text
+
+
 def test_the_queue_cap_counts_a_studys_jobs(client: Any, app: Any, source_job: Any) -> None:
     app.state.settings.max_queued_per_owner = 5
     refused = client.post("/v1/jobs", json=study(source_job, [0, 1, 2], 2))  # 6 jobs

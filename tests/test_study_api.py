@@ -52,7 +52,9 @@ def test_a_study_fans_out_one_transfer_job_per_layer_and_run(client: Any, source
         (0, 0, 5), (3, 0, 5), (-1, 0, 5), (0, 1, 6), (3, 1, 6), (-1, 1, 6)]
     for job in jobs:
         assert job["kind"] == "transfer" and job["parent_id"] == study["id"]
-        assert job["spec"]["nb_of_runs"] == 1 and job["spec"]["witness"] is True
+        assert job["spec"]["nb_of_runs"] == 1
+        # Only the first layer's jobs train the run's witness; the others share it.
+        assert job["spec"]["witness"] is (job["spec"]["layer_to_transfer"] == 0)
         assert "layers" not in job["spec"] and job["status"] == "queued"
     listed = client.get("/v1/jobs", params={"parent_id": study["id"], "limit": 4}).json()
     assert listed["total"] == 6 and "parent_id=" in listed["next"]
@@ -367,3 +369,21 @@ def test_listing_studies_counts_their_progress_in_one_query(client: Any, source_
         event.remove(engine, "before_cursor_execute", count)
     assert {job["id"]: job["progress"] for job in page["items"]} == one_by_one
     assert few == len(statements)  # 3 studies cost the same queries as 1: no query per study
+
+
+def test_each_run_shares_the_witness_its_first_layer_trained() -> None:
+    """A layer without its own witness gets the one of its run; a run whose witness job
+    failed gets none (never another run's)."""
+    from quanta.summary import RunRecord
+    from worker.study_end import _shared_witnesses
+
+    def record(entry: str, run: int, witness: float | None) -> RunRecord:
+        return RunRecord(entry, run, {}, {"categorical_accuracy": 0.5},
+                         None if witness is None else {"categorical_accuracy": witness})
+
+    shared = _shared_witnesses([record("0", 0, 0.3), record("3", 0, None),
+                                record("3", 1, None), record("0", 2, 0.7), record("all", 2, None)])
+    assert [(r.entry, r.run, r.witness_metrics) for r in shared] == [
+        ("0", 0, {"categorical_accuracy": 0.3}), ("3", 0, {"categorical_accuracy": 0.3}),
+        ("3", 1, None), ("0", 2, {"categorical_accuracy": 0.7}),
+        ("all", 2, {"categorical_accuracy": 0.7})]

@@ -248,6 +248,17 @@ def test_summary_matches_the_childrens_files(live: SimpleNamespace, study: dict[
                                             study_children: list[dict[str, Any]]) -> None:
     summary = live.http.get(f"/v1/jobs/{study['id']}/summary").json()
     assert summary["complete"] is True and summary["missing"] == []
+    # Each run's witness is trained once, by its layer-0 job, and shared by every layer.
+    witness_of_run = {}
+    for child in study_children:
+        trains = child["spec"]["layer_to_transfer"] == 0
+        assert child["spec"]["witness"] is trains
+        assert summary["witnesses"].get(str(child["study_run"])) == (
+            child["id"] if trains else summary["witnesses"][str(child["study_run"])])
+        if trains:
+            base = f"/v1/jobs/{child['id']}/artifacts/digits_to_digits"
+            witness_of_run[child["study_run"]] = _last_line(live.http.get(
+                f"{base}/testing_metrics_of_witness_r_0_l_0.jsonl").text)["categorical_accuracy"]
     for layer in ("0", "3"):
         finals, curves, target, witness = [], [], [], []
         for child in (c for c in study_children if str(c["spec"]["layer_to_transfer"]) == layer):
@@ -259,12 +270,15 @@ def test_summary_matches_the_childrens_files(live: SimpleNamespace, study: dict[
             target.append(_last_line(live.http.get(
                 f"{base}/testing_metrics_of_target_r_0_l_{layer}.jsonl").text)
                 ["categorical_accuracy"])
-            witness.append(_last_line(live.http.get(
-                f"{base}/testing_metrics_of_witness_r_0_l_{layer}.jsonl").text)
-                ["categorical_accuracy"])
-            run = child["result"]["runs"][0]  # the witness flows into the job's result
-            assert run["witness_metrics"]["categorical_accuracy"] == witness[-1]
-            assert run["transfer_gain"] == pytest.approx(target[-1] - witness[-1])
+            witness.append(witness_of_run[child["study_run"]])
+            run = child["result"]["runs"][0]  # the witness flows into its own job's result
+            if layer == "0":
+                assert run["witness_metrics"]["categorical_accuracy"] == witness[-1]
+                assert run["transfer_gain"] == pytest.approx(target[-1] - witness[-1])
+            else:  # trained once, not again for this layer
+                assert run["witness_metrics"] is None
+                assert live.http.get(f"{base}/testing_metrics_of_witness_r_0_l_{layer}.jsonl"
+                                     ).status_code == 404
         entry = summary["entries"][layer]
         for stat, values in ((entry["lambda_s"][layer], finals),
                              (entry["target_accuracy"], target),
@@ -369,9 +383,10 @@ def test_study_download_is_the_local_layout_of_each_layer(live: SimpleNamespace,
                 for name, ext in (("source", "keras"), ("target", "keras"), ("quantas", "jsonl"),
                                   ("testing_metrics_of_source", "jsonl"),
                                   ("testing_metrics_of_target", "jsonl"),
-                                  ("testing_metrics_of_witness", "jsonl"),
-                                  ("training_metrics_of_target", "jsonl"),
-                                  ("training_metrics_of_witness", "jsonl"))}
+                                  ("training_metrics_of_target", "jsonl"))}
+    # The witness of each run is the layer-0 job's (the study trains it once per run).
+    expected |= {f"digits_to_digits/{name}_r_{r}_l_0.jsonl" for r in (0, 1)
+                 for name in ("testing_metrics_of_witness", "training_metrics_of_witness")}
     extras = {"summary.json", "summary.csv", "plots/transferability.png", "plots/accuracy.png",
               *(f"plots/quantas_r_{r}_l_{layer}.png" for r in (0, 1) for layer in (0, 3))}
     assert set(files) == expected | extras
@@ -380,7 +395,7 @@ def test_study_download_is_the_local_layout_of_each_layer(live: SimpleNamespace,
     assert len(compared) == 2 * 4
     for path in compared:  # the same numbers (the witness trains after, apart)
         assert files[path].read_text() == local[path].read_text(), path
-    assert "40 files written" in capsys.readouterr().err
+    assert f"{len(expected | extras)} files written" in capsys.readouterr().err
 
 
 def test_client_errors_are_one_line_with_an_exit_code(live: SimpleNamespace,

@@ -11,6 +11,7 @@ the API's sweeper when a study's children all ended without anyone ending it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -139,6 +140,7 @@ def aggregate(context: JobContext, session: Session, study: Job
             missing.append(Missing(entry, run, f"job {child.id} {child.status}: {reason}"))
             missing_out.append({"job": child.id, "layer": entry, "run": run,
                                 "status": child.status, "error": reason})
+    records = _shared_witnesses(records)
     progress = study_progress(session, study)
     if not records:
         first = missing_out[0]["error"] if missing_out else "no child"
@@ -168,6 +170,14 @@ def aggregate(context: JobContext, session: Session, study: Job
                   for name in STUDY_PLOTS if (output / study_plot(name)).is_file()],
         "progress": progress,
     }}
+
+
+def _shared_witnesses(records: list[RunRecord]) -> list[RunRecord]:
+    """Each run's witness, trained once by one layer's job (`witness_layer`), given to
+    every layer of that run; a run whose witness job failed has none."""
+    trained = {r.run: r.witness_metrics for r in records if r.witness_metrics is not None}
+    return [r if r.witness_metrics is not None or r.run not in trained
+            else dataclasses.replace(r, witness_metrics=trained[r.run]) for r in records]
 
 
 def _output(context: JobContext, study_id: str) -> Path:
@@ -278,8 +288,11 @@ def write_summary(output: Path, study: Job, summary: Summary, children: list[Job
         **({"stopping": stopping} if stopping is not None else {}),
         **({"baselines": baselines} if baselines is not None else {}),
         "children": [{"job": c.id, "layer": layer_label(int(c.spec["layer_to_transfer"])),
-                      "run": c.study_run, "seed": c.spec.get("seed"), "status": c.status}
+                      "run": c.study_run, "seed": c.spec.get("seed"), "status": c.status,
+                      "trains_witness": bool(c.spec.get("witness"))}
                      for c in children],
+        # Where each run's witness was trained and recorded (the others refer to it).
+        "witnesses": {str(c.study_run): c.id for c in children if c.spec.get("witness")},
     }
     atomic_write(output / SUMMARY_JSON, (json.dumps(body, indent=1) + "\n").encode())
     scores = {k: {name: v for name, v in values.items() if name not in ("dims", "lambda_s")}

@@ -138,7 +138,8 @@ def create_job(
     new_jobs = body.spec.nb_of_jobs if body.kind == studies.KIND else 1
     quotas.check_work(settings, local)  # one job (for a study: each of its jobs)
     if body.kind == studies.KIND:
-        quotas.check_work(settings, local, study_jobs=new_jobs)
+        quotas.check_work(settings, local, study_jobs=new_jobs,
+                          study_witnesses=body.spec.max_runs if body.spec.witness else 0)
     cap = settings.max_queued_per_owner
     if cap and (queued := crud.count_queued(session, owner)) + new_jobs > cap:
         adding = f" and this request adds {new_jobs}" if new_jobs > 1 else ""
