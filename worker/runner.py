@@ -255,21 +255,28 @@ class JobRunner:
                 return self._end(job_id, worker, attempt, JobStatus.FAILED,
                                  {"error": f"invalid job spec: {exc}"})
         files = attempts.AttemptFiles(self.settings, job_id, attempt)
-        try:  # this attempt's own folders, resumed from an earlier attempt's checkpoints
-            checkpoints.prepare(self.settings, job_id, attempt)
-        except OSError as exc:
-            return self._end(job_id, worker, attempt, JobStatus.FAILED,
-                             {"error": self._os_error(exc, "preparing the job's folders")})
-        except Exception as exc:  # the store (a bucket) cannot be read: another try later
-            log.error("job %s: cannot fetch its earlier attempt from the store (%s)", job_id,
-                      exc)
-            return self._end(job_id, worker, attempt, JobStatus.QUEUED, {})
+        # The heartbeat beats from here: fetching an earlier attempt's checkpoints from a
+        # bucket may take longer than the time after which the job would look abandoned.
         with Heartbeat(self.sessions, job_id, worker, self.settings.heartbeat_s,
                        attempt) as heartbeat:
-            status, fields = self._execute(
-                job_id, worker, job.kind, local, files.output,
-                checkpoint_dir=files.checkpoints, heartbeat=heartbeat, attempt=attempt,
-                files=files)
+            try:  # this attempt's own folders, resumed from an earlier attempt's checkpoints
+                checkpoints.prepare(self.settings, job_id, attempt)
+            except OSError as exc:
+                status, fields = JobStatus.FAILED, {
+                    "error": self._os_error(exc, "preparing the job's folders")}
+            except Exception as exc:  # the store (a bucket) cannot be read: another try later
+                log.error("job %s: cannot fetch its earlier attempt from the store (%s)",
+                          job_id, exc)
+                status, fields = JobStatus.QUEUED, {}
+                if attempt >= self.settings.max_attempts:
+                    status, fields = JobStatus.FAILED, {"error": self.redact(
+                        f"the store could not be read in {attempt} attempts: "
+                        f"{type(exc).__name__}: {exc}")}
+            else:
+                status, fields = self._execute(
+                    job_id, worker, job.kind, local, files.output,
+                    checkpoint_dir=files.checkpoints, heartbeat=heartbeat, attempt=attempt,
+                    files=files)
         return self._end(job_id, worker, attempt, status, fields)
 
     def _claim_retrying(self, session: Session, job_id: str, worker: str) -> Job | Outcome:
