@@ -45,7 +45,8 @@ def main() -> None:
         + (["--reference-dir", args.reference_dir] if args.reference_dir else []),
         "study": ["study_wall_time.py"]
         + (["--layers", "2", "--runs", "1", "--samples", "128", "--width_multiplier", "0.125"]
-           if quick else []),
+           if quick else [])
+        + (["--reference-dir", args.reference_dir] if args.reference_dir else []),
         "api": ["api_latency.py"] + (["--seconds", "5", "--jobs", "100"] if quick else []),
         "post_to_start": ["post_to_start.py"] + (["--jobs", "5"] if quick else []),
     }
