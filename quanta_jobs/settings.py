@@ -212,6 +212,12 @@ class Settings(BaseSettings):
         "ARTIFACTS_DIR/../cache); unused without QUANTA_STORE_URL.",
     )
 
+    store_cache_max_bytes: int = Field(
+        default=50 * 1024**3, ge=0,
+        description="Most bytes a host keeps in each area of its cache of the bucket (the "
+        "least recently used copies go first; 0: no limit); unused without QUANTA_STORE_URL.",
+    )
+
     @field_validator("s3_endpoint_url")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:

@@ -739,10 +739,12 @@ class StoreCache:
     nothing, unless `copy_local` asks for copies (tests, or a store on a slow disk)."""
 
     def __init__(self, store: ArtifactStore, cache_dir: str | os.PathLike[str], *,
-                 copy_local: bool = False) -> None:
+                 copy_local: bool = False, max_bytes: int = 0) -> None:
         self.store = store
         self.cache_dir = Path(cache_dir).expanduser().resolve()
         self.copy_local = copy_local
+        #: Beyond this many bytes, the least recently used copies go (0: no limit).
+        self.max_bytes = max_bytes
         self.fetches = 0  # objects actually transferred (for logs and tests)
 
     def path(self, key: str, sha256: str | None = None) -> Path:
@@ -762,11 +764,32 @@ class StoreCache:
             expected = info.sha256
         if expected is not None and target.is_file() and not target.is_symlink():
             if sha256_file(target).sha256 == expected:
+                os.utime(target)  # recently used: trimmed last
                 return target
             log.warning("cached %s does not match its SHA-256; fetching it again", key)
         self.store.fetch_to(key, target, expected)
         self.fetches += 1
+        self.trim(keep=target)
         return target
+
+    def trim(self, keep: Path | None = None) -> int:
+        """Remove the least recently used copies until the cache holds at most `max_bytes`
+        (never `keep`, the copy just handed out); returns how many went. A copy in use
+        by a job stays readable: an open file outlives its name."""
+        if not self.max_bytes:
+            return 0
+        files = [(path.stat(), path) for _, path in _walk(self.cache_dir)]
+        total = sum(stat.st_size for stat, _ in files)
+        removed = 0
+        for stat, path in sorted(files, key=lambda item: item[0].st_mtime_ns):
+            if total <= self.max_bytes:
+                break
+            if path == keep:
+                continue
+            path.unlink(missing_ok=True)
+            total -= stat.st_size
+            removed += 1
+        return removed
 
     def evict(self, key: str) -> None:
         self.cache_dir.joinpath(*check_key(key).split("/")).unlink(missing_ok=True)
@@ -794,6 +817,7 @@ class StoreSettings(Protocol):
     store_url: str | None
     s3_endpoint_url: str | None
     s3_part_bytes: int
+    store_cache_max_bytes: int
     artifacts_dir: Path
     data_dir: Path | None
 
@@ -903,4 +927,5 @@ class Mirror:
 
 def cache_from_settings(settings: StoreSettings, area: Area) -> StoreCache:
     """A worker's cache of one area under `QUANTA_STORE_CACHE_DIR/area`."""
-    return StoreCache(store_from_settings(settings, area), settings.store_cache_path / area)
+    return StoreCache(store_from_settings(settings, area), settings.store_cache_path / area,
+                      max_bytes=settings.store_cache_max_bytes)

@@ -380,3 +380,24 @@ def test_store_url_forms() -> None:
     assert parse_store_url("s3://b") == ("b", "")
     assert parse_store_url("s3://b/") == ("b", "")
     assert parse_store_url("s3://b/a/c/") == ("b", "a/c")
+
+
+def test_the_cache_keeps_at_most_its_limit_dropping_the_least_recently_used(
+        tmp_path: Path) -> None:
+    import time
+
+    store = LocalStore(tmp_path / "store")
+    for name in "abc":
+        store.put(f"k/{name}", name.encode() * 100)
+    cache = StoreCache(store, tmp_path / "cache", copy_local=True, max_bytes=250)
+    a = cache.path("k/a", sha(b"a" * 100))
+    time.sleep(0.01)
+    b = cache.path("k/b", sha(b"b" * 100))
+    time.sleep(0.01)
+    assert cache.path("k/a", sha(b"a" * 100)) == a  # used again: now newer than b
+    time.sleep(0.01)
+    c = cache.path("k/c", sha(b"c" * 100))
+    assert (a.is_file(), b.is_file(), c.is_file()) == (True, False, True)
+    assert cache.fetches == 3
+    assert cache.path("k/b", sha(b"b" * 100)).read_bytes() == b"b" * 100  # fetched anew
+    assert cache.fetches == 4 and sum(p.stat().st_size for p in (a, b, c) if p.is_file()) <= 250
