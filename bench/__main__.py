@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["throughput", "whole_process", "study", "api",
-                                 "post_to_start"])
+                                 "post_to_start", "store"])
     parser.add_argument("--reference-dir", default=None,
                         help="git directory of RomainOr/Quanta, for whole_process "
                         "(default: $QUANTA_REFERENCE_GIT_DIR; without it that part is skipped)")
@@ -49,6 +49,7 @@ def main() -> None:
         + (["--reference-dir", args.reference_dir] if args.reference_dir else []),
         "api": ["api_latency.py"] + (["--seconds", "5", "--jobs", "100"] if quick else []),
         "post_to_start": ["post_to_start.py"] + (["--jobs", "5"] if quick else []),
+        "store": ["store_throughput.py"] + (["--mib", "32", "--pairs", "1"] if quick else []),
     }
     results = {}
     for name, command in parts.items():
