@@ -305,6 +305,11 @@ class JobRunner:
             return Outcome("lost", "this attempt no longer owns the job; nothing recorded")
         saved = attempts.SavedOutcome(attempt, worker, status, dict(fields))
         files = attempts.AttemptFiles(self.settings, job_id, attempt)
+        if status is JobStatus.QUEUED and files.remote:  # handed back: the next host resumes
+            try:
+                files.push()
+            except Exception as exc:  # it resumes from the last epoch that was sent
+                log.warning("job %s: last checkpoint not sent to the store (%s)", job_id, exc)
         if status in TERMINAL:
             try:  # every output in the store, hashed; with a bucket, sent there first
                 saved.artifacts = files.push(checkpoints=False)
@@ -323,8 +328,7 @@ class JobRunner:
             outcome = retry_db(lambda: self._finish(job_id, saved),
                                what=f"job {job_id}: recording its end",
                                budget_s=self.settings.db_retry_s)
-            if saved.status in TERMINAL or outcome.status == "lost":
-                files.drop_local()  # with a bucket: the store has them
+            files.drop_local()  # with a bucket: the store has them (a hand-back's too)
             return outcome
         except DatabaseUnavailable as exc:
             log.error("%s. Its files and outcome stay on disk (%s); the sweeper records "
