@@ -3,7 +3,9 @@
 The stock transport passes every transport option to `create_engine`, so options
 it reads itself (`polling_interval`) make it fail; and SQLite gets no WAL and the
 default 5 s lock wait, so an API and a worker polling the same file trip over
-"database is locked". `quanta_jobs.queue` installs this class for `sqla+` URLs.
+"database is locked"; and two processes declaring a queue at once (`quanta-serve
+--workers 2` starting its workers) both insert its row, and the one that loses the
+UNIQUE constraint crashes. `quanta_jobs.queue` installs this class for `sqla+` URLs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import sqlalchemy as stock
 from sqlalchemy import create_engine, event
+from sqlalchemy.exc import IntegrityError
 
 #: Options the transport itself reads; everything else goes to `create_engine`.
 _NOT_FOR_ENGINE = (
@@ -41,6 +44,19 @@ class Channel(stock.Channel):
             cursor.close()
 
         return engine
+
+    def _get_or_create(self, queue: str) -> Any:
+        """The queue's row; another process that inserted it first wins, and its row is
+        the one used (the stock transport only guards against its own threads)."""
+        try:
+            return super()._get_or_create(queue)
+        except IntegrityError:
+            self.session.rollback()
+            found = self.session.query(self.queue_cls).filter(
+                self.queue_cls.name == queue).first()
+            if found is None:
+                raise
+            return found
 
 
 class Transport(stock.Transport):
