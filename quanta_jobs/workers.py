@@ -2,8 +2,10 @@
 
 A worker on any host writes to the shared database, so the API (`/readyz`) counts the
 workers alive everywhere, not only those `quanta-serve` started: a row seen within
-`ALIVE_BEATS` heartbeats is a live worker. A worker that stops cleanly deletes its
-row; one killed by the kernel simply stops beating.
+`ALIVE_BEATS` heartbeats is a live worker. Rows are stamped and judged by the
+database's clock (`db_now`), so a worker host whose clock is off is still counted right.
+A worker that stops cleanly deletes its row; one killed by the kernel simply stops
+beating.
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from datetime import timedelta
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from quanta_jobs.models import WorkerBeat, utcnow
+from quanta_jobs.models import WorkerBeat, db_now
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,13 @@ ALIVE_BEATS = 3
 
 def beat(session: Session, name: str) -> None:
     """Stamp `name`'s row (created on its first beat), committed."""
-    now = utcnow()
     changed = session.execute(
         update(WorkerBeat).where(WorkerBeat.name == name)
-        .values(seen_at=now, pid=os.getpid())
+        .values(seen_at=db_now(), pid=os.getpid())
         .execution_options(synchronize_session=False)).rowcount  # type: ignore[attr-defined]
     if not changed:
-        session.add(WorkerBeat(name=name, pid=os.getpid(), started_at=now, seen_at=now))
+        session.add(WorkerBeat(name=name, pid=os.getpid(), started_at=db_now(),
+                               seen_at=db_now()))
     session.commit()
 
 
@@ -42,8 +43,8 @@ def forget(session: Session, name: str) -> None:
 
 
 def alive(session: Session, heartbeat_s: float) -> int:
-    """Workers seen within `ALIVE_BEATS` heartbeats."""
-    since = utcnow() - timedelta(seconds=ALIVE_BEATS * heartbeat_s)
+    """Workers seen within `ALIVE_BEATS` heartbeats, by the database's clock."""
+    since = db_now(ALIVE_BEATS * heartbeat_s)
     return int(session.scalar(select(func.count()).select_from(WorkerBeat)
                               .where(WorkerBeat.seen_at >= since)) or 0)
 

@@ -143,3 +143,26 @@ def test_api_process_never_imports_tensorflow(tmp_path: Path) -> None:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["codes"] == [200, 200, 201, 200, 201, 200]
     assert result["loaded"] == []
+
+
+def test_workers_are_counted_by_the_databases_clock(client: Any, db: Any,
+                                                    monkeypatch: Any) -> None:
+    """A worker host whose clock is an hour behind still counts as alive, and a worker
+    whose last beat is older than three heartbeats by the database's clock does not."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from quanta_jobs import workers
+    from quanta_jobs.models import WorkerBeat, db_now, utcnow
+
+    behind = utcnow() - timedelta(hours=1)
+    monkeypatch.setattr(workers, "utcnow", lambda: behind, raising=False)
+    workers.beat(db, "gpu0@late-clock")
+    monkeypatch.undo()
+    assert client.get("/readyz").json()["workers"] == 1
+    heartbeat_s = client.app.state.settings.heartbeat_s
+    db.execute(update(WorkerBeat).values(seen_at=db_now(workers.ALIVE_BEATS * heartbeat_s + 5)))
+    db.commit()
+    assert client.get("/readyz").json()["workers"] == 0
+    workers.forget(db, "gpu0@late-clock")
