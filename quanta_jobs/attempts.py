@@ -240,6 +240,33 @@ def discard(settings: Settings, job_id: str, attempt: int | None = None) -> None
             shutil.rmtree(local, ignore_errors=True)
 
 
+def drop_ended_work(session: Session, settings: Settings) -> int:
+    """With a bucket, remove this host's work folders of jobs that have ended or are gone
+    (a worker killed mid-job leaves its attempt's; the host that finished the job dropped
+    only its own). A running or queued job's folders stay: another worker process of
+    this host may be writing them. Returns how many jobs' folders went."""
+    if artifacts_store(settings).local_dir("") is not None:
+        return 0  # the local store: work folders are the store itself
+    base = settings.store_cache_path / "work"
+    folders: dict[str, list[Path]] = {}
+    for parent in (base / "artifacts" / ATTEMPTS, base / "artifacts", base / "checkpoints"):
+        if parent.is_dir():
+            for entry in parent.iterdir():
+                if entry.is_dir() and entry.name.isalnum():
+                    folders.setdefault(entry.name, []).append(entry)
+    if not folders:
+        return 0
+    live = set(session.scalars(select(Job.id).where(
+        Job.id.in_(list(folders)), Job.status.not_in([s.value for s in TERMINAL]))))
+    dropped = 0
+    for job_id, paths in folders.items():
+        if job_id not in live:
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
+            dropped += 1
+    return dropped
+
+
 def delete_job_files(settings: Settings, job_id: str) -> None:
     """Everything kept of a deleted job: its files, attempts and checkpoints."""
     artifacts_store(settings).delete_prefix(job_id)

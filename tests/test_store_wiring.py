@@ -303,3 +303,34 @@ def test_an_upload_goes_to_the_bucket_and_is_deleted_from_it(hosts: Callable[[st
     assert not any(p.is_file() for p in (b.root / "cache").rglob("*"))
     assert b.client.delete(f"/v1/uploads/{upload['id']}").status_code == 204
     assert store.list(upload["id"]) == []
+
+
+def test_a_worker_start_drops_the_work_folders_of_ended_jobs(hosts: Callable[[str], Any]
+                                                              ) -> None:
+    """What a killed worker left in its host's cache goes once its job has ended (or is
+    gone); a queued or running job's folders stay (another worker may be writing them)."""
+    from quanta_jobs import attempts
+    from quanta_jobs.job_state import JobStatus, transition
+    from quanta_jobs.models import Job
+
+    a = hosts("a")
+    ended, running = (new_job(a, "source", TINY_SOURCE) for _ in range(2))
+    with a.direct() as session:
+        for job_id, status in ((ended, JobStatus.SUCCEEDED), (running, JobStatus.RUNNING)):
+            job = session.get(Job, job_id)
+            transition(session, job, JobStatus.RUNNING, worker=WORKER_A)
+            if status is JobStatus.SUCCEEDED:
+                transition(session, job, status, owner=WORKER_A)
+        session.commit()
+    gone = uuid.uuid4().hex
+    folders = {}
+    for job_id in (ended, running, gone):
+        files = attempts.AttemptFiles(a.settings, job_id, 1)
+        for folder in (files.output, files.checkpoints):
+            (folder / "run_0").mkdir(parents=True)
+            (folder / "run_0" / "state.json").write_text("{}")
+        folders[job_id] = (files.output, files.checkpoints)
+    with a.direct() as session:
+        assert attempts.drop_ended_work(session, a.settings) == 2
+    assert [p.exists() for p in folders[ended] + folders[gone]] == [False] * 4
+    assert all(p.exists() for p in folders[running])

@@ -83,11 +83,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _heartbeat(name: str) -> WorkerHeartbeat:
+    from quanta_jobs import attempts
     from quanta_jobs.db import make_engine, make_sessionmaker
     from quanta_jobs.settings import get_settings
 
     settings = get_settings()
     sessions = make_sessionmaker(make_engine(settings.database_url))
+    try:  # what killed workers of this host left in its cache of the bucket
+        with sessions() as session:
+            dropped = attempts.drop_ended_work(session, settings)
+        if dropped:
+            logging.getLogger(__name__).info("dropped the work folders of %d ended jobs",
+                                             dropped)
+    except Exception:
+        logging.getLogger(__name__).warning("work folders not checked", exc_info=True)
     return WorkerHeartbeat(sessions, name, settings.heartbeat_s).start()
 
 
