@@ -177,6 +177,8 @@ def settings_from(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.Monke
             monkeypatch.delenv(key)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    # Nor an EC2 instance: boto3 would ask the metadata service and wait for its time-outs.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("QUANTA_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
