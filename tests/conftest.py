@@ -305,3 +305,57 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             yield endpoint
         finally:
             server.__exit__(None, None, None)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """An empty artifact store of each backend: a local folder, and a prefix of its own in
+    the moto server's bucket (tests never see each other's objects)."""
+    from quanta_jobs.store import LocalStore, MiB, S3Store
+    from tests.s3server import BUCKET
+
+    if request.param == "local":
+        return LocalStore(tmp_path / "root")
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return S3Store(BUCKET, f"t-{uuid.uuid4().hex[:10]}/artifacts", endpoint_url=endpoint,
+                   part_bytes=5 * MiB)
+
+
+# --- watching an in-process worker's epochs ---------------------------------------------
+
+def after_epoch(runner: Any, epoch: int, action: Callable[[], None]) -> None:
+    """Call `action` once a `JobRunner`'s job has written its progress for `epoch` (its
+    checkpoint, and with a bucket its push, come before)."""
+    original = runner._progress_hook
+
+    def hook(job_id: str, *owner: Any) -> Callable[[Any], None]:
+        inner = original(job_id, *owner)
+
+        def on_epoch(event: Any) -> None:
+            inner(event)
+            if event.epoch == epoch:
+                action()
+
+        return on_epoch
+
+    runner._progress_hook = hook
+
+
+def watch_epochs(runner: Any) -> list[int]:
+    """The epochs a `JobRunner` trains from now on, appended as they end (its own hook
+    first restored, so an earlier `after_epoch` no longer acts)."""
+    runner._progress_hook = type(runner)._progress_hook.__get__(runner)
+    epochs: list[int] = []
+    original = runner._progress_hook
+
+    def hook(job_id: str, *owner: Any) -> Callable[[Any], None]:
+        inner = original(job_id, *owner)
+
+        def on_epoch(event: Any) -> None:
+            epochs.append(event.epoch)
+            inner(event)
+
+        return on_epoch
+
+    runner._progress_hook = hook
+    return epochs

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TINY_SOURCE
+from conftest import TINY_SOURCE, after_epoch, watch_epochs
 from sqlalchemy.exc import OperationalError
 
 WORKER = "inproc@test"
@@ -167,23 +167,6 @@ def assert_recorded_files(runner: Any, job_id: str) -> None:
     assert on_disk >= SOURCE_FILES
 
 
-def after_epoch(runner: Any, epoch: int, action: Callable[[], None]) -> None:
-    """Call `action` once the job's progress for `epoch` was written."""
-    original = runner._progress_hook
-
-    def hook(job_id: str, *owner: Any) -> Callable[[Any], None]:
-        inner = original(job_id, *owner)
-
-        def on_epoch(event: Any) -> None:
-            inner(event)
-            if event.epoch == epoch:
-                action()
-
-        return on_epoch
-
-    runner._progress_hook = hook
-
-
 def test_training_survives_a_database_outage(make_runner: Callable[..., Any], relay: TcpRelay,
                                              caplog: pytest.LogCaptureFixture) -> None:
     """The database goes away after epoch 1 of 2 and comes back 3 s after the final
@@ -290,20 +273,7 @@ def test_shutdown_hands_back_and_the_next_attempt_resumes(make_runner: Callable[
     state = runner.settings.checkpoints_path / job_id / "1" / "source" / "state.json"
     assert len(json.loads(state.read_text())["history"]) == 1
     runner.shutting_down.clear()
-    runner._progress_hook = type(runner)._progress_hook.__get__(runner)
-    epochs: list[int] = []
-    after = runner._progress_hook
-
-    def watch(job: str, *owner: Any) -> Callable[[Any], None]:
-        inner = after(job, *owner)
-
-        def on_epoch(event: Any) -> None:
-            epochs.append(event.epoch)
-            inner(event)
-
-        return on_epoch
-
-    runner._progress_hook = watch
+    epochs = watch_epochs(runner)
     with caplog.at_level(logging.INFO):
         assert runner.run(job_id, WORKER).status == "succeeded"
     assert "resuming an earlier attempt (source after epoch 1) from attempt 1" in caplog.text

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import uuid
 from pathlib import Path
 
 import pytest
@@ -54,16 +53,6 @@ class OnePass(io.RawIOBase):
         chunk = self._data.read(min(len(buffer), 1000))
         buffer[: len(chunk)] = chunk
         return len(chunk)
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
-    if request.param == "local":
-        return LocalStore(tmp_path / "root")
-    endpoint = request.getfixturevalue("s3_endpoint")
-    # A prefix of its own per test: tests never see each other's objects.
-    return S3Store(BUCKET, f"t-{uuid.uuid4().hex[:10]}/artifacts", endpoint_url=endpoint,
-                   part_bytes=5 * MiB)
 
 
 def read_all(store: ArtifactStore, key: str, start: int = 0, length: int | None = None) -> bytes:

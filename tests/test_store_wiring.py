@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TINY_SOURCE
+from conftest import TINY_SOURCE, after_epoch, watch_epochs
 
-from quanta_jobs.store import ArtifactStore, LocalStore, Mirror, S3Store
+from quanta_jobs.store import ArtifactStore, LocalStore, Mirror
 from tests.s3server import BUCKET
 
 WORKER_A, WORKER_B = "worker@host-a", "worker@host-b"
@@ -36,15 +36,6 @@ def sha(data: bytes) -> str:
 
 
 # --- the store's promotion and mirror, on both backends ----------------------------------
-
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
-    if request.param == "local":
-        return LocalStore(tmp_path / "root")
-    endpoint = request.getfixturevalue("s3_endpoint")
-    return S3Store(BUCKET, f"w-{uuid.uuid4().hex[:10]}", endpoint_url=endpoint,
-                   part_bytes=5 * 1024 * 1024)
-
 
 def contents(store: ArtifactStore, prefix: str) -> dict[str, bytes]:
     out = {}
@@ -213,33 +204,9 @@ def test_a_job_stopped_on_host_a_resumes_on_host_b(hosts: Callable[[str], Any],
     monkeypatch.setattr(training, "CANCEL_CHECK_S", 0.0)
     a, b = hosts("a"), hosts("b")
     job_id = new_job(a, "source", {**TINY_SOURCE, "nb_of_epochs": 3})
-    original = a._progress_hook
-
-    def stop_after_first(job: str, *owner: Any) -> Callable[[Any], None]:
-        inner = original(job, *owner)
-
-        def on_epoch(event: Any) -> None:
-            inner(event)  # the checkpoint is pushed first, then progress is written
-            if event.epoch == 1:
-                a.shutting_down.set()
-
-        return on_epoch
-
-    a._progress_hook = stop_after_first
+    after_epoch(a, 1, a.shutting_down.set)  # its checkpoint is in the bucket by then
     assert a.run(job_id, WORKER_A).status == "queued"
-    epochs: list[int] = []
-    after = b._progress_hook
-
-    def watch(job: str, *owner: Any) -> Callable[[Any], None]:
-        inner = after(job, *owner)
-
-        def on_epoch(event: Any) -> None:
-            epochs.append(event.epoch)
-            inner(event)
-
-        return on_epoch
-
-    b._progress_hook = watch
+    epochs = watch_epochs(b)
     with caplog.at_level(logging.INFO):
         assert b.run(job_id, WORKER_B).status == "succeeded"
     assert "resuming an earlier attempt (source after epoch 1) from attempt 1" in caplog.text
