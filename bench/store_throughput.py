@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,9 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.study_wall_time import free_port, peak_rss_mib  # noqa: E402
+
 MiB = 1024 * 1024
 RANGE_MIB = 16
 BACKENDS = ("local", "s3")
@@ -63,22 +65,6 @@ FIGURES = (
     ("range", f"GET artifact, last {RANGE_MIB} MiB (Range)"),
     ("cache_fetch", "StoreCache.path, empty cache"),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def peak_rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        return None
-    return None
 
 
 def write_dataset(path: Path, mib: float) -> tuple[int, str]:
