@@ -277,7 +277,7 @@ class JobRunner:
                     job_id, worker, job.kind, local, files.output,
                     checkpoint_dir=files.checkpoints, heartbeat=heartbeat, attempt=attempt,
                     files=files)
-        return self._end(job_id, worker, attempt, status, fields)
+        return self._end(job_id, worker, attempt, status, fields, files)
 
     def _claim_retrying(self, session: Session, job_id: str, worker: str) -> Job | Outcome:
         """`_claim`, retried while the database is unreachable (then DatabaseUnavailable:
@@ -292,7 +292,7 @@ class JobRunner:
         return retry_db(claim, what=f"job {job_id}: claim", budget_s=self.settings.db_retry_s)
 
     def _end(self, job_id: str, worker: str, attempt: int, status: JobStatus | None,
-             fields: dict[str, Any]) -> Outcome:
+             fields: dict[str, Any], files: attempts.AttemptFiles | None = None) -> Outcome:
         """Record how this attempt ended, then promote its folder if it won.
 
         A final outcome is hashed (SHA-256 of every output, outside any transaction) and
@@ -304,7 +304,8 @@ class JobRunner:
             self._forget(job_id, attempt)
             return Outcome("lost", "this attempt no longer owns the job; nothing recorded")
         saved = attempts.SavedOutcome(attempt, worker, status, dict(fields))
-        files = attempts.AttemptFiles(self.settings, job_id, attempt)
+        # The attempt's own (it remembers what its epochs already sent to a bucket).
+        files = files or attempts.AttemptFiles(self.settings, job_id, attempt)
         if status is JobStatus.QUEUED and files.remote:  # handed back: the next host resumes
             try:
                 files.push()
