@@ -321,7 +321,17 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
                    part_bytes=5 * MiB)
 
 
-# --- watching an in-process worker's epochs ---------------------------------------------
+# --- an in-process worker (`JobRunner` with a `direct` sessionmaker): jobs, epochs -----
+
+def new_job(runner: Any, kind: str, spec: dict[str, Any]) -> str:
+    """A queued job in the runner's database, as the API would create it; its id."""
+    from quanta_jobs import crud
+
+    with runner.direct() as session:
+        job = crud.create_job(session, kind, spec)
+        session.commit()
+        return str(job.id)
+
 
 def after_epoch(runner: Any, epoch: int, action: Callable[[], None]) -> None:
     """Call `action` once a `JobRunner`'s job has written its progress for `epoch` (its

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TINY_SOURCE, after_epoch, watch_epochs
+from conftest import TINY_SOURCE, after_epoch, new_job, watch_epochs
 from sqlalchemy.exc import OperationalError
 
 WORKER = "inproc@test"
@@ -129,15 +129,6 @@ def make_runner(pg: str, relay: TcpRelay, tmp_path: Path) -> Iterator[Callable[.
     for runner in runners:
         runner.engine.dispose()
     direct.dispose()
-
-
-def new_job(runner: Any, kind: str, spec: dict[str, Any]) -> str:
-    from quanta_jobs import crud
-
-    with runner.direct() as session:
-        job = crud.create_job(session, kind, spec)
-        session.commit()
-        return str(job.id)
 
 
 def row(runner: Any, job_id: str) -> Any:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TINY_SOURCE, after_epoch, watch_epochs
+from conftest import TINY_SOURCE, after_epoch, new_job, watch_epochs
 
 from quanta_jobs.store import ArtifactStore, LocalStore, Mirror
 from tests.s3server import BUCKET
@@ -136,15 +136,6 @@ def hosts(postgres_url: str, s3_endpoint: str, tmp_path: Path
     for runner in made.values():
         runner.engine.dispose()
     direct.dispose()
-
-
-def new_job(runner: Any, kind: str, spec: dict[str, Any]) -> str:
-    from quanta_jobs import crud
-
-    with runner.direct() as session:
-        job = crud.create_job(session, kind, spec)
-        session.commit()
-        return str(job.id)
 
 
 def local_files(root: Path) -> list[str]:
