@@ -35,9 +35,11 @@ def test_a_worker_answers_ping_and_sends_task_events(tmp_path: Path) -> None:
         assert any(name.startswith("tools@") and reply == {"ok": "pong"}
                    for name, reply in replies.items()), replies
         seen: list[dict[str, Any]] = []
-        done = threading.Event()
+        done, listening_now = threading.Event(), threading.Event()
 
         def on_event(event: dict[str, Any]) -> None:
+            if event["type"] == "test-probe":
+                listening_now.set()
             if event["type"].startswith("task-") and event.get("name", TASK_NAME) == TASK_NAME:
                 seen.append(event)
             if event["type"] in ("task-succeeded", "task-failed"):
@@ -49,6 +51,14 @@ def test_a_worker_answers_ping_and_sends_task_events(tmp_path: Path) -> None:
                 target=lambda: receiver.capture(limit=None, timeout=60, wakeup=True),
                 daemon=True)
             listening.start()
+            # Events go out on Redis pub/sub: one sent before the receiver has subscribed is
+            # gone, so probe until the receiver hears its own events, then send the task.
+            with app.events.default_dispatcher() as dispatcher:
+                for _ in range(100):
+                    dispatcher.send("test-probe")
+                    if listening_now.wait(0.2):
+                        break
+            assert listening_now.is_set(), "the event receiver never heard its own probe"
             send_run_job(app, "no-such-job")  # the worker finds nothing to do, and says so
             assert done.wait(60), (seen, worker.text()[-3000:])
             receiver.should_stop = True
