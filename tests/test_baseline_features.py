@@ -55,10 +55,14 @@ def test_one_pass_gives_pooled_post_activation_features(trained, data):
     np.testing.assert_allclose(outputs.features[3], act_3.mean(axis=(1, 2)), rtol=1e-5,
                                atol=1e-6)
     assert outputs.features[3].min() >= -1.0  # ELU, not the pre-activation
-    # Inference mode: Dropout (before layers 2-6) is off, so a second pass is identical.
-    again = source_outputs(trained, x, layers=[2, 6], batch_size=64)
-    np.testing.assert_array_equal(again.features[2], outputs.features[2])
-    np.testing.assert_array_equal(again.features[6], outputs.features[6])
+    # Inference mode: Dropout (before layers 2-6) is off, so a second pass in the same
+    # batches is identical, and one in other batches agrees to float rounding (oneDNN's
+    # sums vary by ~1e-8 with the batch size; an active Dropout would zero whole units).
+    same = source_outputs(trained, x, layers=[2, 6], batch_size=32)
+    other = source_outputs(trained, x, layers=[2, 6], batch_size=64)
+    for k in (2, 6):
+        np.testing.assert_array_equal(same.features[k], outputs.features[k])
+        np.testing.assert_allclose(other.features[k], outputs.features[k], rtol=1e-5, atol=1e-6)
 
 
 def test_baseline_scores_per_layer_and_for_the_source(trained, untrained, data):
