@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -83,7 +84,7 @@ def netns_unavailable() -> str | None:
 def _free_subnet() -> int:
     """A third octet X such that no interface has an address in 10.77.X.0/24."""
     used = _ip("-4", "-o", "addr").stdout
-    for third in range(1, 255):
+    for third in random.sample(range(1, 255), 254):  # two test processes rarely pick alike
         if f"10.77.{third}." not in used:
             return third
     raise RuntimeError("no free 10.77.X.0/24 subnet")

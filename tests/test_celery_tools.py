@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from conftest import WorkerProcess, port_open, service_env
 
-REDIS = "redis://127.0.0.1:6379/7"
+REDIS = "redis://127.0.0.1:6379/8"  # a database no other test flushes
 
 pytestmark = [pytest.mark.redis,
               pytest.mark.skipif(not port_open("127.0.0.1", 6379), reason="no Redis")]
