@@ -39,6 +39,7 @@ from quanta.experiment import run_transfer, train_source  # noqa: E402
 from quanta.models import build_model, freeze, source_trunk, with_source_inputs  # noqa: E402
 from quanta.progress import EpochProgressBar  # noqa: E402
 from quanta_spec import SourceSpec, TransferSpec  # noqa: E402
+from quanta_spec.streams import Stream  # noqa: E402
 
 #: Seconds to import TensorFlow, Keras and the library in this process.
 IMPORT_S = time.perf_counter() - _IMPORT_START
@@ -69,7 +70,7 @@ def measure(kind: str, layer: int | None, seeded: bool, samples: int, width: flo
             precision: str = "float32", cached_source: bool = False, epochs: int = 1) -> dict:
     """ms per step of one configuration; `cached_source` trains with precomputed source
     features (the `source_inference_mode` option) instead of running the source each step."""
-    training.set_determinism(0 if seeded else None)
+    training.set_determinism(0 if seeded else None, Stream.TARGET_INIT)
     x, labels = synthetic(samples)
     y = training.one_hot(labels, 10)
     source = build_model((32, 32, 3), 10, width_multiplier=width, name="source")

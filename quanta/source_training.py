@@ -18,6 +18,7 @@ from quanta.reference import save_reference_weights
 from quanta.results import EpochEvent, ProgressHook, SourceResult
 from quanta.sources import load_previous, precision, summary
 from quanta_spec import SourceSpec
+from quanta_spec.streams import Stream, stream_seed
 
 
 def train_source(
@@ -49,11 +50,12 @@ def train_source(
         clear_checkpoints(checkpoint_dir)
         return SourceResult(training_dir=folder, test_metrics=done["test_metrics"],
                             files=[Path(f) for f in done["files"]], summary=done["summary"])
-    training.set_determinism(spec.seed)
+    seed = spec.seed if spec.seeded else None
+    training.set_determinism(seed, Stream.SOURCE_INIT)
     resumed = ckpt.resume() if ckpt is not None else None
     so_far = None
     if resumed is not None:
-        model, so_far = resumed
+        model, so_far = resumed  # its random states as saved
     elif spec.train_from_previous_training:
         model = load_previous(spec.train_from_previous_training)
         if any(isinstance(layer, QuantaLayer) for layer in model.layers):
@@ -70,6 +72,8 @@ def train_source(
                     name="source",
                 )
             )
+    if resumed is None:
+        training.reseed(model, seed, Stream.SOURCE_TRAINING_DROPOUT)
     result.summary = summary(model)
     if spec.show_only_build:
         return result
@@ -79,10 +83,11 @@ def train_source(
             on_epoch(EpochEvent(0, 1, epoch + 1, spec.nb_of_epochs, metrics))
 
     y_train = training.one_hot(data.y_train, data.nb_classes)
-    seed = spec.seed if spec.seeded else None
+    order_seed = None if seed is None else stream_seed(seed, Stream.SOURCE_TRAINING_ORDER)
     with clock.phase("train"):
         fitted = training.fit(
-            model, data.x_train, y_train, spec.nb_of_epochs, seed=seed, resume=so_far,
+            model, data.x_train, y_train, spec.nb_of_epochs, order_seed=order_seed,
+            resume=so_far,
             on_epoch=hook, should_cancel=should_cancel, callbacks=callbacks,
             after_epoch=ckpt.save_epoch if ckpt is not None else None,
             shuffle=spec.shuffle,

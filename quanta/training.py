@@ -22,6 +22,7 @@ import numpy as np
 from quanta.errors import Cancelled
 from quanta.layer import quanta_layers
 from quanta.results import Timings
+from quanta_spec.streams import Stream, stream_seed, stream_seeds
 
 BATCH_SIZE = 32
 LEARNING_RATE = 2e-4
@@ -112,12 +113,16 @@ def compile_model(model: keras.Model, quanta_learning_rate_multiplier: float = 1
     return model
 
 
-def set_determinism(seed: int | None) -> None:
-    """Seeds Python, NumPy and TensorFlow and makes TensorFlow's ops deterministic.
+def set_determinism(seed: int | None, stream: Stream) -> None:
+    """Seeds Python, NumPy and TensorFlow from `stream` of `seed` and makes TensorFlow's
+    ops deterministic.
 
-    Unlike the reference, TensorFlow keeps every CPU thread: op determinism alone makes
-    seeded runs repeat exactly. A negative or absent seed turns determinism off again,
-    which matters in a worker process that runs many jobs.
+    Call it right before building a model: Keras draws every initialiser's and every
+    Dropout layer's seed from Python's `random` when the layer is made, so the model's
+    initial weights come from `stream` alone (`quanta_spec.streams`). Unlike the
+    reference, TensorFlow keeps every CPU thread: op determinism alone makes seeded runs
+    repeat exactly. A negative or absent seed turns determinism off again, which matters
+    in a worker process that runs many jobs.
     """
     import tensorflow as tf
 
@@ -128,10 +133,11 @@ def set_determinism(seed: int | None) -> None:
         if tf_config.is_op_determinism_enabled():
             tf_config.disable_op_determinism()
         return
+    value = stream_seed(seed, stream)
     os.environ["PYTHONHASHSEED"] = str(seed)
-    random.seed(seed)
-    np.random.seed(seed)
-    keras.utils.set_random_seed(seed)
+    random.seed(value)
+    np.random.seed(value)
+    keras.utils.set_random_seed(value)
     tf.config.experimental.enable_op_determinism()
 
 
@@ -161,17 +167,23 @@ def set_rng_states(model: keras.Model, states: list[list[int]]) -> None:
         generator.state.assign(np.asarray(state, dtype=generator.state.dtype))
 
 
-def reseed(model: keras.Model, seed: int | None) -> None:
-    """Restarts the random generators of `model` from `seed` (nothing when unseeded).
+def reseed(model: keras.Model, seed: int | None, stream: Stream,
+           exclude: keras.Model | None = None) -> None:
+    """Restarts the random generators of `model` from `stream` of `seed` (nothing when
+    unseeded), leaving those of `exclude`'s layers (a target's frozen source) alone.
 
     The frozen source is shared by every run of a process, and its Dropout layers still
     draw random numbers while a target trains: without this, a run's result would
-    depend on the runs before it.
+    depend on the runs before it. A model's own masks get a stream apart from its
+    initial weights, so that no two purposes share draws.
     """
-    if seed is None:
+    if seed is None or seed < 0:
         return
-    for i, generator in enumerate(seed_generators(model)):
-        generator.state.assign(np.asarray([seed * 1009 + i, 0], dtype=generator.state.dtype))
+    skip = {id(g) for g in seed_generators(exclude)} if exclude is not None else set()
+    generators = [g for g in seed_generators(model) if id(g) not in skip]
+    for generator, value in zip(generators, stream_seeds(seed, stream, len(generators)),
+                                strict=True):
+        generator.state.assign(np.asarray([value, 0], dtype=generator.state.dtype))
 
 
 def one_hot(labels: np.ndarray, nb_classes: int) -> np.ndarray:
@@ -228,17 +240,15 @@ Test = tuple[keras.Model | None, np.ndarray, np.ndarray]
 
 def epoch_rows(n: int, seed: int | None, epoch: int, shuffle: bool = False) -> np.ndarray:
     """The rows of epoch `epoch` (0-based), batch after batch: in order (the reference's),
-    or with `shuffle` a permutation fixed by the seed and the epoch, each batch's rows in
-    ascending order.
+    or with `shuffle` a permutation fixed by `seed` (a data-order stream's seed, see
+    `quanta_spec.streams`) and the epoch, each batch's rows in ascending order.
 
     Fixed by (seed, epoch) alone, so a run that resumes at epoch k sees exactly the
-    batches an uninterrupted run would have seen. The generator is seeded with
-    `[seed, epoch + 1]`: the orders earlier versions drew (Keras moved their batch
-    sequence on by one epoch before the first), so a seeded run repeats across versions.
+    batches an uninterrupted run would have seen.
     """
     if not shuffle:
         return np.arange(n)
-    rng = np.random.default_rng(None if seed is None else [seed, epoch + 1])
+    rng = np.random.default_rng(None if seed is None else [seed, epoch])
     order = rng.permutation(n)
     full = n - n % BATCH_SIZE
     order[:full] = np.sort(order[:full].reshape(-1, BATCH_SIZE), axis=1).reshape(-1)
@@ -250,8 +260,8 @@ def steps_per_epoch(n: int) -> int:
     return -(-n // BATCH_SIZE)
 
 
-def epoch_dataset(x: Inputs, y: np.ndarray, seed: int | None, first_epoch: int, epochs: int,
-                  shuffle: bool = False) -> Any:
+def epoch_dataset(x: Inputs, y: np.ndarray, order_seed: int | None, first_epoch: int,
+                  epochs: int, shuffle: bool = False) -> Any:
     """The batches of epochs `first_epoch` to `epochs - 1`, one after the other, as a
     `tf.data.Dataset` of `(x, y)` (`x` a tuple when the model takes several inputs).
 
@@ -264,7 +274,8 @@ def epoch_dataset(x: Inputs, y: np.ndarray, seed: int | None, first_epoch: int, 
     n = len(y)
     parts = x if isinstance(x, tuple) else (x,)
     if shuffle:
-        orders = np.stack([epoch_rows(n, seed, e, True) for e in range(first_epoch, epochs)])
+        orders = np.stack([epoch_rows(n, order_seed, e, True)
+                           for e in range(first_epoch, epochs)])
         rows = tf.data.Dataset.from_tensor_slices(orders).flat_map(
             lambda order: tf.data.Dataset.from_tensor_slices(order).batch(BATCH_SIZE))
     else:
@@ -366,7 +377,7 @@ def fit(
     y: np.ndarray,
     epochs: int,
     *,
-    seed: int | None = None,
+    order_seed: int | None = None,
     resume: FitResult | None = None,
     on_epoch: EpochHook | None = None,
     should_cancel: CancelCheck | None = None,
@@ -379,7 +390,8 @@ def fit(
 ) -> FitResult:
     """Trains `model` on one-hot labels `y` up to `epochs` epochs in all.
 
-    `resume` is what earlier epochs produced (from a checkpoint): training goes on from
+    `order_seed` fixes the batches' order with `shuffle` (`epoch_rows`); `resume` is what
+    earlier epochs produced (from a checkpoint): training goes on from
     the epoch after them. With `test`, that model is evaluated on the test split after
     every epoch. `layer_indices` is the `keras_layer_index` each QUANTA layer is recorded
     under (default: its index in `model.layers`). Raises `Cancelled` if `should_cancel`
@@ -392,7 +404,7 @@ def fit(
     if done < epochs:
         hooks = _Hooks(result, on_epoch, should_cancel, after_epoch, test)
         model.fit(
-            epoch_dataset(x, y, seed, done, epochs, shuffle),
+            epoch_dataset(x, y, order_seed, done, epochs, shuffle),
             epochs=epochs,
             initial_epoch=done,
             # One iterator over every remaining epoch, cut into epochs of this many steps.

@@ -33,6 +33,7 @@ from quanta.sources import (
 )
 from quanta.traced_models import Compiled, TracedModels
 from quanta_spec import TransferSpec, run_seed
+from quanta_spec.streams import Stream, stream_seed
 
 #: Targets and witnesses, traced once per shape (see `quanta.traced_models`).
 TRACED_MODELS = TracedModels()
@@ -86,7 +87,9 @@ def run_transfer(
     with clock.phase("data"):
         target_data = load_dataset(spec.target_task, data_dir).take(spec.nb_of_target_samples)
         source_data = load_dataset(spec.source_task, data_dir).take(spec.nb_of_target_samples)
-    training.set_determinism(spec.seed)
+    # Loading builds the source's layers (their seeds drawn as Keras draws them); its
+    # masks are restarted from each run's own stream below.
+    training.set_determinism(spec.seed, Stream.SOURCE_DROPOUT)
     with clock.phase("source"):
         # The network the weights file has, when the spec leaves it open; from here on
         # every model of the experiment is built with it.
@@ -109,10 +112,10 @@ def run_transfer(
             result.runs.append(RunResult.from_dict(done))  # finished by an earlier attempt
             continue
         seed = run_seed(spec.seed, run)
-        training.set_determinism(seed)
-        training.reseed(source, seed)
+        training.reseed(source, seed, Stream.SOURCE_DROPOUT)
         with clock.phase("build"), precision(spec.precision):
-            target = _target_for_run(spec, ckpt, source, target_data, features is not None)
+            target = _target_for_run(spec, ckpt, source, target_data, features is not None,
+                                     seed)
         if spec.show_only_build:
             result.summaries = {"source": summary(source), "target": summary(target.model)}
             return result
@@ -131,7 +134,7 @@ def run_transfer(
                 target_data.x_train if features is None else (target_data.x_train, *features),
                 target_y_train,
                 spec.nb_of_target_epochs,
-                seed=seed,
+                order_seed=_order_seed(seed),
                 resume=target.so_far,
                 on_epoch=hook,
                 should_cancel=should_cancel,
@@ -198,11 +201,18 @@ class _Target:
     so_far: training.FitResult | None = None
 
 
+def _order_seed(seed: int | None) -> int | None:
+    """The seed of a run's batch order (target and witness see the same batches)."""
+    return None if seed is None else stream_seed(seed, Stream.DATA_ORDER)
+
+
 def _target_for_run(
     spec: TransferSpec, ckpt: RunCheckpoint | None, source: keras.Model, data: Dataset,
-    precomputed: bool,
+    precomputed: bool, seed: int | None,
 ) -> _Target:
-    """The target to train: resumed from a checkpoint, a previous training, or new."""
+    """The target to train: resumed from a checkpoint (its random states as saved), a
+    previous training, or new (its weights from the run's target stream); a target that
+    is not resumed gets its masks from the run's target-Dropout stream."""
     resumed = ckpt.resume() if ckpt is not None else None
     if resumed is not None:
         trainer, so_far = resumed
@@ -211,6 +221,14 @@ def _target_for_run(
         model = training.compile_model(with_source_trunk(trainer, source))
         model.optimizer = trainer.optimizer
         return _Target(model, trainer, so_far)
+    training.set_determinism(seed, Stream.TARGET_INIT)
+    target = _new_or_previous_target(spec, source, data, precomputed)
+    training.reseed(target.model, seed, Stream.TARGET_DROPOUT, exclude=source)
+    return target
+
+
+def _new_or_previous_target(spec: TransferSpec, source: keras.Model, data: Dataset,
+                            precomputed: bool) -> _Target:
     if spec.train_from_previous_training:
         model = load_target(spec.train_from_previous_training)
         _check_previous_target(model, spec, data)
@@ -283,8 +301,10 @@ def _train_witness(
     should_cancel: Callable[[], bool] | None,
     callbacks: list[keras.callbacks.Callback] | None,
 ) -> tuple[training.FitResult, dict[str, float]]:
-    """The baseline without transfer: same architecture, data, seed and epochs."""
-    training.set_determinism(seed)
+    """The baseline without transfer: the target's network from scratch on the same data
+    and batches, for as many epochs; its weights and masks from the run's witness streams,
+    so it never starts as the target does."""
+    training.set_determinism(seed, Stream.WITNESS_INIT)
 
     def build() -> Compiled:
         witness = training.compile_model(
@@ -298,10 +318,11 @@ def _train_witness(
            spec.width_multiplier, spec.architecture, spec.precision)
     with precision(spec.precision):
         witness = TRACED_MODELS.get(key, build).model
+    training.reseed(witness, seed, Stream.WITNESS_DROPOUT)
     fitted = training.fit(
         witness, data.x_train, training.one_hot(data.y_train, data.nb_classes),
-        spec.nb_of_target_epochs, seed=seed, should_cancel=should_cancel, callbacks=callbacks,
-        shuffle=spec.shuffle,
+        spec.nb_of_target_epochs, order_seed=_order_seed(seed), should_cancel=should_cancel,
+        callbacks=callbacks, shuffle=spec.shuffle,
     )
     metrics = training.evaluate(
         witness, data.x_test, training.one_hot(data.y_test, data.nb_classes)

@@ -17,6 +17,7 @@ from quanta.layer import quanta_layers
 from quanta.models import build_model, freeze
 from quanta_spec import RemoteStudySpec, SourceSpec, TransferSpec
 from quanta_spec.networks import widths
+from quanta_spec.streams import Stream
 from quanta_spec.weights_layout import infer_architecture, read_shapes
 
 WIDTH = 0.0625
@@ -253,12 +254,12 @@ def test_quanta_learning_rate_multiplier_moves_the_quantas_faster():
     source = freeze(build_model(data.input_shape, 10, width_multiplier=WIDTH, name="source"))
     moved = {}
     for factor in (1.0, 10.0):
-        training.set_determinism(5)
+        training.set_determinism(5, Stream.TARGET_INIT)
         target = training.compile_model(
             build_model(data.input_shape, 10, source=source, transfer_layers=[3],
                         width_multiplier=WIDTH, source_inference=True), factor)
         fitted = training.fit(target, data.x_train, training.one_hot(data.y_train, 10), 1,
-                              seed=5)
+                              order_seed=5)
         curve = fitted.quantas.source["3"]
         moved[factor] = abs(curve[-1] - curve[0])
     assert moved[1.0] > 0
