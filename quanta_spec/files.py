@@ -34,8 +34,12 @@ def replacing(path: str | Path, suffix: str = "") -> Iterator[Path]:
     without an error; on an error the temporary file is removed and `path` is untouched.
 
     `suffix` ends the temporary name, for writers that choose a format by extension.
+    Only a regular file (or nothing) is replaced: renaming over `/dev/null`, a pipe or a
+    socket would put a plain file in its place for every other program on the host.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise FileExistsError(f"{path} exists and is not a regular file: not replacing it")
     tmp = partial_path(path.parent, path.name, suffix)
     try:
         yield tmp

@@ -140,8 +140,8 @@ class _CommonSpec(_Strict):
     shuffle: bool = Field(
         default=False,
         description="Reshuffle the training samples every epoch, in an order fixed by the "
-        "seed and the epoch. Off by default, as in the reference: every epoch sees the same "
-        "batches in the same order.",
+        "run's seed and the epoch (a stream of its own). Off by default, as in the "
+        "reference: every epoch sees the same batches in the same order.",
     )
 
     @property
@@ -210,8 +210,9 @@ class TransferSpec(_CommonSpec):
     witness: bool = Field(
         default=False,
         description="Also train a witness in each run: the target architecture from scratch, "
-        "on the same data, seed and epochs, without transfer. Its test metrics give the "
-        "transfer gain (target accuracy minus witness accuracy).",
+        "on the same data, batches and epochs, without transfer, its weights drawn from a "
+        "stream of its own. Its test metrics give the transfer gain (target accuracy minus "
+        "witness accuracy).",
     )
     source_inference_mode: bool = Field(
         default=False,

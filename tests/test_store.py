@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -316,7 +317,7 @@ def test_local_put_tree_in_place_copies_nothing(tmp_path: Path) -> None:
     assert (folder / "a.txt").stat().st_ino == before
 
 
-def test_s3_metadata_and_url(s3_endpoint: str) -> None:
+def test_s3_metadata_and_url(s3_endpoint: str, tmp_path: Path) -> None:
     store = S3Store(BUCKET, "/meta/", endpoint_url=s3_endpoint)
     store.put("k/v", b"value")
     head = store.client.head_object(Bucket=BUCKET, Key="meta/k/v")
@@ -326,7 +327,21 @@ def test_s3_metadata_and_url(s3_endpoint: str) -> None:
     # An object written by something else, without the digest: listed, digest unknown.
     store.client.put_object(Bucket=BUCKET, Key="meta/k/foreign", Body=b"f")
     assert store.stat("k/foreign") == ObjectInfo("k/foreign", 1, None)
-    assert store.fetch_to("k/foreign", Path(os.devnull)).sha256 == sha(b"f")
+    assert store.fetch_to("k/foreign", tmp_path / "foreign").sha256 == sha(b"f")
+
+
+def test_a_fetch_never_replaces_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    """Renaming a download over /dev/null once left the host a plain file there, and
+    every service that writes to /dev/null failed (RabbitMQ respawned a process every
+    75 s until the machine crawled). A pipe stands for the device here."""
+    store = LocalStore(tmp_path / "store")
+    store.put("k/v", b"value")
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(FileExistsError, match="not a regular file"):
+        store.fetch_to("k/v", pipe)
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no partial left
 
 
 # --- settings --------------------------------------------------------------------------

@@ -1,0 +1,186 @@
+"""The statistics of QUANTA against the reference's own tool: final λ_s and target accuracy
+per layer over several seeds, both tools on the same real data and the same source weights.
+
+    .venv/bin/python bench/fidelity.py --reference-dir GIT_DIR [--seeds 1 2 3 4 5] \
+        [--layers 0 3 6 -1] [--samples 512] [--epochs 3] [--source-epochs 5] [--json out.json]
+
+A seeded result of this project is not the reference's bit for bit: each purpose (target
+weights, masks, batch order) draws from a stream of its own (`quanta_spec.streams`), and
+the reference draws them all from one sequence. What must hold is that the two tools
+measure the same thing: for every layer, the final λ_s and the target's accuracy over
+seeds come from the same distribution. This benchmark reports, per layer, both tools'
+mean and standard deviation, Welch's p-value, and the difference of the means as a
+fraction of the spread of λ_s between layers (how far apart the layers the user compares
+are).
+
+Data: scikit-learn's `digits` (real, offline) upsampled to 32x32x3, the shape the reference's
+CIFAR network takes; its first `--samples` images train and test the targets, as
+`--nb_of_target_samples` does. The source: the full-width `kes2021` network trained by
+`quanta-train-source` with seed 0 (the seed's tool had no source-training script; ours
+writes the reference's `.weights.h5` layout, which its `quanta.py` loads), never one of
+the transfer seeds. The reference's code is read from a git directory at run time, as
+`bench/whole_process.py` does; it runs one thread when seeded, as it always did, so this
+takes tens of minutes. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.whole_process import REFERENCE_ENV, RUNNER, extract_reference, timed
+
+
+def digits_32(path: Path) -> Path:
+    """`digits` as the project loads it, each pixel repeated 4x4 and in three channels."""
+    from quanta.datasets import load_dataset
+
+    data = load_dataset("digits")
+
+    def up(x: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(np.repeat(x, 4, axis=1), 4, axis=2), 3, axis=3)
+
+    np.savez(path, x_train=up(data.x_train), y_train=data.y_train.astype(np.uint8),
+             x_test=up(data.x_test), y_test=data.y_test.astype(np.uint8))
+    return path
+
+
+def final_values(folder: Path) -> tuple[float, float]:
+    """(final λ_s, target accuracy) of the one run in `folder`; with several QUANTA layers
+    (all at once), the mean of their final λ_s."""
+    quantas = json.loads(next(folder.rglob("quantas_r_*_l_*.jsonl")).read_text().splitlines()[0])
+    finals = [entry["quantas"]["source"][-1] for entry in quantas.values()]
+    metrics = next(folder.rglob("testing_metrics_of_target_r_*_l_*.jsonl"))
+    accuracy = json.loads(metrics.read_text().splitlines()[0])["categorical_accuracy"]
+    return float(np.mean(finals)), float(accuracy)
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    from scipy.stats import ttest_ind
+
+    if len(a) < 2 or len(b) < 2 or (np.std(a) == 0 and np.std(b) == 0):
+        return None
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def summarise(results: dict[str, dict[int, list[tuple[float, float]]]]) -> list[dict]:
+    """One row per layer and quantity: both tools' mean and SD, Welch's p, and the
+    difference of means relative to the spread of λ_s (or accuracy) between layers."""
+    rows = []
+    for index, quantity in enumerate(("lambda_s", "target_accuracy")):
+        means = {tool: {layer: statistics.fmean(v[index] for v in values)
+                        for layer, values in by_layer.items()}
+                 for tool, by_layer in results.items()}
+        pooled = [m for by_layer in means.values() for m in by_layer.values()]
+        spread = max(pooled) - min(pooled)
+        for layer in results["ours"]:
+            ours = [v[index] for v in results["ours"][layer]]
+            row = {"quantity": quantity, "layer": layer, "n": len(ours),
+                   "ours_mean": statistics.fmean(ours),
+                   "ours_sd": statistics.stdev(ours) if len(ours) > 1 else 0.0}
+            theirs = [v[index] for v in results.get("reference", {}).get(layer, [])]
+            if theirs:
+                difference = row["ours_mean"] - statistics.fmean(theirs)
+                row |= {"reference_mean": statistics.fmean(theirs),
+                        "reference_sd": statistics.stdev(theirs) if len(theirs) > 1 else 0.0,
+                        "welch_p": welch_p(ours, theirs),
+                        "difference_over_layer_spread": (difference / spread if spread
+                                                         else None)}
+            rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    def f(value: float | None, digits: int = 4) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    lines = ["| quantity | layer | n | ours mean ± SD | reference mean ± SD | Welch p "
+             "| difference / spread between layers |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        layer = "all" if r["layer"] < 0 else str(r["layer"])
+        lines.append(f"| {r['quantity']} | {layer} | {r['n']} | {f(r['ours_mean'])} ± "
+                     f"{f(r['ours_sd'])} | {f(r.get('reference_mean'))} ± "
+                     f"{f(r.get('reference_sd'))} | {f(r.get('welch_p'), 3)} | "
+                     f"{f(r.get('difference_over_layer_spread'), 3)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--layers", type=int, nargs="+", default=[0, 3, 6, -1])
+    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--source-epochs", type=int, default=5)
+    parser.add_argument("--source-seed", type=int, default=0)
+    parser.add_argument("--reference-dir", default=os.environ.get(REFERENCE_ENV),
+                        help=f"git directory of RomainOr/Quanta (default: ${REFERENCE_ENV})")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    if args.source_seed in args.seeds:
+        parser.error("the transfer seeds must differ from the source's training seed")
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        data = digits_32(tmp / "digits32.npz")
+        log = tmp / "log.txt"
+        timed([sys.executable, "-m", "quanta.train_source", "-s", f"npz:{data}",
+               "--nb_of_epochs", str(args.source_epochs), "--seed", str(args.source_seed),
+               "-o", str(tmp / "source")], env, log)
+        weights = next((tmp / "source").rglob("source.weights.h5"))
+        source_metrics = next((tmp / "source").rglob("testing_metrics_of_source.jsonl"))
+        source_accuracy = json.loads(source_metrics.read_text())["categorical_accuracy"]
+        print(f"source: {args.source_epochs} epochs, test accuracy {source_accuracy:.3f}",
+              flush=True)
+        reference = (extract_reference(Path(args.reference_dir), tmp / "reference")
+                     if args.reference_dir else None)
+        if reference is None:
+            print(f"reference skipped: give --reference-dir or ${REFERENCE_ENV}")
+        runner = tmp / "run_reference.py"
+        runner.write_text(RUNNER)
+        ref_env = dict(env, BENCH_NPZ=str(data), BENCH_REFERENCE=str(reference))
+        results: dict[str, dict[int, list[tuple[float, float]]]] = {"ours": {}}
+        if reference is not None:
+            results["reference"] = {}
+        for layer in args.layers:
+            for seed in args.seeds:
+                common = ["-l", str(layer), "-r", "1", "--nb_of_target_epochs",
+                          str(args.epochs), "--nb_of_target_samples", str(args.samples),
+                          "--seed", str(seed), "-sw", str(weights)]
+                out = tmp / f"ours_l{layer}_s{seed}"
+                timed([sys.executable, "-m", "quanta", "-s", f"npz:{data}", "-t",
+                       f"npz:{data}", "-o", str(out), *common], env, log)
+                results["ours"].setdefault(layer, []).append(final_values(out))
+                line = f"layer {layer} seed {seed}: ours λ_s {results['ours'][layer][-1][0]:.4f}"
+                if reference is not None:
+                    out = tmp / f"reference_l{layer}_s{seed}"
+                    timed([sys.executable, str(runner), "-s", "cifar10", "-t", "cifar10",
+                           "-o", str(out), *common], ref_env, log)
+                    results["reference"].setdefault(layer, []).append(final_values(out))
+                    line += f", reference {results['reference'][layer][-1][0]:.4f}"
+                print(line, flush=True)
+
+    rows = summarise(results)
+    report = {"run": vars(args) | {"source_test_accuracy": source_accuracy},
+              "wall_s": round(time.perf_counter() - started, 1),
+              "load_average": os.getloadavg(), "raw": results, "rows": rows}
+    print(markdown(rows))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("raw", "rows")}, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
