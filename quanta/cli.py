@@ -78,6 +78,10 @@ def add_common_options(parser: argparse.ArgumentParser, *, output_default: str =
         help="reshuffle the training samples every epoch, in an order fixed by the seed and "
         "the epoch (default: the same order every epoch, as the reference)",
     )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="show TensorFlow's own log lines (start-up, devices, kernels); hidden by default",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,7 +156,7 @@ def make_spec(
     exclude: Sequence[str] = ("output_dir", "data_dir"),
 ) -> Any:
     """Validates the options with the spec model; a failure is a usage error (exit 2)."""
-    values = {k: v for k, v in vars(args).items() if k not in exclude}
+    values = {k: v for k, v in vars(args).items() if k not in (*exclude, "verbose")}
     try:
         return model(**values)
     except ValidationError as exc:
@@ -165,7 +169,8 @@ def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace]
             argv: Sequence[str] | None) -> int:
     """Parses, runs, and turns the user's problems into one line and exit code 2."""
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not args.verbose:  # before TensorFlow is imported, which is when it reads it
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from quanta.errors import Cancelled, QuantaError
 
     try:

@@ -16,6 +16,8 @@ import numpy as np
 from keras import ops
 
 DEFAULT_INITIAL_WEIGHTS = (1.1, -1.1)
+#: The name of the layer's one weight, `[[w_s, w_t]]` (the optimizer finds it by it).
+WEIGHTS_NAME = "quanta_weights"
 
 
 @keras.saving.register_keras_serializable(package="quanta")
@@ -30,7 +32,7 @@ class QuantaLayer(keras.layers.Layer):
         gradient_multiplier: scales the gradient of `(w_s, w_t)` only (the 2020
             version's learning-rate modifier). Kept so that models saved with it load;
             under Adam it leaves the update unchanged, so the experiments scale the
-            quantas' learning rate instead (`training.QuantaAdam`).
+            quantas' learning rate instead (`quanta.optimizer.QuantaAdam`).
         activation: the activation `f` applied after mixing (ELU in the paper).
         init_quanta_weights: the reference's name for `initial_weights`, so that the
             targets it saved (an unregistered `quanta_layer.QuantaLayer`) load here.
@@ -66,7 +68,7 @@ class QuantaLayer(keras.layers.Layer):
         # autocast=False: under mixed precision the quantas stay in float32, so a
         # float16 rounding of w never shows up in the measured transferability.
         self.quanta_weights = self.add_weight(
-            name="quanta_weights",
+            name=WEIGHTS_NAME,
             shape=(1, 2),
             initializer=keras.initializers.Constant(np.array([self.initial_weights])),
             trainable=True,

@@ -99,7 +99,6 @@ def transfer_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:
                              **_optional(args, "max_runs", "min_runs")}
             if args.nb_of_runs is not None:
                 raise Usage("argument --until: give -r/--nb_of_runs or --until, not both")
-            spec.pop("nb_of_runs")
         elif args.max_runs is not None or args.min_runs is not None:
             raise Usage("arguments --max_runs/--min_runs: they go with --until")
     return spec

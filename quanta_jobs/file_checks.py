@@ -210,7 +210,8 @@ ALLOWED_CLASSES: dict[str, frozenset[str]] = {
     "Sequential": frozenset({"keras.src.models.sequential", "keras.models", "keras"}),
     # quanta_layer: the reference's own, unregistered; its saved targets are continued.
     "QuantaLayer": frozenset({"quanta.layer", "quanta_layer"}),
-    "QuantaAdam": frozenset({"quanta.training"}),
+    # quanta.training: where targets saved before the optimizer had its own module found it.
+    "QuantaAdam": frozenset({"quanta.optimizer", "quanta.training"}),
     "__keras_tensor__": frozenset(),
 }
 #: The registered names of the project's own classes (`register_keras_serializable`).

@@ -186,3 +186,46 @@ def test_module_entry_point_shows_help():
                           timeout=120)
     assert done.returncode == 0
     assert "--layer_to_transfer" in done.stdout and "--train_from_previous_training" in done.stdout
+
+
+def _imports(*args: str) -> tuple[subprocess.CompletedProcess, str]:
+    """Runs `python -X importtime ARGS` and returns it with the modules it imported."""
+    done = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True,
+                          text=True, timeout=120)
+    return done, done.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["-m", "quanta", "--help"],
+    ["-m", "quanta.train_source", "-h"],
+    ["-m", "quanta", "-s", "digits"],  # a usage error: required options missing
+    ["-c", "import quanta"],
+])
+def test_help_usage_errors_and_import_quanta_leave_tensorflow_unloaded(args):
+    done, imported = _imports(*args)
+    assert done.returncode in (0, 2), done.stderr[-2000:]
+    assert "| tensorflow" not in imported and "| keras" not in imported
+    if args[-1] == "--help":
+        assert "-v, --verbose" in done.stdout
+
+
+def test_every_saved_model_loads_after_import_quanta_alone(expe, tmp_path):
+    """A fresh process that imports `quanta`, then Keras, loads every model the tools save:
+    a source trained with augmentation, targets of float32 and mixed-precision runs."""
+    weights = expe / "digits_training" / "source.weights.h5"
+    for precision in ("float32", "mixed_bfloat16"):
+        assert cli.main(["-o", str(tmp_path / precision), "-s", "digits", "-sw", str(weights),
+                         "-t", "digits", "-l", "3", "--nb_of_target_samples", "32",
+                         "--precision", precision, "--augment_data", *COMMON]) == 0
+    models = [expe / "digits_training" / "source.keras",
+              *sorted(tmp_path.rglob("*.keras"))]
+    assert len(models) == 5  # the source; a target and its source per precision
+    script = ("import sys, quanta, keras\n"
+              "for path in sys.argv[1:]:\n"
+              "    model = keras.saving.load_model(path)\n"
+              "    print(path, type(model.optimizer).__name__)\n")
+    done = subprocess.run([sys.executable, "-c", script, *map(str, models)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    optimizers = [line.split()[-1] for line in done.stdout.splitlines()]
+    assert "QuantaAdam" in optimizers, optimizers

@@ -144,6 +144,23 @@ def test_study_and_source_specs_are_valid(monkeypatch: pytest.MonkeyPatch) -> No
     assert service.uploads == []
 
 
+def test_a_study_until_an_interval_is_narrow_sends_the_rule(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--until` once crashed with a KeyError (a traceback) whatever else was given."""
+    service = Uploads()
+    mock(service, monkeypatch)
+    assert cli.main(["study", "-s", "digits", "-t", "digits", "-sw", "job:abc",
+                     "--layers", "0,3", "--until", "0.05", "--max_runs", "8"]) == 0
+    (study,) = service.jobs
+    spec = RemoteStudySpec.model_validate(study["spec"])
+    assert "nb_of_runs" not in study["spec"]
+    assert (spec.until.ci_halfwidth, spec.until.max_runs) == (0.05, 8)
+    capsys.readouterr()
+    assert cli.main(["study", "-s", "digits", "-t", "digits", "-sw", "job:abc", "--layers",
+                     "0", "--until", "0.05", "-r", "3"]) == 2
+    assert "give -r/--nb_of_runs or --until, not both" in capsys.readouterr().err
+
+
 def test_server_and_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QUANTA_SERVER", "http://elsewhere:9000/")
     monkeypatch.setenv("QUANTA_TOKEN", "tok")
