@@ -191,6 +191,10 @@ class JobOut(BaseModel):
     finished_at: datetime | None = None
     updated_at: datetime
     attempts: int = Field(description="How many times a worker started it.")
+    handbacks: int = Field(
+        default=0, description="How many of those starts a worker that stopped on purpose "
+        "(a restart, a deploy) handed back to the queue; they do not count against the "
+        "attempts a job gets (QUANTA_MAX_ATTEMPTS), which are for crashes.")
     cancel_requested: bool
     worker: str | None = Field(default=None, description="The worker running or that ran it.")
     parent_id: str | None = Field(default=None, description="The study this job is part of.")

@@ -203,6 +203,14 @@ def _server_class() -> type:
     return Server
 
 
+def serve_settings(settings: Settings, workers: int) -> Settings:
+    """The API's settings when quanta-serve starts `workers` itself: /readyz is not ready
+    until one of them can take a job, unless QUANTA_READY_MIN_WORKERS says otherwise."""
+    if workers and "QUANTA_READY_MIN_WORKERS" not in os.environ:
+        return settings.model_copy(update={"ready_min_workers": 1})
+    return settings
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn  # here: `quanta-serve migrate` does not need it
 
@@ -210,7 +218,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from api.main import create_app
 
-    settings = get_settings()
+    settings = serve_settings(get_settings(), args.workers)
     settings.ensure_dirs()
     upgrade(settings.database_url)
     problem = check_auth(settings, args.host)

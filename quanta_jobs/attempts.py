@@ -147,6 +147,11 @@ class AttemptFiles:
             shutil.rmtree(self.checkpoints, ignore_errors=True)
 
 
+#: In an outcome's `fields`: the attempt was handed back by a worker stopping on purpose,
+#: so it does not count against `max_attempts` (`Job.failed_attempts`).
+HANDED_BACK = "handed_back"
+
+
 @dataclass
 class SavedOutcome:
     """How an attempt ended, as written next to its outputs before the database hears."""
@@ -186,8 +191,11 @@ def record(session: Session, job: Job, outcome: SavedOutcome) -> None:
     """The attempt's end in one short transaction (committed): the status change only if
     the job is still running as that attempt of that worker (else `ConcurrentChange`),
     and its artifact index, hashed beforehand."""
+    fields = dict(outcome.fields)
+    if fields.pop(HANDED_BACK, False):
+        fields["handbacks"] = Job.handbacks + 1
     transition(session, job, outcome.status, owner=outcome.worker, attempt=outcome.attempt,
-               **outcome.fields)
+               **fields)
     if outcome.status in TERMINAL:
         crud.replace_artifacts(session, job.id, outcome.artifacts)
     session.commit()

@@ -58,7 +58,8 @@ def count_queued(session: Session, owner: str) -> int:
 
 #: What a page of the job list shows of each job, read as plain rows (no ORM objects).
 LIST_COLUMNS = (Job.id, Job.kind, Job.status, Job.spec, Job.created_at, Job.started_at,
-                Job.finished_at, Job.updated_at, Job.attempts, Job.cancel_requested,
+                Job.finished_at, Job.updated_at, Job.attempts, Job.handbacks,
+                Job.cancel_requested,
                 Job.worker, Job.parent_id, Job.study_run, Job.progress, Job.result, Job.error)
 #: A row of `list_job_rows`: the columns' values as the ORM would give them.
 JobRow = namedtuple("JobRow", [c.key for c in LIST_COLUMNS])  # type: ignore[misc]
@@ -79,10 +80,11 @@ def _time_value(value: Any) -> datetime | None:
 
 def _job_row(row: Any) -> JobRow:
     (job_id, kind, status, spec, created_at, started_at, finished_at, updated_at, attempts,
-     cancel_requested, worker, parent_id, study_run, progress, result, error, _total) = row
+     handbacks, cancel_requested, worker, parent_id, study_run, progress, result, error,
+     _total) = row
     return JobRow(job_id, kind, status, _json_value(spec), _time_value(created_at),
                   _time_value(started_at), _time_value(finished_at), _time_value(updated_at),
-                  attempts, cancel_requested, worker, parent_id, study_run,
+                  attempts, handbacks, cancel_requested, worker, parent_id, study_run,
                   _json_value(progress), _json_value(result), error)
 
 

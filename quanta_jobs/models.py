@@ -112,6 +112,8 @@ class Job(Base):
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Starts a worker stopping on purpose handed back (they do not count as failures).
+    handbacks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -132,6 +134,11 @@ class Job(Base):
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="Artifact.path"
     )
+
+    @property
+    def failed_attempts(self) -> int:
+        """The starts that count against `max_attempts`: all but the hand-backs."""
+        return self.attempts - (self.handbacks or 0)
 
 
 class Upload(Base):

@@ -59,10 +59,10 @@ def recover(session: Session, job: Job, settings: Settings) -> JobStatus:
     if job.cancel_requested:
         transition(session, job, JobStatus.CANCELLED, owner=job.worker,
                    result={"message": f"cancelled; its worker ({lost}) was lost"})
-    elif job.attempts >= settings.max_attempts:
+    elif job.failed_attempts >= settings.max_attempts:
         transition(session, job, JobStatus.FAILED, owner=job.worker,
-                   error=f"gave up after {job.attempts} attempts: the worker running it "
-                         f"stopped each time (out of memory? killed?); last: {lost}")
+                   error=f"gave up after {job.failed_attempts} attempts: the worker running "
+                         f"it stopped each time (out of memory? killed?); last: {lost}")
     else:  # its checkpoints stay: the next attempt resumes from them
         transition(session, job, JobStatus.QUEUED, owner=job.worker, enqueued_at=None)
         return JobStatus.QUEUED

@@ -74,7 +74,13 @@ class Settings(BaseSettings):
         description="A running job whose worker has not beaten for this long is taken over "
         "when its message is delivered again.",
     )
-    max_attempts: int = Field(default=3, ge=1, description="Attempts before a job is failed.")
+    max_attempts: int = Field(
+        default=3, ge=1, description="Attempts before a job is failed. A start that a worker "
+        "stopping on purpose handed back (Ctrl-C, SIGTERM, a deploy) does not count.")
+    ready_min_workers: int = Field(
+        default=0, ge=0, description="Live workers /readyz requires before it says ready. "
+        "quanta-serve sets 1 when it starts workers itself (unless this is set); an API "
+        "deployed apart from its workers keeps 0.")
     checkpoint_interval_s: float = Field(
         default=30.0,
         ge=0,

@@ -24,6 +24,42 @@ def test_readyz_when_everything_answers(client: Any) -> None:
     assert body == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
 
 
+def test_readyz_waits_for_the_workers_it_is_told_to(settings: Any, db: Any) -> None:
+    """quanta-serve's API once said ready with no worker alive yet; with
+    QUANTA_READY_MIN_WORKERS (quanta-serve sets 1 when it starts workers) it waits."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from quanta_jobs import workers
+
+    app = create_app(settings.model_copy(update={"ready_min_workers": 1}))
+    with TestClient(app) as client:
+        alive = client.get("/readyz").json()["workers"]
+        response = client.get("/readyz")
+        if alive == 0:
+            assert response.status_code == 503
+            assert response.json()["checks"]["workers"] == (
+                "0 alive, 1 required (QUANTA_READY_MIN_WORKERS)")
+        workers.beat(db, "gpu0@ready-check")
+        try:
+            response = client.get("/readyz")
+            assert response.status_code == 200, response.json()
+            assert response.json()["checks"]["workers"] == "ok"
+        finally:
+            workers.forget(db, "gpu0@ready-check")
+
+
+def test_quanta_serve_asks_for_one_worker_when_it_starts_them(settings: Any,
+                                                              monkeypatch: Any) -> None:
+    from api.serve import serve_settings
+
+    monkeypatch.delenv("QUANTA_READY_MIN_WORKERS", raising=False)
+    assert serve_settings(settings, 2).ready_min_workers == 1
+    assert serve_settings(settings, 0).ready_min_workers == 0  # the API alone
+    monkeypatch.setenv("QUANTA_READY_MIN_WORKERS", "0")
+    assert serve_settings(settings, 2).ready_min_workers == settings.ready_min_workers
+
+
 def test_readyz_names_the_broker_that_is_down(settings: Any) -> None:
     from fastapi.testclient import TestClient
 

@@ -91,8 +91,10 @@ def test_the_readme_walkthrough_shows_transfer(tmp_path: Path) -> None:
         assert '"kind":"weights"' in done.stdout.replace(" ", "")
         png = api.get(f"/v1/jobs/{study_id}/plots/transferability.png").content
         (tmp_path / "transferability.png").write_bytes(png)
+        targets = [run["target_metrics"]["categorical_accuracy"]
+                   for run in transfer["result"]["runs"]]
         print(f"source accuracy {source['result']['test_metrics']['categorical_accuracy']:.3f}"
-              f"; transfer λ_s {finals}; study λ_s {means}")
+              f"; transfer target accuracy {targets} λ_s {finals}; study λ_s {means}")
         assert zipfile.is_zipfile(io.BytesIO(api.get(f"/v1/jobs/{transfer_id}/archive").content))
     finally:
         service.stop()

@@ -276,6 +276,40 @@ def test_shutdown_hands_back_and_the_next_attempt_resumes(make_runner: Callable[
     assert set(json.loads(metrics.read_text())) == {"0", "1", "2"}
 
 
+def test_workers_stopped_on_purpose_spend_no_attempts(make_runner: Callable[..., Any],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three deliberate stops (restarts, deploys) of a job allowed one attempt: each hands it
+    back, none counts against max_attempts, and it still succeeds; a crash still counts."""
+    from sqlalchemy import update
+
+    from quanta import training
+    from quanta_jobs.models import Job
+    from quanta_jobs.recovery import recover
+
+    monkeypatch.setattr(training, "CANCEL_CHECK_S", 0.0)
+    runner = make_runner(max_attempts=1)
+    job_id = new_job(runner, "source", {**TINY_SOURCE, "nb_of_epochs": 4})
+    for epoch in (1, 2, 3):  # each attempt resumes, trains one epoch and is stopped
+        after_epoch(runner, epoch, runner.shutting_down.set)
+    for _ in range(3):
+        assert runner.run(job_id, WORKER).status == "queued"
+        runner.shutting_down.clear()
+    job = row(runner, job_id)
+    assert (job.attempts, job.handbacks, job.failed_attempts) == (3, 3, 0)
+    assert runner.run(job_id, WORKER).status == "succeeded"
+    assert (row(runner, job_id).attempts, row(runner, job_id).handbacks) == (4, 3)
+    # A crash (its worker lost) with the one attempt spent fails the job.
+    crashed = new_job(runner, "source", TINY_SOURCE)
+    with runner.direct() as session:
+        session.execute(update(Job).where(Job.id == crashed).values(
+            status="running", attempts=4, handbacks=3, worker="gone"))
+        session.commit()
+        job = session.get(Job, crashed)
+        assert recover(session, job, runner.settings).value == "failed"
+        session.commit()
+        assert "gave up after 1 attempts" in job.error
+
+
 def test_keras_files_with_code_are_refused_by_safe_mode(make_runner: Callable[..., Any],
                                                         tmp_path: Path) -> None:
     """A .keras with a Lambda layer (code that would run at load) slipped past the upload

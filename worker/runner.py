@@ -243,7 +243,7 @@ class JobRunner:
             log.info("job %s: started (%s, attempt %d) on %s", job.id, job.kind, job.attempts,
                      worker)
             hooks.job_started(self.context, job.id)
-            attempt = job.attempts
+            attempt, failed_attempts = job.attempts, job.failed_attempts
             try:
                 local = resolve_spec(session, self.settings, remote_spec(job.kind, job.spec))
                 # the files again, just before the library loads them (Invalid: failed)
@@ -268,7 +268,7 @@ class JobRunner:
                 log.error("job %s: cannot fetch its earlier attempt from the store (%s)",
                           job_id, exc)
                 status, fields = JobStatus.QUEUED, {}
-                if attempt >= self.settings.max_attempts:
+                if failed_attempts >= self.settings.max_attempts:
                     status, fields = JobStatus.FAILED, {"error": self.redact(
                         f"the store could not be read in {attempt} attempts: "
                         f"{type(exc).__name__}: {exc}")}
@@ -515,7 +515,7 @@ class JobRunner:
                                                    "(QUANTA_MAX_JOB_SECONDS)"}
             if self.shutting_down.is_set() and not cancel_check.requested:
                 log.warning("job %s: worker stopping; handing the job back to the queue", job_id)
-                return JobStatus.QUEUED, {}
+                return JobStatus.QUEUED, {attempts.HANDED_BACK: True}
             return JobStatus.CANCELLED, {"result": {"message": str(exc)}}
         except (QuantaError, DatasetError) as exc:
             if _disk_full(exc):

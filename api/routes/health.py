@@ -28,8 +28,9 @@ def healthz() -> Health:
 )
 def readyz(session: SessionDep, celery: CeleryDep,
            settings: SettingsDep) -> Readiness | JSONResponse:
-    """Ready when both the database and the broker answer; 503 names the one that failed.
-    `workers` counts the workers alive (informative: an API may run before its workers)."""
+    """Ready when the database and the broker answer and at least
+    `QUANTA_READY_MIN_WORKERS` workers are alive (quanta-serve asks for one when it starts
+    its own); 503 names what is missing. `workers` counts the workers alive."""
     checks: dict[str, str] = {}
     workers = None
     try:
@@ -43,6 +44,10 @@ def readyz(session: SessionDep, celery: CeleryDep,
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"unreachable: {type(exc).__name__}: {exc}"[:500]
+    if workers is not None and settings.ready_min_workers:
+        checks["workers"] = ("ok" if workers >= settings.ready_min_workers else
+                             f"{workers} alive, {settings.ready_min_workers} required "
+                             "(QUANTA_READY_MIN_WORKERS)")
     if all(value == "ok" for value in checks.values()):
         return Readiness(status="ready", checks=checks, workers=workers)
     body = Readiness(status="unavailable", checks=checks, workers=workers)

@@ -71,6 +71,7 @@ def job_out(job: Job, study_progress: dict | None = None) -> JobOut:
         finished_at=job.finished_at,
         updated_at=job.updated_at,
         attempts=job.attempts,
+        handbacks=job.handbacks or 0,
         cancel_requested=job.cancel_requested,
         worker=job.worker,
         parent_id=job.parent_id,
@@ -206,7 +207,7 @@ def _list_item(row: crud.JobRow, study_progress: dict | None) -> dict[str, Any]:
     list: a page is read and written without building a model per job, and its JSON
     is written once, from those values (FastAPI would validate a `JobPage` first)."""
     (job_id, kind, status, spec, created_at, started_at, finished_at, updated_at, attempts,
-     cancel_requested, worker, parent_id, study_run, progress, result, error) = row
+     handbacks, cancel_requested, worker, parent_id, study_run, progress, result, error) = row
     base = f"{PREFIX}/{job_id}"
     study = kind == studies.KIND
     if study:
@@ -216,7 +217,8 @@ def _list_item(row: crud.JobRow, study_progress: dict | None) -> dict[str, Any]:
     return {
         "id": job_id, "kind": kind, "status": status, "spec": spec,
         "created_at": created_at, "started_at": started_at, "finished_at": finished_at,
-        "updated_at": updated_at, "attempts": attempts, "cancel_requested": cancel_requested,
+        "updated_at": updated_at, "attempts": attempts, "handbacks": handbacks or 0,
+        "cancel_requested": cancel_requested,
         "worker": worker, "parent_id": parent_id, "study_run": study_run,
         "progress": progress or None, "result": result, "error": error,
         "links": {"self": base, "cancel": f"{base}/cancel", "artifacts": f"{base}/artifacts",
