@@ -223,7 +223,8 @@ def transferability_figure(summary: Summary, title: str,
                label=f"{LAMBDA_S} at the start ({INITIAL_LAMBDA_S:.3f})")
     xs, means, errs = _points(summary, "lambda_s")
     if xs:
-        ax.errorbar(xs, means, yerr=errs, marker="o", capsize=4, linewidth=1, linestyle=":",
+        # Unjoined: each layer is a measurement of its own, nothing lies between them.
+        ax.errorbar(xs, means, yerr=errs, marker="o", capsize=4, linewidth=1, linestyle="none",
                     color=_COLORS[0], label="layer transferred alone")
         _label_points(ax, xs, means, errs, _COLORS[0])
     if "all" in summary.entries:
@@ -235,7 +236,7 @@ def transferability_figure(summary: Summary, title: str,
         all_errs = [[lam[k]["mean"] - ci[0] for k, ci in zip(layers, intervals, strict=True)],
                     [ci[1] - lam[k]["mean"] for k, ci in zip(layers, intervals, strict=True)]]
         ax.errorbar(all_x, all_means, yerr=all_errs, marker="s", capsize=4, linewidth=1,
-                    linestyle=":", color=_COLORS[1], label="all seven layers at once")
+                    linestyle="none", color=_COLORS[1], label="all seven layers at once")
         _label_points(ax, all_x, all_means, all_errs, _COLORS[1], below=True)
     _layer_axis(ax, with_all=False)
     ax.set_ylabel(f"final {LAMBDA_S}: share of source features\n(mean over runs, 95% CI)")

@@ -59,6 +59,11 @@ def compare_table(body: dict[str, Any], out: Callable[[str], None]) -> None:
         partial = "" if study.get("complete", True) else f" (partial, {study['status']})"
         out(f"{short[study['id']]}: {study.get('source_task')} → {study.get('target_task')}"
             f"{partial}")
+    for difference in body.get("spec_differences", []):
+        if difference["fields"]:
+            out(f"{short[difference['b']]} differs from {short[difference['a']]} in more than "
+                "the seed: " + ", ".join(f"{k} {a!r} → {b!r}"
+                                         for k, (a, b) in difference["fields"].items()))
     head = "  ".join(f"{short[s] + ' λ_s (n)':>18}" for s in studies)
     diffs = "  ".join(f"{'Δ ' + short[s]:>10}  {'p':>6}" for s in studies[1:])
     out(f"{'layer':>6}  {'λ of':>5}  {head}  {diffs}")

@@ -6,7 +6,8 @@ curve per (entry, QUANTA layer): from its `summary.json` once it succeeded, else
 made when a study ends). Each study after the first is compared with the first, layer by
 layer: the difference of the means (that study minus the first) and the p-value of
 Welch's t-test (`quanta_jobs.study_stats`), which does not assume the two studies' runs
-share a variance.
+share a variance. `spec_differences` names what else than the seed differs between their
+specs: a significant difference then says nothing of chance alone.
 """
 
 from __future__ import annotations
@@ -74,6 +75,20 @@ def _stat(values: Sequence[float]) -> dict[str, Any]:
             else None, "values": list(values)}
 
 
+#: Spec fields that may differ between studies measuring the same thing: their runs are
+#: other draws of the same experiment.
+SAME_EXPERIMENT_FIELDS = frozenset({"seed"})
+
+
+def spec_differences(first: dict[str, Any], other: dict[str, Any]) -> dict[str, list[Any]]:
+    """The spec fields (other than the seed) whose values differ: `{field: [first's,
+    other's]}`. A difference found between such studies may come from these, not from
+    chance: the comparison says so beside its p-values."""
+    names = sorted((set(first) | set(other)) - SAME_EXPERIMENT_FIELDS)
+    return {name: [first.get(name), other.get(name)] for name in names
+            if first.get(name) != other.get(name)}
+
+
 def _order(key: str) -> tuple[int, int]:
     return (1, 0) if key == "all" else (0, int(key))
 
@@ -92,6 +107,9 @@ def compare(studies: Sequence[StudyCurves]) -> dict[str, Any]:
                                      default=0) for e in entries}}
                     for s in studies],
         "reference": first.id,
+        "spec_differences": [{"a": first.id, "b": s.id,
+                              "fields": spec_differences(first.spec, s.spec)}
+                             for s in studies[1:]],
         "entries": {},
     }
     for entry in entries:

@@ -69,8 +69,11 @@ def comparison_png(body: dict[str, Any], dpi: int = 120) -> bytes:
     ax.set_ylim(0, 1)
     ax.set_xlabel(label)
     ax.set_ylabel("final λ_s (mean over runs, 95% CI)")
-    ax.set_title(f"Studies compared (*: Welch p < {STAR_BELOW:g} against "
-                 f"{body['reference'][:8]})", fontsize="medium")
+    title = f"Studies compared (*: Welch p < {STAR_BELOW:g} against {body['reference'][:8]})"
+    differing = sorted({name for d in body.get("spec_differences", []) for name in d["fields"]})
+    if differing:  # a star then says nothing of chance alone
+        title += "\nspecs differ in " + ", ".join(differing)
+    ax.set_title(title, fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize="small")
     out = io.BytesIO()

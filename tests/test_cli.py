@@ -229,3 +229,38 @@ def test_every_saved_model_loads_after_import_quanta_alone(expe, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     optimizers = [line.split()[-1] for line in done.stdout.splitlines()]
     assert "QuantaAdam" in optimizers, optimizers
+
+
+def test_one_tidy_table_joins_lambda_s_and_metrics_by_epoch(expe, tmp_path):
+    """λ_s lists start with the value before training while the metrics' epoch keys start
+    at 0 for the first epoch: the table's epoch e is the state after e epochs in both."""
+    weights = expe / "digits_training" / "source.weights.h5"
+    assert cli.main(["-o", str(tmp_path), "-s", "digits", "-sw", str(weights), "-t", "digits",
+                     "-l", "-1", "-r", "2", "--nb_of_target_epochs", "2",
+                     "--nb_of_target_samples", "32", "--test_every_epoch", *COMMON]) == 0
+    folder = tmp_path / "digits_to_digits"
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "quanta.tidy",
+                           str(folder), "-o", str(tmp_path / "epochs.csv")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| tensorflow" not in done.stderr
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "epochs.csv").open()))
+    assert len(rows) == 2 * 3 * 7  # runs x (start + 2 epochs) x seven QUANTA layers
+    quantas = _lines(folder / "quantas_r_1_l_all.jsonl")[-1]
+    training = _lines(folder / "training_metrics_of_target_r_1_l_all.jsonl")[-1]
+    tested = _lines(folder / "testing_metrics_of_target_per_epoch_r_1_l_all.jsonl")[-1]
+    for row in rows:
+        if row["run"] != "1" or row["quanta_layer"] != "4":
+            continue
+        epoch = int(row["epoch"])
+        assert float(row["lambda_s"]) == quantas["4"]["quantas"]["source"][epoch]
+        if epoch == 0:
+            assert row["loss"] == "" and float(row["lambda_s"]) == pytest.approx(0.9002495)
+        else:
+            assert float(row["loss"]) == training[str(epoch - 1)]["loss"]
+            assert float(row["test_categorical_accuracy"]) == \
+                tested[str(epoch - 1)]["categorical_accuracy"]
+    assert list(rows[0])[:6] == ["run", "layer_to_transfer", "epoch", "quanta_layer",
+                                 "lambda_s", "lambda_t"]

@@ -77,6 +77,27 @@ def test_compare_puts_layers_side_by_side_with_welch_tests(client: Any, studies:
     assert plot.status_code == 200 and plot.headers["content-type"] == "image/png"
     width, height = png_size(plot.content)
     assert 600 <= width <= 2000 and 400 <= height <= 1500
+    assert body["spec_differences"] == [{"a": a.id, "b": b.id, "fields": {}}]
+
+
+def test_a_comparison_says_what_else_than_the_seed_differs(client: Any,
+                                                           finished_job: Any) -> None:
+    """A p = 0.009 star once stood between studies whose quantas learnt 30 times faster in
+    one of them, unsaid; a seed of their own is the only difference that goes unsaid."""
+    values = {"0": [0.61, 0.64, 0.60, 0.66]}
+    body = json.dumps(summary(values)).encode()
+    a = finished_job("study", {**SPEC, "seed": 1}, {"summary.json": body})
+    b = finished_job("study", {**SPEC, "seed": 2, "quanta_learning_rate_multiplier": 30},
+                     {"summary.json": body})
+    compared = client.get("/v1/studies/compare", params={"ids": f"{a.id},{b.id}"}).json()
+    assert compared["spec_differences"] == [{"a": a.id, "b": b.id, "fields": {
+        "quanta_learning_rate_multiplier": [None, 30]}}]
+    from quanta_client.tables import compare_table
+
+    lines: list[str] = []
+    compare_table(compared, lines.append)
+    assert f"{b.id[:8]} differs from {a.id[:8]} in more than the seed: " \
+           "quanta_learning_rate_multiplier None → 30" in lines
 
 
 def test_a_study_with_other_layers_and_the_all_entry(client: Any, finished_job: Any,

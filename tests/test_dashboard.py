@@ -151,6 +151,8 @@ def test_submit_watch_open_compare_cancel(server: SimpleNamespace, page: Any,
     base = server.base
     # 1. A source job, through the form generated from the schema.
     page.goto(f"{base}/#/submit/source")
+    page.wait_for_selector("#form-source")
+    assert page.input_value("#f-source_task") == "digits"  # runs offline, unlike cifar10
     page.select_option("#f-source_task", "digits")
     page.fill("#f-nb_of_epochs", "2")
     page.fill("#f-nb_of_samples", "64")
@@ -173,6 +175,9 @@ def test_submit_watch_open_compare_cancel(server: SimpleNamespace, page: Any,
     page.wait_for_selector("#err-nb_of_target_epochs:not(:empty)")
     assert "greater than 0" in page.inner_text("#err-nb_of_target_epochs")
     assert page.inner_text("#err-layers")  # none chosen
+    assert "Input should be" not in page.inner_text("#form-study")  # pydantic's wording
+    # λ_s moves in a few epochs: the quantas learn 30 times faster than the network.
+    assert page.input_value("#f-quanta_learning_rate_multiplier") == "30"
     assert "#/submit/study" in page.url  # nothing was created
     page.fill("#f-nb_of_target_epochs", "2")
     page.check("#f-layers-0")
@@ -203,10 +208,19 @@ def test_submit_watch_open_compare_cancel(server: SimpleNamespace, page: Any,
         assert cells[1] == "2/2"
         assert cells[2] == f"{summary['entries'][entry]['lambda_s'][entry]['mean']:.4f}"
     page.screenshot(path=shots / "study.png", full_page=True)
+    # Measured layers are points with whole intervals, not a line through layers 1, 2...
+    chart = page.locator("#chart-transferability .chart")
+    page.wait_for_selector("#chart-transferability .chart[data-y-min]")
+    assert chart.get_attribute("data-intervals") == "true"
+    bounds = [b for e in ("0", "3") for b in summary["entries"][e]["lambda_s"][e]["ci95"]]
+    assert float(chart.get_attribute("data-y-min")) <= min(min(bounds), 0)
+    assert float(chart.get_attribute("data-y-max")) >= max(max(bounds), 1)
 
-    # 4. Open a child's artifact from the grid.
+    # 4. Open a child's artifact from the grid; #/jobs/ID (the API's path) leads there too.
     page.click("#study-grid .cell[data-entry='3'][data-run='1']")
     child = job_id(page, "job")
+    page.goto(f"{base}/#/jobs/{child}")
+    page.wait_for_url(re.compile(rf"#/job/{child}$"))
     page.wait_for_selector("#artifacts")
     listing = httpx.get(f"{base}/v1/jobs/{child}/artifacts").json()["items"]
     quantas = next(a for a in listing if a["path"].endswith("quantas_r_0_l_3.jsonl"))
@@ -236,6 +250,10 @@ def test_submit_watch_open_compare_cancel(server: SimpleNamespace, page: Any,
     assert page.locator("#compare-table tbody tr").count() == 2
     assert page.locator("#compare-table .badge[data-status=succeeded]").count() == 2
     assert page.locator(".error-box").count() == 0
+    # Their specs differ in more than the seed (layers, runs, epochs...): it says so.
+    page.wait_for_selector("#compare-differences .warn-box")
+    assert "in more than the seed: " in page.inner_text("#compare-differences")
+    assert "layers" in page.inner_text("#compare-differences")
     page.screenshot(path=shots / "compare.png", full_page=True)
 
     # 6. The jobs table: filter, then cancel a long job from it.

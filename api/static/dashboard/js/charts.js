@@ -18,13 +18,55 @@ function withAlpha(colour, alpha) {
   return `rgba(${r},${g},${b},${alpha})`;
 }
 
+/** The y range: `yRange`, widened to hold every value and interval bound of `data`, so
+ *  that no interval is cut (few runs give Student-t intervals beyond 0 and 1). */
+function fittedRange(yRange, data) {
+  let [low, high] = yRange;
+  for (const ys of data.slice(1)) {
+    for (const v of ys) {
+      if (v === null || v === undefined || !Number.isFinite(v)) continue;
+      low = Math.min(low, v);
+      high = Math.max(high, v);
+    }
+  }
+  const pad = low < yRange[0] || high > yRange[1] ? 0.02 * (high - low) : 0;
+  return [low - (low < yRange[0] ? pad : 0), high + (high > yRange[1] ? pad : 0)];
+}
+
+/** Vertical whiskers with caps from each point's interval low to high (uPlot draw hook). */
+function whiskers(intervals) {
+  return (u) => {
+    const { ctx } = u;
+    ctx.save();
+    for (const { index, low, high, colour } of intervals) {
+      if (!u.series[index + 1].show) continue;
+      ctx.strokeStyle = colour;
+      ctx.lineWidth = 1.5 * devicePixelRatio;
+      u.data[0].forEach((xv, i) => {
+        const lo = u.data[low + 1][i], hi = u.data[high + 1][i];
+        if (lo === null || lo === undefined || hi === null || hi === undefined) return;
+        const x = u.valToPos(xv, "x", true), y0 = u.valToPos(lo, "y", true), y1 = u.valToPos(hi, "y", true);
+        const cap = 5 * devicePixelRatio;
+        ctx.beginPath();
+        ctx.moveTo(x, y0); ctx.lineTo(x, y1);
+        ctx.moveTo(x - cap, y0); ctx.lineTo(x + cap, y0);
+        ctx.moveTo(x - cap, y1); ctx.lineTo(x + cap, y1);
+        ctx.stroke();
+      });
+    }
+    ctx.restore();
+  };
+}
+
 /**
  * A chart in `container`. `series`: [{label, color, dash, band: [lowIndex, highIndex]?,
  * hidden (a CI bound: drawn only as the band), points, scale}], `data`: [xs, ...ys].
+ * With `intervals`, a series with a band is drawn as points with whiskers, unjoined: its x
+ * are separate measurements (layers), not a curve to read between them.
  * Returns {update(data), destroy()}.
  */
 export function lineChart(container, { title, xLabel, yLabel, y2Label, series, data, xValues,
-  yRange, height = 280, xDiscrete = false }) {
+  yRange, height = 280, xDiscrete = false, intervals = false }) {
   const fg = cssVar("--fg"), grid = cssVar("--grid"), muted = cssVar("--muted");
   const axis = (label, scale, side) => ({
     label, scale, side, stroke: muted, labelSize: 22, size: 50,
@@ -40,6 +82,7 @@ export function lineChart(container, { title, xLabel, yLabel, y2Label, series, d
   const axes = [xAxis, axis(yLabel, "y", 3)];
   if (y2Label) axes.push(axis(y2Label, "y2", 1));
   const bands = [];
+  const drawn = [];
   const uSeries = [{ label: xLabel }];
   series.forEach((s, i) => {
     const colour = s.color || color(i);
@@ -49,9 +92,11 @@ export function lineChart(container, { title, xLabel, yLabel, y2Label, series, d
       return;
     }
     const band = s.band;
+    const alone = intervals && band;
     uSeries.push({
       label: s.label, stroke: colour, width: s.width ?? 2, dash: s.dash, scale: s.scale || "y",
-      spanGaps: true, points: { show: s.points ?? true, size: s.pointSize ?? 6, fill: colour },
+      spanGaps: !alone, paths: alone ? () => null : undefined,
+      points: { show: alone || (s.points ?? true), size: s.pointSize ?? (alone ? 9 : 6), fill: colour },
       // The value under the cursor, with its confidence interval when the series has one.
       value: (u, v, si, idx) => {
         if (v === null || v === undefined) return "–";
@@ -60,13 +105,15 @@ export function lineChart(container, { title, xLabel, yLabel, y2Label, series, d
         return lo === null || lo === undefined ? v.toFixed(3) : `${v.toFixed(3)} [${lo.toFixed(3)}, ${hi.toFixed(3)}]`;
       },
     });
-    if (s.band) bands.push({ series: [s.band[1] + 1, s.band[0] + 1], fill: withAlpha(colour, 0.16) });
+    if (alone) drawn.push({ index: i, low: band[0], high: band[1], colour });
+    else if (band) bands.push({ series: [band[1] + 1, band[0] + 1], fill: withAlpha(colour, 0.16) });
   });
   const scales = { x: { time: false } };
   if (xDiscrete) {
     scales.x.range = (u, min, max) => [min - 0.3, max + 0.3];
   }
-  scales.y = { range: yRange ? () => yRange : undefined, auto: !yRange };
+  let current = data;
+  scales.y = { range: yRange ? () => fittedRange(yRange, current) : undefined, auto: !yRange };
   if (y2Label) scales.y2 = { range: [0, 1] };
   const wrapper = h("div", { class: "chart" });
   put(container, wrapper);
@@ -75,7 +122,17 @@ export function lineChart(container, { title, xLabel, yLabel, y2Label, series, d
     title, width: width(), height, series: uSeries, axes, scales, bands,
     cursor: { drag: { x: true, y: false } },
     legend: { live: true },
+    hooks: {
+      ...(drawn.length ? { draw: [whiskers(drawn)] } : {}),
+      // What the chart shows, for people's tools and tests: its y range as drawn.
+      setScale: [(u, key) => {
+        if (key !== "y") return;
+        wrapper.dataset.yMin = String(u.scales.y.min);
+        wrapper.dataset.yMax = String(u.scales.y.max);
+      }],
+    },
   };
+  if (drawn.length) wrapper.dataset.intervals = "true";
   const plot = new window.uPlot(options, data, wrapper);
   // CI bounds are drawn as bands only: their values show beside the mean's, not as series.
   const rows = wrapper.querySelectorAll(".u-legend .u-series");
@@ -88,7 +145,7 @@ export function lineChart(container, { title, xLabel, yLabel, y2Label, series, d
   observer.observe(container);
   return {
     plot,
-    update(next) { plot.setData(next); },
+    update(next) { current = next; plot.setData(next); },
     destroy() { observer.disconnect(); plot.destroy(); },
   };
 }

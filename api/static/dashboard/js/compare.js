@@ -19,6 +19,7 @@ export function renderCompare(root, params, navigate) {
   const accuracyBox = h("div", { class: "card", id: "compare-accuracy" });
   const tableBox = h("div", { class: "card" });
   const problem = h("div");
+  const differences = h("div", { id: "compare-differences" });
   const apply = () => {
     const chosen = [...picker.querySelectorAll("input:checked")].map((i) => i.value);
     const typed = pasted.value.split(",").map((s) => s.trim()).filter(Boolean);
@@ -30,7 +31,8 @@ export function renderCompare(root, params, navigate) {
     picker,
     h("div", { class: "toolbar" }, h("label", {}, "Ids", pasted),
       h("button", { type: "button", class: "primary", id: "compare-go", onclick: apply }, "Compare")),
-    problem, ids.length ? h("div", { class: "grid2" }, curveBox, accuracyBox) : null, ids.length ? tableBox : null);
+    problem, differences, ids.length ? h("div", { class: "grid2" }, curveBox, accuracyBox) : null,
+    ids.length ? tableBox : null);
 
   api("/v1/jobs?kind=study&limit=100", { signal: controller.signal }).then((page) => {
     const known = new Set(page.items.map((s) => s.id));
@@ -64,6 +66,14 @@ export function renderCompare(root, params, navigate) {
   const drawOnce = async () => {
     const loaded = await Promise.all(ids.map((id) => studyStats(id, { signal: controller.signal })));
     put(problem);
+    // What else than the seed differs between the studies: the service's own rule.
+    const compared = await api(`/v1/studies/compare?ids=${ids.map(encodeURIComponent).join(",")}&partial=true`,
+      { signal: controller.signal });
+    const differing = compared.spec_differences.filter((d) => Object.keys(d.fields).length);
+    put(differences, ...differing.map((d) => h("div", { class: "warn-box" },
+      `${shortId(d.b)} differs from ${shortId(d.a)} in more than the seed: `,
+      Object.entries(d.fields).map(([k, [a, b]]) => `${k} ${JSON.stringify(a)} → ${JSON.stringify(b)}`).join(", "),
+      ". A difference between their λ_s may come from that, not from chance.")));
     const studies = loaded.map((s, i) => ({
       entries: s.entries, colorIndex: i,
       label: `${shortId(s.study.id)} ${taskName(s.study.spec.source_task)}→${taskName(s.study.spec.target_task)}: `,
@@ -91,9 +101,10 @@ export function renderCompare(root, params, navigate) {
     // A chart that cannot be drawn must not hide the table: say why in the console.
     try {
       charts.push(lineChart(c, { title: "Transferability: final λ_s per layer", xLabel: "transferred layer",
-        yLabel: "λ_s", yRange: [0, 1], xDiscrete: true, ...curveData(studies) }));
+        yLabel: "λ_s", yRange: [0, 1], xDiscrete: true, intervals: true, ...curveData(studies) }));
       charts.push(lineChart(a, { title: "Test accuracy per layer", xLabel: "transferred layer",
-        yLabel: "test accuracy", yRange: [0, 1], xDiscrete: true, xValues: layerTick, ...accuracyData(studies) }));
+        yLabel: "test accuracy", yRange: [0, 1], xDiscrete: true, xValues: layerTick, intervals: true,
+        ...accuracyData(studies) }));
     } catch (error) {
       console.error("compare: a chart could not be drawn", error, error.stack);
     }

@@ -77,7 +77,11 @@ function route() {
     case "study": cleanup = renderStudy(page, parts[1], navigate); break;
     case "compare": cleanup = renderCompare(page, params, navigate); break;
     case "submit": cleanup = renderSubmit(page, parts[1], params, navigate); break;
-    case "jobs": cleanup = renderJobs(page, params, navigate); break;
+    case "jobs":
+    case "studies":
+      // A job's own address is #/job/ID; #/jobs/ID (as the API's /v1/jobs/ID) leads there.
+      if (parts[1]) { navigate(`#/${parts[0] === "studies" ? "study" : "job"}/${encodeURIComponent(parts[1])}`, true); return; }
+      cleanup = renderJobs(page, params, navigate); break;
     default: put(view, h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/jobs" }, "Back to the jobs")));
   }
 }

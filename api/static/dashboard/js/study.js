@@ -183,14 +183,15 @@ export function renderStudy(root, id, navigate) {
     } else {
       const curve = curveData(studies);
       const inner = h("div");
-      put(curveBox, inner, h("p", { class: "muted small" }, `Mean final λ_s per layer with its 95% confidence interval (band), ${note}.`));
+      put(curveBox, inner, h("p", { class: "muted small" }, `Mean final λ_s of each measured layer with its 95% confidence interval (whiskers, drawn whole even past 0 or 1), ${note}. Layers are separate measurements: nothing is drawn between them.`));
       charts.push(lineChart(inner, { title: "Transferability: final λ_s per transferred layer",
-        xLabel: "transferred layer (0–5 Conv2D, 6 Dense)", yLabel: "λ_s", yRange: [0, 1], xDiscrete: true, ...curve }));
+        xLabel: "transferred layer (0–5 Conv2D, 6 Dense)", yLabel: "λ_s", yRange: [0, 1], xDiscrete: true,
+        intervals: true, ...curve }));
       const acc = accuracyData(studies);
       const inner2 = h("div");
       put(accuracyBox, inner2, h("p", { class: "muted small" }, `Test accuracy of the target with transfer and of the witness trained from scratch, ${note}.`));
       charts.push(lineChart(inner2, { title: "Test accuracy per layer", xLabel: "transferred layer",
-        yLabel: "test accuracy", yRange: [0, 1], xDiscrete: true, xValues: layerTick, ...acc }));
+        yLabel: "test accuracy", yRange: [0, 1], xDiscrete: true, xValues: layerTick, intervals: true, ...acc }));
     }
     drawTable(entries);
   };

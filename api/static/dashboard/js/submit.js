@@ -7,6 +7,24 @@ import { bytes, errorText, h, jobHref, shortId, specSummary, put } from "./util.
 
 const KINDS = ["source", "transfer", "study"];
 
+/** Where a new form starts, where it differs from the spec's own defaults (the seed's
+ *  tool's): the offline `digits` task, which runs anywhere, and quantas that learn 30 times
+ *  faster than the network, so that λ_s moves in a few epochs (at 1 it barely does). */
+const FORM_START = { source_task: "digits", target_task: "digits", quanta_learning_rate_multiplier: 30 };
+
+/** A field error as people read it; pydantic's wording for a few of its types. */
+export function readable(item) {
+  switch (item.type) {
+    case "missing": return "required";
+    case "model_attributes_type": case "dict_type": case "model_type":
+      return "choose a finished job or an upload";
+    case "union_tag_invalid": case "literal_error": case "enum":
+      return item.msg.replace(/^Input should be /, "expected ");
+    default:
+      return item.msg.replace(/^Value error, /, "").replace(/^Input should be /, "should be ");
+  }
+}
+
 function resolver(doc) {
   const schemas = doc.components?.schemas || {};
   return (schema) => {
@@ -317,8 +335,8 @@ export function renderSubmit(root, kind, params, navigate) {
             const name = fieldOf(item.loc);
             if (name && byName.has(name)) {
               if (!messages.has(name)) messages.set(name, new Set());
-              messages.get(name).add(item.msg.replace(/^Value error, /, ""));
-            } else unplaced.push(`${(item.loc || []).filter((p) => p !== "body").join(".")}: ${item.msg}`);
+              messages.get(name).add(readable(item));
+            } else unplaced.push(`${(item.loc || []).filter((p) => p !== "body").join(".")}: ${readable(item)}`);
           }
           for (const [name, set] of messages) byName.get(name).setError([...set].join("; "));
           const first = messages.keys().next().value;
@@ -329,6 +347,7 @@ export function renderSubmit(root, kind, params, navigate) {
       }
     });
     put(body, form);
+    for (const [name, value] of Object.entries(FORM_START)) if (byName.has(name)) byName.get(name).fill(value);
     // ?from=ID: a finished source job, to measure its transferability.
     const from = params.get("from");
     if (from) {
