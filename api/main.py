@@ -22,6 +22,7 @@ from api.body_limit import BodyLimit, identify_with
 from api.errors import STATUS, Unauthorized, http_headers, http_status
 from api.head import add_head_routes
 from api.multipart import MULTIPART_OVERHEAD
+from api.origin_guard import OriginGuard, parse_hosts
 from api.request_guard import RejectNul
 from api.routes import dashboard, health, jobs, studies, uploads
 from api.schemas import ErrorBody
@@ -126,6 +127,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        upload_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD,
                        identify=identify_with(app.state.sessionmaker, identify))
     app.add_middleware(RejectNul)
+    # Outermost: a request for another host, or a change sent by another site's page, is
+    # refused before anything else reads it.
+    app.add_middleware(OriginGuard, allowed_hosts=parse_hosts(settings.allowed_hosts))
     app.include_router(health.router)  # open: probes carry no token
     docs.install(app)  # Swagger UI at /docs, its assets from this process (no CDN)
     dashboard.install(app)  # static page at / (no data: it calls /v1 with the user's token)

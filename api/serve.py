@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from api.origin_guard import WILDCARD_BINDS
 from quanta_jobs.migrate import upgrade
 from quanta_jobs.settings import Settings, get_settings
 
@@ -203,12 +204,20 @@ def _server_class() -> type:
     return Server
 
 
-def serve_settings(settings: Settings, workers: int) -> Settings:
-    """The API's settings when quanta-serve starts `workers` itself: /readyz is not ready
-    until one of them can take a job, unless QUANTA_READY_MIN_WORKERS says otherwise."""
+def serve_settings(settings: Settings, workers: int, host: str = "127.0.0.1") -> Settings:
+    """The API's settings when quanta-serve starts `workers` itself and listens on `host`:
+    /readyz is not ready until one of the workers can take a job, and the API answers to
+    the loopback names and `host` (any name on every interface, where tokens are required),
+    unless QUANTA_READY_MIN_WORKERS and QUANTA_ALLOWED_HOSTS say otherwise."""
+    update: dict[str, Any] = {}
     if workers and "QUANTA_READY_MIN_WORKERS" not in os.environ:
-        return settings.model_copy(update={"ready_min_workers": 1})
-    return settings
+        update["ready_min_workers"] = 1
+    if "QUANTA_ALLOWED_HOSTS" not in os.environ:
+        if host in WILDCARD_BINDS:
+            update["allowed_hosts"] = "*"
+        elif host.strip("[]").lower() not in settings.allowed_hosts.split(","):
+            update["allowed_hosts"] = f"{settings.allowed_hosts},{host}"
+    return settings.model_copy(update=update) if update else settings
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -218,7 +227,8 @@ def serve(args: argparse.Namespace) -> int:
 
     from api.main import create_app
 
-    settings = serve_settings(get_settings(), args.workers)
+    settings = serve_settings(get_settings(), args.workers, args.host)
+    log.info("answering to the hosts %s (QUANTA_ALLOWED_HOSTS)", settings.allowed_hosts)
     settings.ensure_dirs()
     upgrade(settings.database_url)
     problem = check_auth(settings, args.host)

@@ -106,6 +106,13 @@ class Settings(BaseSettings):
         description="Bearer tokens, comma-separated `name:token` or `name:token:admin` entries "
         "(more can be stored hashed in the database: `quanta-serve token create`).",
     )
+    allowed_hosts: str = Field(
+        default="127.0.0.1,localhost,::1",
+        description="Host names the API answers to, comma-separated (`*`: any); a request "
+        "naming another host gets 421, so a web page that rebinds its own name to this "
+        "machine cannot drive the service. quanta-serve adds the address its --host names, "
+        "and uses `*` on every interface (0.0.0.0, ::), where tokens are required anyway.",
+    )
     max_json_bytes: int = Field(
         default=64 * 1024, gt=0, description="Largest JSON request body; larger ones get 413."
     )

@@ -26,6 +26,9 @@ from reference_files import reference_weights_bytes
 from sqlalchemy import text
 
 REPO = Path(__file__).resolve().parents[1]
+# In-process test clients (Starlette's TestClient) name their host `testserver`; the
+# services the tests start as processes get the product's default (service_env).
+os.environ["QUANTA_ALLOWED_HOSTS"] = "127.0.0.1,localhost,::1,testserver"
 PG_SERVER = os.environ.get("QUANTA_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_SERVER = os.environ.get("QUANTA_TEST_REDIS", "redis://127.0.0.1:6379/5")
 TINY_SOURCE = {"source_task": "digits", "nb_of_epochs": 2, "nb_of_samples": 64,
