@@ -21,6 +21,8 @@ from fastapi.responses import StreamingResponse
 from quanta_jobs.store import CHUNK, ArtifactStore
 
 RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+#: Digits beyond which a Range bound is larger than any file (and than `int` parses at once).
+MAX_RANGE_DIGITS = 18
 
 CONTENT_TYPES = {
     ".jsonl": "application/jsonl",
@@ -74,6 +76,9 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     first, last = match.groups()
     if not first and not last:
         return None
+    # A bound of more digits than any file's size has: past every end.
+    first, last = (text if len(text) <= MAX_RANGE_DIGITS else "9" * MAX_RANGE_DIGITS
+                   for text in (first, last))
     if not first:  # the last N bytes
         suffix = int(last)
         if suffix == 0:

@@ -38,7 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from quanta_jobs import job_events
-from quanta_jobs.errors import TooManyRequests
+from quanta_jobs.errors import Invalid, TooManyRequests
 from quanta_jobs.job_state import TERMINAL
 from quanta_jobs.models import Job, JobEvent
 
@@ -199,15 +199,26 @@ async def stream(
         await asyncio.sleep(poll_s)
 
 
+#: The largest event id there can be (the database's 64-bit integers); a client that asks
+#: to resume past it gets 422, not a stream cut by an overflow.
+MAX_EVENT_ID = 2**63 - 1
+
+
 def last_event_id(header: str | None, query: int | None) -> int:
-    """Where a stream resumes: the `Last-Event-ID` header (or `last_event_id` query), else 0."""
+    """Where a stream resumes: the `Last-Event-ID` header (or `last_event_id` query), else 0;
+    `Invalid` (422) past MAX_EVENT_ID."""
     for value in (header, query):
         if value is None:
             continue
-        try:
-            return max(0, int(str(value).strip()))
-        except ValueError:
-            continue
+        text = str(value).strip()
+        if not text.lstrip("-").isdigit():
+            continue  # not an id: the stream starts from the beginning
+        if len(text) > len(str(MAX_EVENT_ID)) or int(text) > MAX_EVENT_ID:
+            raise Invalid(f"Last-Event-ID must be at most {MAX_EVENT_ID} (got {text[:40]}...)"
+                          if len(text) > 40 else
+                          f"Last-Event-ID must be at most {MAX_EVENT_ID} (got {text})",
+                          loc=("header", "last-event-id"))
+        return max(0, int(text))
     return 0
 
 

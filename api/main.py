@@ -89,22 +89,45 @@ async def _illegal_transition(_request: Request, exc: Exception) -> JSONResponse
     return JSONResponse(status_code=http_status(error), content={"detail": error.detail()})
 
 
-def _finite(value: Any) -> Any:
-    """`value` with every non-finite float as a string: JSON has no inf or NaN."""
+def _text(value: str) -> str:
+    """`value` with any lone surrogate (`"\\ud800"` in JSON, which Python's parser accepts)
+    replaced by U+FFFD: UTF-8 cannot encode one, so echoing it back would fail."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _echoable(value: Any) -> Any:
+    """An error's echo of its input as JSON can write it: every non-finite float as a
+    string (JSON has no inf or NaN), every string encodable."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        return _text(value)
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {_echoable(key): _echoable(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_finite(item) for item in value]
+        return [_echoable(item) for item in value]
     return value
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's 422, made JSON-safe: an error echoes its input, which may be 1e400 (inf)."""
+    """FastAPI's 422, made JSON-safe: an error echoes its input, which may be 1e400 (inf)
+    or hold a lone surrogate."""
     assert isinstance(exc, RequestValidationError)
-    return JSONResponse(status_code=422,
-                        content={"detail": _finite(jsonable_encoder(exc.errors()))})
+    return JSONResponse(status_code=422, content={
+        "detail": _echoable(jsonable_encoder(exc.errors()))})
+
+
+async def _not_unicode(_request: Request, exc: Exception) -> JSONResponse:
+    """Text that is not Unicode: JSON's `"\\ud800"` (a lone surrogate) parses, then
+    fails wherever it is encoded (the validator's own messages, the database): 422."""
+    return JSONResponse(status_code=422, content={"detail": [{
+        "loc": ["body"], "type": "value_error",
+        "msg": "the request holds text that is not valid Unicode (a lone surrogate such as "
+               "\\ud800); send UTF-8 text"}]})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -123,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(IllegalTransition, _illegal_transition)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(UnicodeEncodeError, _not_unicode)
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes,
                        upload_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD,
                        identify=identify_with(app.state.sessionmaker, identify))

@@ -79,7 +79,7 @@ def check_hdf5(path: Path) -> int:
     size = path.stat().st_size
     try:
         with h5py.File(path, "r") as handle:
-            declared = _walk(handle, "/", set(), h5py)
+            declared = _walk(handle, "/", set(), h5py, 0)
     except OSError as exc:
         raise ValueError(f"a damaged HDF5 file ({exc})") from exc
     if declared > H5_EXPANSION * size + H5_SLACK_BYTES:
@@ -88,8 +88,12 @@ def check_hdf5(path: Path) -> int:
     return declared
 
 
-def _walk(group: Any, where: str, seen: set[tuple[int, int]], h5py: Any) -> int:
-    """Bytes declared below `group`, every link inspected before it is followed."""
+def _walk(group: Any, where: str, seen: set[tuple[int, int]], h5py: Any, depth: int) -> int:
+    """Bytes declared below `group`, every link inspected before it is followed, groups
+    nested at most MAX_CONFIG_DEPTH deep (deeper is refused, not recursed into)."""
+    if depth > MAX_CONFIG_DEPTH:
+        raise ValueError(f"its groups are nested deeper than {MAX_CONFIG_DEPTH} levels "
+                         f"(at '{where[:200]}'); no saved model's are")
     declared = 0
     for name in group:  # link names: nothing is resolved yet
         path = f"{where.rstrip('/')}/{name}"
@@ -109,7 +113,7 @@ def _walk(group: Any, where: str, seen: set[tuple[int, int]], h5py: Any) -> int:
             continue
         seen.add(key)
         if isinstance(item, h5py.Group):
-            declared += _walk(item, path, seen, h5py)
+            declared += _walk(item, path, seen, h5py, depth + 1)
         elif isinstance(item, h5py.Dataset):
             declared += _check_dataset(item, path, h5py)
     return declared

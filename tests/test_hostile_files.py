@@ -76,12 +76,25 @@ def _shape_bomb(tmp: Path, secret: Path) -> bytes:
         "dense/bias", shape=(10**10,), dtype="f4", chunks=(1 << 16,), compression="gzip"))
 
 
+def _deep_groups(tmp: Path, secret: Path, depth: int = 200) -> bytes:
+    """Groups nested `depth` deep: 3000 once ended the upload check's recursive walk in a
+    RecursionError (a 500); no saved model nests more than a few levels."""
+    return _h5(tmp / "deep.h5", lambda f: f.create_group("/".join(["g"] * depth)))
+
+
+def test_3000_nested_groups_are_refused_not_recursed(tmp_path: Path, secret: Path) -> None:
+    (tmp_path / "x.h5").write_bytes(_deep_groups(tmp_path, secret, depth=3000))
+    with pytest.raises(ValueError, match="nested deeper than 64 levels"):
+        check_hdf5(tmp_path / "x.h5")
+
+
 HOSTILE_H5 = {
     "external_storage": (_external_storage, "external files"),
     "external_link": (_external_link, "external link"),
     "soft_link": (_soft_link, "soft link"),
     "virtual_dataset": (_virtual, "virtual dataset"),
     "shape_bomb": (_shape_bomb, "declare"),
+    "deep_groups": (_deep_groups, "nested deeper than"),
 }
 
 
