@@ -59,3 +59,23 @@ def test_a_killed_worker_is_restarted_and_readyz_counts_it(tmp_path: Path) -> No
         assert server.process.poll() is None
     log = server.log()
     assert "killed by signal 9" in log and "restarted worker0" in log, log[-3000:]
+
+
+def test_workers_die_with_a_killed_quanta_serve(tmp_path: Path) -> None:
+    """`kill -9` of quanta-serve once left its workers running as orphans that kept taking
+    jobs beside the restarted service's workers of the same names; now each gets SIGTERM
+    from the kernel as its parent dies (PR_SET_PDEATHSIG) and stops."""
+    with Server(tmp_path, workers=1) as server:
+        wait_for(lambda: worker_pids(server), 30, "a worker started", server)
+        (pid,) = worker_pids(server)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(30)
+
+        def gone() -> bool:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+            except FileNotFoundError:
+                return True
+            return state == "Z"  # ended, waiting to be reaped by init
+
+        wait_for(gone, 120, f"the orphaned worker {pid} stopped", server)
