@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -51,6 +49,14 @@ H5_EXPANSION = 2
 H5_SLACK_BYTES = 1 * MiB
 #: Nesting that no saved model reaches; deeper is refused rather than recursed.
 MAX_CONFIG_DEPTH = 64
+#: Groups and datasets an HDF5 weights file may hold: a full-width target has a few
+#: hundred; walking 300,000 once cost 16 CPU-seconds of the API.
+MAX_H5_OBJECTS = 10_000
+#: How much a member of a `.keras` zip may inflate: Keras stores its weights uncompressed
+#: and its JSON deflates a few times, while a bomb of zeros inflates a thousand times.
+MAX_UNPACK_RATIO = 50
+#: Members this small are never a bomb, whatever their ratio.
+RATIO_FREE_BYTES = MiB
 
 
 @dataclass(frozen=True)
@@ -71,12 +77,15 @@ class FileLimits:
 
 
 # -- HDF5 ----------------------------------------------------------------------------------
-def check_hdf5(path: Path) -> int:
-    """Refuse an HDF5 file that points outside itself or declares more than it holds;
-    returns the bytes its datasets declare."""
+def check_hdf5(path: Path | Any, size: int | None = None) -> int:
+    """Refuse an HDF5 file that points outside itself, declares more than it holds, or
+    holds more objects or deeper nesting than any model's; returns the bytes its datasets
+    declare. `path` may be an open binary file of `size` bytes (a zip member, read in
+    place rather than unpacked to disk first)."""
     import h5py  # light (no TensorFlow); only file checks need it
 
-    size = path.stat().st_size
+    if size is None:
+        size = Path(path).stat().st_size
     try:
         with h5py.File(path, "r") as handle:
             declared = _walk(handle, "/", set(), h5py, 0)
@@ -112,6 +121,9 @@ def _walk(group: Any, where: str, seen: set[tuple[int, int]], h5py: Any, depth: 
         if key in seen:  # a second hard link to one object: counted once, never looped
             continue
         seen.add(key)
+        if len(seen) > MAX_H5_OBJECTS:
+            raise ValueError(f"it holds more than {MAX_H5_OBJECTS} groups and datasets; "
+                             "a model's weights file holds a few hundred")
         if isinstance(item, h5py.Group):
             declared += _walk(item, path, seen, h5py, depth + 1)
         elif isinstance(item, h5py.Dataset):
@@ -150,6 +162,12 @@ def read_keras_config(path: Path, limits: FileLimits) -> dict[str, Any]:
                                  f"({', '.join(extra[:5]) or 'duplicate names'}); expected "
                                  f"{', '.join(sorted(KERAS_MEMBERS))}")
             unpacked = sum(i.file_size for i in infos)
+            for info in infos:  # from the zip's directory: nothing is inflated yet
+                if (info.file_size > RATIO_FREE_BYTES
+                        and info.file_size > MAX_UNPACK_RATIO * max(1, info.compress_size)):
+                    raise ValueError(f"its {info.filename} would inflate from "
+                                     f"{info.compress_size} to {info.file_size} bytes, more "
+                                     f"than {MAX_UNPACK_RATIO} times: a saved model's do not")
             if unpacked > limits.max_unpacked_bytes:
                 raise ValueError(f"its members are {unpacked} bytes unpacked, over the limit of "
                                  f"{limits.max_unpacked_bytes}")
@@ -177,12 +195,11 @@ def check_keras(path: Path, limits: FileLimits) -> None:
         with zipfile.ZipFile(path) as archive:
             if "model.weights.h5" not in archive.namelist():
                 return
-            with tempfile.TemporaryDirectory(prefix=".check-", dir=path.parent) as tmp:
-                weights = Path(tmp) / "model.weights.h5"
-                with archive.open("model.weights.h5") as src, open(weights, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1024 * 1024)
+            info = archive.getinfo("model.weights.h5")
+            # Read in place: only what the walk visits is inflated, never the whole member.
+            with archive.open(info) as weights:
                 try:
-                    check_hdf5(weights)
+                    check_hdf5(weights, info.file_size)
                 except ValueError as exc:
                     raise ValueError(f"its model.weights.h5: {exc}") from exc
     except (zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError,

@@ -106,6 +106,11 @@ class Settings(BaseSettings):
         description="Bearer tokens, comma-separated `name:token` or `name:token:admin` entries "
         "(more can be stored hashed in the database: `quanta-serve token create`).",
     )
+    max_concurrent_checks: int = Field(
+        default=2, ge=1,
+        description="Uploads whose content the API checks at once (HDF5, zip and .npz "
+        "parsing); the others wait, so that costly uploads never starve other requests.",
+    )
     allowed_hosts: str = Field(
         default="127.0.0.1,localhost,::1",
         description="Host names the API answers to, comma-separated (`*`: any); a request "

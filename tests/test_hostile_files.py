@@ -293,3 +293,76 @@ def test_every_model_load_passes_safe_mode() -> None:
                         safe[0].value, ast.Constant) and safe[0].value.value is True))
     assert calls, "no load_model call found"
     assert all(ok for *_, ok in calls), [c for c in calls if not c[2]]
+
+
+def test_a_small_keras_that_inflates_to_gigabytes_is_refused_from_its_directory(
+        upload: Any, tmp_path: Path, settings: Any) -> None:
+    """A .keras of a few hundred KB whose model.weights.h5 inflates to 400 MiB of zeros was
+    inflated to disk before it was refused; the zip's own directory says it, first."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", json.dumps(FUNCTIONAL))
+        with archive.open("model.weights.h5", "w", force_zip64=True) as member:
+            zeros = bytes(16 * 1024 * 1024)
+            for _ in range(25):
+                member.write(zeros)
+    content = buffer.getvalue()
+    assert len(content) < 1024 * 1024  # cheap to send
+    response = upload("bomb.keras", content)
+    assert response.status_code == 422, response.text
+    assert "would inflate from" in response.json()["detail"][0]["msg"]
+    # Nothing of it was unpacked beside the uploads.
+    assert not any(p.is_file() and p.stat().st_size > 2 * 1024 * 1024
+                   for p in settings.uploads_dir.parent.rglob("*"))
+
+
+def test_an_hdf5_of_too_many_groups_is_refused_before_it_is_walked_whole(
+        tmp_path: Path) -> None:
+    path = tmp_path / "many.h5"
+    with h5py.File(path, "w") as handle:
+        for i in range(10_001):
+            handle.create_group(f"g{i}")
+    with pytest.raises(ValueError, match="more than 10000 groups and datasets"):
+        check_hdf5(path)
+
+
+def test_at_most_max_concurrent_checks_uploads_are_checked_at_once(
+        client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight uploads sent at once: their content checks run two at a time (the setting's
+    default), the rest wait, and every upload is stored."""
+    import threading
+    import time
+
+    from api.routes import uploads
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+    settle = uploads._settle
+
+    def watched(*args: Any) -> Any:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.2)  # a check that takes a while
+            return settle(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(uploads, "_settle", watched)
+    content = _keras(FUNCTIONAL)
+    results: list[int] = []
+
+    def send() -> None:
+        response = client.post("/v1/uploads", files={"file": ("m.keras", content)})
+        results.append(response.status_code)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert results == [201] * 8, results
+    assert client.app.state.settings.max_concurrent_checks == 2
+    assert 1 <= most[0] <= 2, most  # without the limit, up to all eight at once

@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError
@@ -152,8 +154,11 @@ async def create_upload(request: Request, response: Response, session: SessionDe
         if first is None:
             await run_in_threadpool(quotas.check_storage, session, settings, principal.name,
                                     received.size)
-            kind, stored = await run_in_threadpool(_settle, received, declared_kind, upload_id,
-                                                   FileLimits.from_settings(settings), store)
+            # The content checks read and parse the file: a few at a time, so that one
+            # owner's uploads cannot take every thread from the others' requests.
+            kind, stored = await anyio.to_thread.run_sync(
+                _settle, received, declared_kind, upload_id, FileLimits.from_settings(settings),
+                store, limiter=_checks(request, settings.max_concurrent_checks))
             filename = _clean_name(received.filename) or stored.rsplit("/", 1)[-1]
             upload = await run_in_threadpool(
                 _record, session, upload_id=upload_id, kind=kind, filename=filename,
@@ -175,6 +180,14 @@ async def create_upload(request: Request, response: Response, session: SessionDe
     await run_in_threadpool(_discard, received.path, store, upload_id)  # a replay keeps the first
     mark_replayed(response)
     return upload_out(first)
+
+
+def _checks(request: Request, limit: int) -> anyio.CapacityLimiter:
+    """The app's limiter of concurrent upload checks (made in the event loop, once)."""
+    state = request.app.state
+    if getattr(state, "upload_checks", None) is None:
+        state.upload_checks = anyio.CapacityLimiter(limit)
+    return state.upload_checks
 
 
 def _discard(received: Path, store: ArtifactStore, upload_id: str) -> None:
