@@ -172,7 +172,8 @@ def test_api_process_never_imports_tensorflow(tmp_path: Path) -> None:
     """)
     env = service_env(database_url=f"sqlite:///{tmp_path / 'q.db'}",
                       broker_url=f"sqla+sqlite:///{tmp_path / 'b.db'}",
-                      artifacts_dir=tmp_path / "artifacts")
+                      artifacts_dir=tmp_path / "artifacts",
+                      allowed_hosts="testserver")  # the test client's host name
     done = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

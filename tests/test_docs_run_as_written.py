@@ -78,6 +78,7 @@ def service(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # every README example trains: minutes, more on a busy machine
 def test_the_readme_runs_as_written(service: LiveService, tmp_path: Path) -> None:
     done = _run(README, service, tmp_path, timeout=1500)
     out = done.stdout

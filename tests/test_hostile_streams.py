@@ -23,7 +23,7 @@ class OpenStream:
 
     def __init__(self, server: Server, job_id: str, token: str) -> None:
         self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        self.sock.sendall(f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\n"
+        self.sock.sendall(f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                           f"Authorization: Bearer {token}\r\n\r\n".encode())
         self.data = b""
         while b"\r\n\r\n" not in self.data:

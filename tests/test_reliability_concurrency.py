@@ -183,7 +183,7 @@ def chunked(total: int, size: int = 64 * 1024, prefix: bytes = b"") -> Iterator[
 def head(path: str, content_type: str, length: int | None = None) -> bytes:
     size = (f"Content-Length: {length}" if length is not None
             else "Transfer-Encoding: chunked")
-    return (f"POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TOKEN}\r\n"
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
             f"Content-Type: {content_type}\r\n{size}\r\n\r\n").encode()
 
 

@@ -401,7 +401,13 @@ def test_quanta_serve_starts_and_stops_cleanly(tmp_path: Path, workers: int) -> 
     try:
         base = f"http://127.0.0.1:{port}"
         assert wait_http(f"{base}/healthz", process).json() == {"status": "ok"}
-        assert httpx.get(f"{base}/readyz").status_code == 200
+        # Ready once the database and broker answer and, when it starts workers, one beats.
+        deadline = time.monotonic() + 180
+        while (ready := httpx.get(f"{base}/readyz", timeout=5)).status_code != 200:
+            assert ready.json()["workers"] == 0 and workers, ready.json()
+            assert time.monotonic() < deadline, "no worker became ready"
+            time.sleep(0.3)
+        assert ready.json()["workers"] == workers
         if workers:
             response = httpx.post(f"{base}/v1/jobs", json={"kind": "source", "spec": {
                 "source_task": "digits", "show_only_build": True, "width_multiplier": 0.0625}})
