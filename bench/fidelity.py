@@ -171,6 +171,9 @@ def main() -> None:
                     results["reference"].setdefault(layer, []).append(final_values(out))
                     line += f", reference {results['reference'][layer][-1][0]:.4f}"
                 print(line, flush=True)
+                if args.json:  # what is measured so far survives an interrupted run
+                    Path(args.json).write_text(json.dumps(
+                        {"run": vars(args), "raw": results, "partial": True}, default=str))
 
     rows = summarise(results)
     report = {"run": vars(args) | {"source_test_accuracy": source_accuracy},
