@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +59,14 @@ class LiveService:
                 self.process.kill()
                 self.process.wait()
         self._handle.close()
+
+
+@contextmanager
+def running_service(root: Path, workers: int = 1, **settings: Any) -> Iterator[LiveService]:
+    """A `LiveService` that answers, stopped when the block ends (for module fixtures)."""
+    live = LiveService(root, workers=workers, **settings)
+    try:
+        live.wait_ready()
+        yield live
+    finally:
+        live.stop()

@@ -11,7 +11,6 @@ shows nothing. Screenshots go to $QUANTA_SCREENSHOTS (default: the test's folder
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import signal
@@ -25,23 +24,14 @@ from typing import Any
 
 import httpx
 import pytest
+from browser import NEEDS_BROWSER, chromium
 from conftest import free_port, service_env
 
-CHROMIUM = Path("/usr/bin/chromium")
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync"]
 TOKEN = "dashboard-test-token-0123456789"
 #: Waits on real training: generous, for a loaded machine (a few seconds each when idle).
 WAIT_MS = 900_000
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="no /usr/bin/chromium (apt-get install chromium)"),
-    pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
-                       reason="playwright is not installed (pip install -e '.[test]')"),
-]
+pytestmark = [pytest.mark.slow, *NEEDS_BROWSER]
 
 
 def start_server(tmp: Path, workers: int, **settings: Any) -> SimpleNamespace:
@@ -89,15 +79,8 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                              args=BROWSER_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from doc_blocks import DOCUMENTS, REPO, blocks, script
-from live_service import LiveService
+from live_service import LiveService, running_service
 
 README = REPO / "README.md"
 #: λ_s when training starts (the QUANTA layer's initial weights).
@@ -69,12 +69,8 @@ def _run(document: Path, service: LiveService, work: Path, timeout: float
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory):
-    live = LiveService(tmp_path_factory.mktemp("service"), workers=1)
-    try:
-        live.wait_ready()
+    with running_service(tmp_path_factory.mktemp("service")) as live:
         yield live
-    finally:
-        live.stop()
 
 
 @pytest.mark.slow

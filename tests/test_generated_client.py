@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from live_service import LiveService
+from live_service import running_service
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATOR = shutil.which("openapi-python-client", path=str(Path(sys.executable).parent))
@@ -24,12 +24,8 @@ GENERATOR = shutil.which("openapi-python-client", path=str(Path(sys.executable).
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    live = LiveService(tmp_path_factory.mktemp("generated-client"), workers=1)
-    try:
-        live.wait_ready()
+    with running_service(tmp_path_factory.mktemp("generated-client")) as live:
         yield live
-    finally:
-        live.stop()
 
 
 def _generate(schema: bytes, root: Path) -> Any:

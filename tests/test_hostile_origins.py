@@ -10,19 +10,16 @@ the service, as any site the user visits could."""
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import threading
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from live_service import LiveService
+from browser import NEEDS_BROWSER, chromium
+from live_service import LiveService, running_service
 
-CHROMIUM = Path("/usr/bin/chromium")
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--host-resolver-rules=MAP evil.example 127.0.0.1"]
+#: A rebinding DNS server's answer, as Chromium's own resolver rule.
+REBOUND = "--host-resolver-rules=MAP evil.example 127.0.0.1"
 
 
 @pytest.fixture
@@ -98,34 +95,16 @@ def test_quanta_serve_answers_to_the_address_it_listens_on(settings: Any,
 
 
 # --- the real attacks, in a real browser ----------------------------------------------------
-needs_browser = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium"),
-    pytest.mark.skipif(importlib.util.find_spec("playwright") is None,
-                       reason="playwright is not installed"),
-]
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    live = LiveService(tmp_path_factory.mktemp("service"), workers=0)
-    try:
-        live.wait_ready()
+    with running_service(tmp_path_factory.mktemp("service"), workers=0) as live:
         yield live
-    finally:
-        live.stop()
 
 
 @pytest.fixture(scope="module")
 def browser() -> Any:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                              args=BROWSER_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium(REBOUND) as launched:
+        yield launched
 
 
 def _attacker_site(html: str) -> tuple[str, http.server.ThreadingHTTPServer]:
@@ -148,8 +127,8 @@ def _attacker_site(html: str) -> tuple[str, http.server.ThreadingHTTPServer]:
     return f"http://127.0.0.2:{server.server_address[1]}/", server
 
 
-@needs_browser[0]
-@needs_browser[1]
+@NEEDS_BROWSER[0]
+@NEEDS_BROWSER[1]
 def test_a_rebinding_page_is_refused(service: LiveService, browser: Any) -> None:
     page = browser.new_page()
     try:
@@ -166,8 +145,8 @@ def test_a_rebinding_page_is_refused(service: LiveService, browser: Any) -> None
         page.close()
 
 
-@needs_browser[0]
-@needs_browser[1]
+@NEEDS_BROWSER[0]
+@NEEDS_BROWSER[1]
 def test_another_sites_form_and_no_cors_requests_change_nothing(service: LiveService,
                                                                  browser: Any) -> None:
     api = httpx.Client(base_url=service.url, timeout=30)
