@@ -162,12 +162,6 @@ def read_keras_config(path: Path, limits: FileLimits) -> dict[str, Any]:
                                  f"({', '.join(extra[:5]) or 'duplicate names'}); expected "
                                  f"{', '.join(sorted(KERAS_MEMBERS))}")
             unpacked = sum(i.file_size for i in infos)
-            for info in infos:  # from the zip's directory: nothing is inflated yet
-                if (info.file_size > RATIO_FREE_BYTES
-                        and info.file_size > MAX_UNPACK_RATIO * max(1, info.compress_size)):
-                    raise ValueError(f"its {info.filename} would inflate from "
-                                     f"{info.compress_size} to {info.file_size} bytes, more "
-                                     f"than {MAX_UNPACK_RATIO} times: a saved model's do not")
             if unpacked > limits.max_unpacked_bytes:
                 raise ValueError(f"its members are {unpacked} bytes unpacked, over the limit of "
                                  f"{limits.max_unpacked_bytes}")
@@ -175,6 +169,12 @@ def read_keras_config(path: Path, limits: FileLimits) -> dict[str, Any]:
             if size > MAX_CONFIG_BYTES:  # a zip bomb would fill the memory when read
                 raise ValueError(f"its config.json is {size} bytes unpacked; a model's "
                                  f"config is under {MAX_CONFIG_BYTES} bytes")
+            for info in infos:  # from the zip's directory: nothing is inflated yet
+                if (info.file_size > RATIO_FREE_BYTES
+                        and info.file_size > MAX_UNPACK_RATIO * max(1, info.compress_size)):
+                    raise ValueError(f"its {info.filename} would inflate from "
+                                     f"{info.compress_size} to {info.file_size} bytes, more "
+                                     f"than {MAX_UNPACK_RATIO} times: a saved model's do not")
             config = json.loads(archive.read("config.json"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError("its config.json is not valid JSON") from exc

@@ -17,7 +17,12 @@ import numpy as np
 import pytest
 
 from quanta_jobs.errors import Invalid
-from quanta_jobs.file_checks import FileLimits, check_hdf5, check_spec_files
+from quanta_jobs.file_checks import (
+    FileLimits,
+    check_hdf5,
+    check_spec_files,
+    read_keras_config,
+)
 from quanta_spec import TransferSpec
 
 SECRET = b"QUANTA_DATABASE_URL=postgresql://quanta:hunter2@db/quanta\n"
@@ -295,10 +300,7 @@ def test_every_model_load_passes_safe_mode() -> None:
     assert all(ok for *_, ok in calls), [c for c in calls if not c[2]]
 
 
-def test_a_small_keras_that_inflates_to_gigabytes_is_refused_from_its_directory(
-        upload: Any, tmp_path: Path, settings: Any) -> None:
-    """A .keras of a few hundred KB whose model.weights.h5 inflates to 400 MiB of zeros was
-    inflated to disk before it was refused; the zip's own directory says it, first."""
+def _bomb() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("config.json", json.dumps(FUNCTIONAL))
@@ -306,11 +308,23 @@ def test_a_small_keras_that_inflates_to_gigabytes_is_refused_from_its_directory(
             zeros = bytes(16 * 1024 * 1024)
             for _ in range(25):
                 member.write(zeros)
-    content = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def test_a_small_keras_that_inflates_to_gigabytes_is_refused_from_its_directory(
+        upload: Any, tmp_path: Path, settings: Any) -> None:
+    """A .keras of a few hundred KB whose model.weights.h5 inflates to 400 MiB of zeros was
+    inflated to disk before it was refused; the zip's own directory says it, first (here
+    its total, over these tests' small upload limit; under the default limit of 1 GiB,
+    its ratio: `read_keras_config` below)."""
+    content = _bomb()
     assert len(content) < 1024 * 1024  # cheap to send
     response = upload("bomb.keras", content)
     assert response.status_code == 422, response.text
-    assert "would inflate from" in response.json()["detail"][0]["msg"]
+    assert "bytes unpacked, over the limit" in response.json()["detail"][0]["msg"]
+    (tmp_path / "bomb.keras").write_bytes(content)
+    with pytest.raises(ValueError, match=r"would inflate from .* more than 50 times"):
+        read_keras_config(tmp_path / "bomb.keras", FileLimits())
     # Nothing of it was unpacked beside the uploads.
     assert not any(p.is_file() and p.stat().st_size > 2 * 1024 * 1024
                    for p in settings.uploads_dir.parent.rglob("*"))
