@@ -346,9 +346,9 @@ export function renderSubmit(root, kind, params, navigate) {
         else put(general, h("span", { class: "ferr" }, `${error.status}: see the fields marked in red`));
       }
     });
-    put(body, form);
     for (const [name, value] of Object.entries(FORM_START)) if (byName.has(name)) byName.get(name).fill(value);
-    // ?from=ID: a finished source job, to measure its transferability.
+    // ?from=ID: a finished source job, to measure its transferability. The form is shown only
+    // once filled, so what the user (or a test) first sees is what will be submitted.
     const from = params.get("from");
     if (from) {
       const source = await api(`/v1/jobs/${from}`, { signal: controller.signal });
@@ -359,6 +359,7 @@ export function renderSubmit(root, kind, params, navigate) {
       if (kind === "source") fill("train_from_previous_training", { job: from });
       else fill("source_weights", { job: from });
     }
+    put(body, form);
     preview.textContent = JSON.stringify({ kind, spec: collect() });
   })().catch((error) => {
     if (error.name === "AbortError" || (error instanceof ApiError && error.status === 401)) return;
