@@ -16,10 +16,11 @@ from typing import Annotated
 from fastapi import Header, Response
 
 from quanta_jobs.errors import Invalid
+from quanta_jobs.submissions import HEADER, LOC, reused
 
-HEADER = "Idempotency-Key"
+__all__ = ["HEADER", "IdempotencyKey", "check_key", "mark_replayed", "reused"]
+
 REPLAYED_HEADER = "Idempotent-Replayed"
-LOC = ("header", HEADER)
 #: Visible ASCII, up to the column's 255 characters (a UUID is typical).
 KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 
@@ -41,12 +42,6 @@ def check_key(key: str | None) -> str | None:
         raise Invalid("Idempotency-Key must be 1 to 255 visible ASCII characters",
                       loc=LOC)
     return key
-
-
-def reused(key: str, what: str) -> Invalid:
-    """The error for a key already used by a different request."""
-    return Invalid(f"Idempotency-Key '{key}' was already used for a different {what}; "
-                   "use a new key for a new request", loc=LOC)
 
 
 def mark_replayed(response: Response) -> None:

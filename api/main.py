@@ -26,6 +26,7 @@ from api.origin_guard import OriginGuard, parse_hosts
 from api.request_guard import RejectNul
 from api.routes import dashboard, health, jobs, studies, uploads
 from api.schemas import ErrorBody
+from quanta_jobs import upload_holds
 from quanta_jobs.db import make_engine, make_sessionmaker
 from quanta_jobs.errors import Conflict, ServiceError
 from quanta_jobs.job_state import IllegalTransition
@@ -33,6 +34,7 @@ from quanta_jobs.migrate import upgrade
 from quanta_jobs.queue import make_celery
 from quanta_jobs.recovery import sweep
 from quanta_jobs.settings import Settings, get_settings
+from quanta_jobs.store import work_dir
 from quanta_jobs.tokens import parse_env_tokens
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings.ensure_dirs()
     if settings.migrate_on_start:
         await run_in_threadpool(upgrade, settings.database_url)
+    await run_in_threadpool(_free_orphan_uploads, app)
     task = None
     if settings.requeue_interval_s > 0:
         task = asyncio.create_task(_resend_loop(app, settings.requeue_interval_s))
@@ -76,6 +79,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         app.state.engine.dispose()
+
+
+def _free_orphan_uploads(app: FastAPI) -> None:
+    """What uploads cut short by this host's dead API processes left: their holds on the
+    storage quota and their partial files (`quanta_jobs.upload_holds`)."""
+    settings: Settings = app.state.settings
+    try:
+        with app.state.sessionmaker() as session:
+            holds, files = upload_holds.free_orphans(
+                session, work_dir(settings, "uploads", ""))
+    except Exception:  # a database not migrated yet: the requests will say so
+        log.warning("could not free the holds of interrupted uploads", exc_info=True)
+        return
+    if holds or files:
+        log.info("freed %d hold(s) and %d partial file(s) of interrupted uploads", holds, files)
 
 
 async def _service_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -15,6 +15,7 @@ and text fields, `MULTIPART_OVERHEAD`) each have a ceiling, past which the uploa
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -25,6 +26,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from quanta_jobs.errors import Invalid, ServiceError, TooLarge
+from quanta_jobs.upload_holds import partial_name
 from quanta_spec.files import partial_path
 
 #: Bytes a text form field may hold (the `kind` field is a word).
@@ -122,7 +124,7 @@ class _Receiver:
             raise Invalid("send one file per upload", loc=("body", self.file_field))
         self._is_file = True
         filename = options[b"filename"].decode("utf-8", "replace")
-        partial = partial_path(self.dest, "upload")
+        partial = partial_path(self.dest, partial_name())  # names this process (orphans)
         self.form.file = ReceivedFile(filename=filename, path=partial)
         self.handle = open(partial, "wb")  # noqa: SIM115 - closed in receive_upload
 
@@ -169,10 +171,13 @@ def _feed(parser: MultipartParser, receiver: _Receiver, data: bytes) -> None:
 
 
 async def receive_upload(
-    request: Request, dest: Path, max_bytes: int, file_field: str = "file"
+    request: Request, dest: Path, max_bytes: int,
+    arriving: Callable[[int], Awaitable[None]] | None = None, file_field: str = "file",
 ) -> ReceivedForm:
     """Parse the multipart body; the file lands in `dest/.upload.*.partial` (the caller renames it).
 
+    `arriving(size)` is awaited with the file's size so far after each megabyte written
+    (the storage quota counts them as they come; it may raise to stop the upload).
     Raises `TooLarge` past `max_bytes`, `Invalid` for a malformed body; on error the
     partial file is removed.
     """
@@ -196,7 +201,11 @@ async def receive_upload(
             if size >= FEED_BYTES:
                 data, buffered, size = b"".join(buffered), [], 0
                 await anyio.to_thread.run_sync(_feed, parser, receiver, data)
+                if arriving is not None and receiver.form.file is not None:
+                    await arriving(receiver.form.file.size)
         await anyio.to_thread.run_sync(_feed, parser, receiver, b"".join(buffered))
+        if arriving is not None and receiver.form.file is not None:
+            await arriving(receiver.form.file.size)
         parser.finalize()
     except BaseException as exc:
         if receiver.handle is not None:

@@ -119,6 +119,11 @@ class Dataset:
                 raise ValueError("a Dataset holds uint8 (N, H, W, C) images and int64 (N,) labels")
 
     @property
+    def nbytes(self) -> int:
+        """The bytes its four arrays hold."""
+        return sum(int(getattr(self, key).nbytes) for key in _KEYS)
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         """(H, W, C), the shape a model's input layer needs."""
         h, w, c = self.x_train.shape[1:]
@@ -143,7 +148,9 @@ def default_data_dir() -> Path:
 
 
 # Decoded datasets, most recently used last: key (task, paths) -> (file stamps, Dataset).
-_CACHE: LRU[tuple[Any, ...], tuple[tuple[Any, ...], Dataset]] = LRU(size=8)
+# A worker bounds it in bytes too (`limit_cache`): its jobs' datasets come and go.
+_CACHE: LRU[tuple[Any, ...], tuple[tuple[Any, ...], Dataset]] = LRU(
+    size=8, weigh=lambda item: item[1].nbytes)
 # One load at a time: also stops two threads from downloading the same file.
 _LOCK = threading.RLock()
 
@@ -152,6 +159,19 @@ def clear_cache() -> None:
     """Forget every decoded dataset (tests, or to free memory)."""
     with _LOCK:
         _CACHE.clear()
+
+
+def limit_cache(max_bytes: int | None) -> None:
+    """Keep at most `max_bytes` of decoded datasets between loads (None: no bound; 0:
+    none). A dataset larger than the bound is decoded for its job and not kept."""
+    with _LOCK:
+        _CACHE.resize(_CACHE.size, max_bytes)
+
+
+def cache_usage() -> tuple[int, int]:
+    """(datasets kept, their bytes)."""
+    with _LOCK:
+        return len(_CACHE), _CACHE.bytes
 
 
 def load_dataset(

@@ -161,6 +161,20 @@ class Upload(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
+class UploadHold(Base):
+    """Bytes an upload still streaming holds against its owner's storage quota
+    (`quanta_jobs.upload_holds`): concurrent uploads cannot all count the same free room."""
+
+    __tablename__ = "upload_holds"
+    __table_args__ = (Index("ix_upload_holds_owner", "owner"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    holder: Mapped[str] = mapped_column(String(255), doc="`pid@host` of the API process.")
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class ApiToken(Base):
     """A bearer token stored as its SHA-256 (the token itself is shown once, at creation)."""
 

@@ -86,14 +86,18 @@ def stored_bytes(session: Session, owner: str) -> int:
     return int(uploads) + int(files)
 
 
-def check_storage(session: Session, settings: Settings, owner: str, adding: int = 0) -> None:
-    """507 when `owner` keeps (or would keep, with `adding` more) over its quota."""
+def check_storage(session: Session, settings: Settings, owner: str, adding: int = 0,
+                  held: int = 0) -> None:
+    """507 when `owner` keeps (or would keep, with the `held` bytes of its uploads still
+    streaming and `adding` more) over its quota."""
     cap = settings.max_stored_bytes_per_owner
     if not cap:
         return
     used = stored_bytes(session, owner)
-    if used + adding > cap:
+    if used + held + adding > cap:
+        extra = "".join([f" (+{held} of uploads in progress)" if held else "",
+                         f" (+{adding} new)" if adding else ""])
         raise InsufficientStorage(
-            f"you keep {used} bytes of uploads and job files{f' (+{adding} new)' if adding else ''}"
+            f"you keep {used} bytes of uploads and job files{extra}"
             f", over the quota of {cap} (QUANTA_MAX_STORED_BYTES_PER_OWNER); delete uploads "
             "(DELETE /v1/uploads/{id}) or finished jobs (DELETE /v1/jobs/{id}) first")

@@ -126,6 +126,12 @@ class Settings(BaseSettings):
         description="Bytes the arrays of an uploaded .npz may declare in all (checked from "
         "their headers at upload and again before a worker loads them); more is a 422.",
     )
+    dataset_cache_bytes: int = Field(
+        default=2 * GiB, ge=0,
+        description="Bytes of decoded datasets a worker keeps between jobs (the least "
+        "recently used go first; 0: none). A larger dataset is decoded for its job and "
+        "freed after it; what one job may decode is bounded by QUANTA_MAX_DATASET_BYTES.",
+    )
     max_image_side: int = Field(
         default=128, gt=0,
         description="Largest image height or width of an uploaded dataset (the networks' "
@@ -159,6 +165,14 @@ class Settings(BaseSettings):
         default=100 * GiB, ge=0,
         description="Bytes of uploads and job files a token may keep (0: no quota); past "
         "it uploads and submissions get 507.",
+    )
+    upload_hold_s: float = Field(
+        default=600.0, gt=0,
+        description="An upload counts against its owner's storage quota while it streams; a "
+        "hold not refreshed for this long (the upload stalled, or the API process receiving "
+        "it died on another host) stops counting, and the upload is checked again at its "
+        "end. The API that restarts on the same host frees its dead processes' holds and "
+        "partial files at once.",
     )
     max_streams_per_token: int = Field(
         default=8, ge=0,

@@ -20,13 +20,19 @@ __all__ = ["LRU"]
 class LRU(Generic[K, V]):
     """At most `size` values by key; the least recently used goes first (0 keeps none).
 
+    With `weigh` (a value's size in bytes), also at most `max_bytes` in all (None: no
+    bound): a value heavier than the bound alone is returned by `get` but not kept.
     Not locked: callers that share one between threads hold their own lock.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, weigh: Callable[[V], int] | None = None,
+                 max_bytes: int | None = None) -> None:
         if size < 0:
             raise ValueError(f"an LRU cache holds at least 0 items, got {size}")
         self.size = size
+        self.weigh = weigh
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what the values kept weigh (0 without `weigh`)
         self._items: OrderedDict[K, V] = OrderedDict()
 
     def get(self, key: K, make: Callable[[], V]) -> V:
@@ -46,23 +52,32 @@ class LRU(Generic[K, V]):
         return self._items[key]
 
     def put(self, key: K, value: V) -> None:
+        if key in self._items:
+            self.bytes -= self._weight(self._items.pop(key))
         self._items[key] = value
-        self._items.move_to_end(key)
+        self.bytes += self._weight(value)
         self._trim()
 
-    def resize(self, size: int) -> None:
-        """Keep at most `size` values from now on, dropping the oldest beyond it."""
+    def resize(self, size: int, max_bytes: int | None = None) -> None:
+        """Keep at most `size` values (and `max_bytes`, None: no bound) from now on,
+        dropping the oldest beyond them."""
         if size < 0:
             raise ValueError(f"an LRU cache holds at least 0 items, got {size}")
-        self.size = size
+        self.size, self.max_bytes = size, max_bytes
         self._trim()
 
     def clear(self) -> None:
         self._items.clear()
+        self.bytes = 0
+
+    def _weight(self, value: V) -> int:
+        return self.weigh(value) if self.weigh is not None else 0
 
     def _trim(self) -> None:
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        while self._items and (len(self._items) > self.size or (
+                self.max_bytes is not None and self.bytes > self.max_bytes)):
+            _, value = self._items.popitem(last=False)
+            self.bytes -= self._weight(value)
 
     def __contains__(self, key: object) -> bool:
         return key in self._items

@@ -106,17 +106,23 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     return url
 
 
-@pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Any:
-    """Settings on the backend under test, with empty tables and private folders."""
+def empty_tables(database_url: str) -> None:
+    """Remove the rows earlier tests left in a (session-wide) migrated database."""
     from quanta_jobs.db import make_engine
-    from quanta_jobs.settings import Settings
 
     engine = make_engine(database_url)
     with engine.begin() as conn:
-        for table in ("artifacts", "jobs", "uploads"):
+        for table in ("artifacts", "jobs", "uploads", "upload_holds"):
             conn.execute(text(f"DELETE FROM {table}"))
     engine.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Any:
+    """Settings on the backend under test, with empty tables and private folders."""
+    from quanta_jobs.settings import Settings
+
+    empty_tables(database_url)
     return Settings(
         database_url=database_url,
         broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",

@@ -16,18 +16,18 @@ from conftest import free_port, service_env
 
 class LiveService:
     """`python -m api.serve --port P --workers N` on the embedded SQLite database and broker
-    under `root`; its output goes to `root/serve.log`."""
+    under `root` (or the `database_url` given); its output goes to `root/serve.log`."""
 
     def __init__(self, root: Path, workers: int = 1, **settings: Any) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = service_env(
-            database_url=f"sqlite:///{root / 'quanta.db'}",
-            broker_url=f"sqla+sqlite:///{root / 'broker.db'}",
-            artifacts_dir=root / "artifacts", uploads_dir=root / "uploads",
-            requeue_interval_s=2, **settings)
+        self.env = service_env(**{
+            "database_url": f"sqlite:///{root / 'quanta.db'}",
+            "broker_url": f"sqla+sqlite:///{root / 'broker.db'}",
+            "artifacts_dir": root / "artifacts", "uploads_dir": root / "uploads",
+            "requeue_interval_s": 2, **settings})
         self.log = root / "serve.log"
         self._handle = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(

@@ -246,6 +246,27 @@ def test_cache_of_npz_tasks(tmp_path: Path) -> None:
     assert d.name == "mine" and load_dataset(f"npz:{path}") is d
 
 
+def test_the_cache_is_bounded_in_bytes(tmp_path: Path) -> None:
+    """A worker's jobs bring datasets of any size: past the bound the oldest go, and one
+    larger than the bound is returned for its job but not kept."""
+    paths = [write_mnist(tmp_path / f"d{i}.npz") for i in range(3)]
+    one = load_dataset(f"npz:{paths[0]}").nbytes
+    ds.clear_cache()
+    try:
+        ds.limit_cache(2 * one)
+        for path in paths:
+            load_dataset(f"npz:{path}")
+        assert ds.cache_usage() == (2, 2 * one)  # the first one went
+        assert load_dataset(f"npz:{paths[2]}") is load_dataset(f"npz:{paths[2]}")
+        ds.limit_cache(one - 1)
+        assert ds.cache_usage() == (0, 0)
+        big = load_dataset(f"npz:{paths[0]}")
+        assert big.nbytes == one and ds.cache_usage() == (0, 0)
+    finally:
+        ds.limit_cache(None)
+        ds.clear_cache()
+
+
 # --- user .npz files -------------------------------------------------------------------
 
 

@@ -433,3 +433,14 @@ def test_quanta_serve_starts_and_stops_cleanly(tmp_path: Path, workers: int) -> 
         # the worker subprocess is gone too
         assert subprocess.run(["pgrep", "-g", str(process.pid)],
                               capture_output=True).returncode != 0
+
+
+def test_every_setting_is_documented() -> None:
+    """A limit users cannot find is a limit they hit blind: each field of `Settings` has
+    its row in the settings table of docs/service.md."""
+    from quanta_jobs.settings import Settings
+
+    table = (REPO / "docs" / "service.md").read_text()
+    missing = [f"QUANTA_{name.upper()}" for name in Settings.model_fields
+               if f"`QUANTA_{name.upper()}`" not in table]
+    assert not missing, f"settings missing from docs/service.md: {missing}"

@@ -277,7 +277,17 @@ class JobRunner:
                     job_id, worker, job.kind, local, files.output,
                     checkpoint_dir=files.checkpoints, heartbeat=heartbeat, attempt=attempt,
                     files=files)
+                self._log_datasets_kept(job_id)
         return self._end(job_id, worker, attempt, status, fields, files)
+
+    def _log_datasets_kept(self, job_id: str) -> None:
+        """What the decoded datasets this process keeps between jobs weigh, against their
+        bound: the memory a worker holds when idle."""
+        from quanta.datasets import cache_usage
+
+        kept, held = cache_usage()
+        log.info("job %s: decoded datasets kept: %d, %d bytes (QUANTA_DATASET_CACHE_BYTES "
+                 "= %d)", job_id, kept, held, self.settings.dataset_cache_bytes)
 
     def _claim_retrying(self, session: Session, job_id: str, worker: str) -> Job | Outcome:
         """`_claim`, retried while the database is unreachable (then DatabaseUnavailable:
@@ -458,11 +468,13 @@ class JobRunner:
         With `checkpoint_dir`, the library saves each epoch there and resumes from it.
         None as the status: the job is not this attempt's any more (taken over, or its
         heartbeat was lost for `heartbeat_loss_s`); nothing is to be recorded."""
+        from quanta import datasets as quanta_datasets
         from quanta.datasets import DatasetError
         from quanta.errors import Cancelled, QuantaError
         from quanta.experiment import TRACED_MODELS, run_transfer, train_source
 
         TRACED_MODELS.resize(self.settings.traced_models)
+        quanta_datasets.limit_cache(self.settings.dataset_cache_bytes)
 
         cancel_check = CancelCheck(self, job_id, worker, heartbeat, attempt)
         hooks: dict[str, Any] = {

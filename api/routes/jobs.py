@@ -9,13 +9,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic_core import to_json
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
 from api.artifacts import content_type, stream_object, zip_stream
 from api.auth import PrincipalDep
 from api.deps import CeleryDep, SessionDep, SettingsDep
-from api.idempotency import IdempotencyKey, check_key, mark_replayed, reused
+from api.idempotency import IdempotencyKey, check_key, mark_replayed
 from api.pagination import next_page
 from api.schemas import (
     MAX_OFFSET,
@@ -31,12 +30,10 @@ from api.schemas import (
     Progress,
     StudyProgress,
 )
-from quanta_jobs import attempts, crud, job_events, quotas, source_network, studies
-from quanta_jobs.errors import Conflict, NotFound, TooManyRequests
+from quanta_jobs import attempts, crud, studies, submissions
+from quanta_jobs.errors import Conflict, NotFound
 from quanta_jobs.job_state import TERMINAL, JobStatus
 from quanta_jobs.models import Job
-from quanta_jobs.queue import enqueue
-from quanta_jobs.refs import resolve_spec
 from quanta_jobs.store import InvalidKey
 from quanta_jobs.store import check_key as check_store_key
 
@@ -127,56 +124,13 @@ def create_job(
     the field, a job that has not succeeded yet a 409. With an `Idempotency-Key`, a
     retry returns the first job (200, `Idempotent-Replayed: true`), never a second one.
     """
-    key = check_key(idempotency_key)
-    spec = body.spec.model_dump(mode="json")
-    owner = principal.name
-    if key is not None and (first := crud.job_by_idempotency_key(session, owner, key)):
-        return _replay(first, body.kind, spec, key, response)
-    local = resolve_spec(session, settings, body.spec, owner=principal.owner_filter)
-    network = source_network.network_of(local)  # the job keeps the weights file's network
-    if network is not None and spec.get("architecture") is None:
-        spec["architecture"] = network
-    new_jobs = body.spec.nb_of_jobs if body.kind == studies.KIND else 1
-    quotas.check_work(settings, local)  # one job (for a study: each of its jobs)
-    if body.kind == studies.KIND:
-        quotas.check_work(settings, local, study_jobs=new_jobs,
-                          study_witnesses=body.spec.max_runs if body.spec.witness else 0)
-    cap = settings.max_queued_per_owner
-    if cap and (queued := crud.count_queued(session, owner)) + new_jobs > cap:
-        adding = f" and this request adds {new_jobs}" if new_jobs > 1 else ""
-        raise TooManyRequests(f"you have {queued} queued jobs{adding}; {cap} queued jobs "
-                              "are the most allowed (QUANTA_MAX_QUEUED_PER_OWNER); wait for "
-                              "some to start, or cancel some")
-    quotas.check_storage(session, settings, owner)
-    try:
-        job = crud.create_job(session, body.kind, spec, owner=owner, idempotency_key=key)
-        if job.kind == studies.KIND:
-            studies.add_children(session, job)  # they inherit its owner
-        session.commit()
-    except IntegrityError:
-        session.rollback()  # a concurrent request with the same key won the insert
-        first = crud.job_by_idempotency_key(session, owner, key) if key else None
-        if first is None:
-            raise
-        log.info("Idempotency-Key race lost to job %s: replaying it", first.id)
-        return _replay(first, body.kind, spec, key or "", response)
-    job_events.record_status(session, job)
-    if job.kind == studies.KIND:
-        studies.enqueue_children(celery, session, job)
-    else:
-        enqueue(celery, session, [job.id])
-    response.headers["Location"] = f"{PREFIX}/{job.id}"
-    return job_out(job)
-
-
-def _replay(first: Job, kind: str, spec: dict[str, object], key: str,
-            response: Response) -> JobOut:
-    """The job a first request with this key created, if this request is the same."""
-    if first.kind != kind or not source_network.same_request(first.spec, spec):
-        raise reused(key, "job")
-    mark_replayed(response)
-    response.headers["Location"] = f"{PREFIX}/{first.id}"
-    return job_out(first)
+    submitted = submissions.submit(session, settings, celery, body.kind, body.spec,
+                                   principal.name, principal.owner_filter,
+                                   check_key(idempotency_key))
+    if submitted.replayed:
+        mark_replayed(response)
+    response.headers["Location"] = f"{PREFIX}/{submitted.job.id}"
+    return job_out(submitted.job)
 
 
 @router.get("", response_model=JobPage, summary="List jobs, newest first")

@@ -16,14 +16,15 @@ from sqlalchemy.orm import Session
 from api.auth import PrincipalDep
 from api.deps import SessionDep, SettingsDep
 from api.idempotency import IdempotencyKey, check_key, mark_replayed, reused
-from api.multipart import ReceivedFile, receive_upload
+from api.multipart import MULTIPART_OVERHEAD, ReceivedFile, receive_upload
 from api.pagination import next_page
 from api.schemas import MAX_OFFSET, ErrorBody, UploadKind, UploadOut, UploadPage
 from api.upload_check import KINDS, check, sniff_kind, stored_name
-from quanta_jobs import crud, quotas
+from quanta_jobs import crud, upload_holds
 from quanta_jobs.errors import Conflict, Invalid
 from quanta_jobs.file_checks import FileLimits
 from quanta_jobs.models import Upload, new_id
+from quanta_jobs.settings import Settings
 from quanta_jobs.store import ArtifactStore, store_from_settings, work_dir
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,12 @@ def _clean_name(filename: str) -> str:
     return "".join(c for c in name if c.isprintable())[:255]
 
 
-def _record(session: Session, **fields: str | int | None) -> Upload | None:
-    """Insert the upload; None when a concurrent request with its idempotency key won."""
+def _record(session: Session, settings: Settings, hold: upload_holds.Hold,
+            **fields: str | int | None) -> Upload | None:
+    """Insert the upload, and drop its hold, in one transaction; None when a concurrent
+    request with its idempotency key won."""
     try:
+        upload_holds.settle(session, settings, hold, int(fields["size"] or 0))
         upload = crud.create_upload(session, **fields)  # type: ignore[arg-type]
         session.commit()
     except IntegrityError:
@@ -94,6 +98,9 @@ def _record(session: Session, **fields: str | int | None) -> Upload | None:
         if fields.get("idempotency_key") is None:
             raise
         return None
+    except BaseException:
+        session.rollback()
+        raise
     return upload
 
 
@@ -134,26 +141,34 @@ async def create_upload(request: Request, response: Response, session: SessionDe
     """
     key = check_key(idempotency_key)
     upload_id = new_id()
+    owner = principal.name
     store = store_from_settings(settings, "uploads")
     root = work_dir(settings, "uploads", "")  # the store's folder, or the cache's with a bucket
     root.mkdir(parents=True, exist_ok=True)
+    # The bytes on their way count against the quota from the first one (a request too
+    # large for the upload limit gets its 413 from the parser, not a 507 here).
     declared = request.headers.get("content-length", "")
-    await run_in_threadpool(quotas.check_storage, session, settings, principal.name,
-                            int(declared) if declared.isdigit() else 0)
-    form = await receive_upload(request, root, settings.max_upload_bytes)
-    if form.file is None:
-        raise Invalid("field required: send the file in the multipart field 'file'",
-                      loc=("body", "file"))
-    received = form.file
-    declared_kind = form.fields.get("kind")
+    expected = min(int(declared), settings.max_upload_bytes + MULTIPART_OVERHEAD) \
+        if declared.isdigit() else 0
+    hold = await run_in_threadpool(upload_holds.take, session, settings, owner, expected)
+    received = None
+
+    async def arriving(size: int) -> None:
+        if upload_holds.due(settings, hold, size):
+            await run_in_threadpool(upload_holds.grow, session, settings, hold, size)
+
     try:
+        form = await receive_upload(request, root, settings.max_upload_bytes, arriving)
+        if form.file is None:
+            raise Invalid("field required: send the file in the multipart field 'file'",
+                          loc=("body", "file"))
+        received = form.file
+        declared_kind = form.fields.get("kind")
         first = None
         if key is not None:
-            first = await run_in_threadpool(_first, session, principal.name, key, received,
+            first = await run_in_threadpool(_first, session, owner, key, received,
                                             declared_kind)
         if first is None:
-            await run_in_threadpool(quotas.check_storage, session, settings, principal.name,
-                                    received.size)
             # The content checks read and parse the file: a few at a time, so that one
             # owner's uploads cannot take every thread from the others' requests.
             kind, stored = await anyio.to_thread.run_sync(
@@ -161,22 +176,25 @@ async def create_upload(request: Request, response: Response, session: SessionDe
                 store, limiter=_checks(request, settings.max_concurrent_checks))
             filename = _clean_name(received.filename) or stored.rsplit("/", 1)[-1]
             upload = await run_in_threadpool(
-                _record, session, upload_id=upload_id, kind=kind, filename=filename,
-                path=stored, size=received.size,
-                sha256=received.sha256, owner=principal.name, idempotency_key=key,
+                _record, session, settings, hold, upload_id=upload_id, kind=kind,
+                filename=filename, path=stored, size=received.size,
+                sha256=received.sha256, owner=owner, idempotency_key=key,
             )
             if upload is not None:
                 log.info("upload %s: %s %s (%d bytes) by '%s'", upload.id, kind, filename,
-                         received.size, principal.name)
+                         received.size, owner)
                 return upload_out(upload)
             assert key is not None  # a concurrent request with this key won the insert
-            first = await run_in_threadpool(_first, session, principal.name, key, received,
+            first = await run_in_threadpool(_first, session, owner, key, received,
                                             declared_kind)
             if first is None:
                 raise RuntimeError(f"the upload with Idempotency-Key '{key}' vanished")
     except BaseException:
-        await run_in_threadpool(_discard, received.path, store, upload_id)
+        if received is not None:
+            await run_in_threadpool(_discard, received.path, store, upload_id)
         raise
+    finally:
+        await run_in_threadpool(upload_holds.release, session, hold)
     await run_in_threadpool(_discard, received.path, store, upload_id)  # a replay keeps the first
     mark_replayed(response)
     return upload_out(first)
