@@ -244,6 +244,8 @@ def serve_settings(settings: Settings, workers: int, host: str = "127.0.0.1") ->
 def serve(args: argparse.Namespace) -> int:
     import uvicorn  # here: `quanta-serve migrate` does not need it
 
+    from api.connections import guarded
+
     _Server = _server_class()
 
     from api.main import create_app
@@ -260,7 +262,8 @@ def serve(args: argparse.Namespace) -> int:
     gpus = [g for g in (args.gpus or "").split(",") if g.strip()]
     workers = start_workers(args.workers, gpus, args.log_level)
     config = uvicorn.Config(create_app(settings), host=args.host, port=args.port,
-                            log_level=args.log_level.lower(), proxy_headers=True)
+                            log_level=args.log_level.lower(), proxy_headers=True,
+                            http=guarded(settings.header_timeout_s, settings.max_connections))
     server = _Server(config, workers=args.workers)
     # What is imported and built by now lives as long as the process: out of the cyclic
     # collector's reach, full collections stop walking it. They otherwise paused a request

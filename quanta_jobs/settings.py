@@ -118,6 +118,17 @@ class Settings(BaseSettings):
         "machine cannot drive the service. quanta-serve adds the address its --host names, "
         "and uses `*` on every interface (0.0.0.0, ::), where tokens are required anyway.",
     )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="Seconds a connection has to send a request's line and headers, from "
+        "its opening or its previous response; a slower one is closed (bodies, such as "
+        "uploads, are not timed). quanta-serve only.",
+    )
+    max_connections: int = Field(
+        default=1000, ge=0,
+        description="Connections the API holds open at once; one more gets 503 and is "
+        "closed (0: no ceiling). quanta-serve only.",
+    )
     max_json_bytes: int = Field(
         default=64 * 1024, gt=0, description="Largest JSON request body; larger ones get 413."
     )
@@ -127,7 +138,7 @@ class Settings(BaseSettings):
         "their headers at upload and again before a worker loads them); more is a 422.",
     )
     dataset_cache_bytes: int = Field(
-        default=2 * GiB, ge=0,
+        default=GiB, ge=0,
         description="Bytes of decoded datasets a worker keeps between jobs (the least "
         "recently used go first; 0: none). A larger dataset is decoded for its job and "
         "freed after it; what one job may decode is bounded by QUANTA_MAX_DATASET_BYTES.",

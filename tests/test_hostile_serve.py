@@ -3,14 +3,18 @@ happens when the kernel kills one (a real serve process, real worker processes).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
 from hostile import ADMIN_TOKEN, TOKEN, Server
+from live_service import running_service
 
 
 def worker_pids(server: Server) -> list[int]:
@@ -79,3 +83,54 @@ def test_workers_die_with_a_killed_quanta_serve(tmp_path: Path) -> None:
             return state == "Z"  # ended, waiting to be reaped by init
 
         wait_for(gone, 120, f"the orphaned worker {pid} stopped", server)
+
+
+# --- slow clients ----------------------------------------------------------------------
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server closes `sock` within `within` seconds (what it sent first, such
+    as a 503, is read and skipped)."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_slow_headers_and_too_many_connections_cannot_hold_the_server(tmp_path: Path) -> None:
+    """60 clients sending their headers a byte at a time are closed after
+    QUANTA_HEADER_TIMEOUT_S; past QUANTA_MAX_CONNECTIONS a connection gets 503 at once;
+    a normal client is served all along. (Before: all held after 30 s.)"""
+    with running_service(tmp_path, workers=0, header_timeout_s=8, max_connections=50) as live:
+        slow = []
+        for _ in range(45):
+            sock = socket.create_connection(("127.0.0.1", live.port))
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+            slow.append(sock)
+        assert httpx.get(f"{live.url}/healthz", timeout=10).status_code == 200  # 46th
+        extra = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(10)]
+        refused: list[bytes] = []
+        waiting, deadline = list(extra), time.monotonic() + 5  # the refused answer at once
+        while len(refused) < 5 and time.monotonic() < deadline:
+            answered, _, _ = select.select(waiting, [], [], deadline - time.monotonic())
+            for sock in answered:
+                refused.append(sock.recv(200))
+                waiting.remove(sock)
+        assert len(refused) == 5, refused  # 50 open at most: the 51st and later
+        assert all(r.startswith(b"HTTP/1.1 503") and b"QUANTA_MAX_CONNECTIONS" in r
+                   for r in refused)
+        started = time.monotonic()
+        for i, sock in enumerate(slow):
+            if i % 5 == 0:  # a byte now and then does not keep a head alive
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"s")
+            assert closed_by_server(sock, within=30), "a slow head was held past 30 s"
+        assert time.monotonic() - started < 30
+        for sock in slow + extra:
+            sock.close()
+        assert httpx.get(f"{live.url}/healthz", timeout=10).status_code == 200
