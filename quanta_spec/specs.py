@@ -387,7 +387,8 @@ class RemoteStudySpec(RemoteTransferSpec):
     @model_validator(mode="before")
     @classmethod
     def _fill_protocol(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("protocol") in PROTOCOLS:
+        protocol = data.get("protocol") if isinstance(data, dict) else None
+        if isinstance(protocol, str) and protocol in PROTOCOLS:  # else the field says why
             preset = PROTOCOLS[data["protocol"]]
             if data.get("until") is not None:  # `until` sets the runs, not the preset
                 preset = {k: v for k, v in preset.items() if k != "nb_of_runs"}

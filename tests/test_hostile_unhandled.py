@@ -53,3 +53,14 @@ def test_bodies_python_cannot_parse_are_the_documented_400(client: Any, body: by
     response = client.post("/v1/jobs", content=body, headers=JSON)
     assert response.status_code == 400
     assert response.json() == {"detail": "There was an error parsing the body"}
+
+
+@pytest.mark.parametrize("protocol", [[], {}, ["kes2021"], 7])
+def test_a_protocol_that_is_not_a_name_is_a_422(client: Any, protocol: Any) -> None:
+    """The fuzzer sent `"protocol": []`: the preset lookup hashed the list (a 500)."""
+    response = client.post("/v1/jobs", json={"kind": "study", "spec": {
+        "source_task": "mnist", "target_task": "mnist", "source_weights": {"upload": "0"},
+        "layers": [0], "protocol": protocol}})
+    assert response.status_code == 422, response.text
+    assert any(e["loc"][-1] == "protocol" or "protocol" in e["loc"]
+               for e in response.json()["detail"]), response.text
