@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import io
 import math
-import os
 import pickle
 import tarfile
 import threading
@@ -29,10 +28,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from quanta_spec import BUILTIN_TASKS
 from quanta_spec.errors import QuantaError
 from quanta_spec.files import replacing
 from quanta_spec.lru import LRU
+from quanta_spec.tasks import BUILTIN_TASKS, TASKS, default_data_dir
 
 #: Where the official files come from; tests point these at a local server.
 _URL_BASES = {
@@ -76,15 +75,11 @@ _SHA256 = dict(
         strict=True,
     )
 )
-_TASK_FILES = {
-    "cifar10": ("cifar-10-batches-py.tar.gz",),
-    "cifar100": ("cifar-100-python.tar.gz",),
-    "mnist": ("mnist.npz",),
-    "fashion_mnist": tuple(_REMOTE)[3:],  # train labels, train images, test labels, test images
-}
+#: The files each task with files reads (`quanta_spec.tasks`, in the loader's order).
+_TASK_FILES = {name: task.files for name, task in TASKS.items() if task.files}
 _KEYS = ("x_train", "y_train", "x_test", "y_test")
 #: `digits` has no official split: the first 1440 of sklearn's 1797 images train, the rest test.
-DIGITS_TRAIN_SIZE = 1440
+DIGITS_TRAIN_SIZE = TASKS["digits"].train_size
 
 
 #: More classes than this is taken as a mistake in the labels, not a task.
@@ -136,15 +131,6 @@ class Dataset:
         if n < 1:
             raise ValueError(f"take(n) needs n >= 1 or None, got {n}")
         return replace(self, **{key: getattr(self, key)[:n] for key in _KEYS})
-
-
-def default_data_dir() -> Path:
-    """The Keras dataset cache unless QUANTA_DATA_DIR says otherwise, so files are shared."""
-    if os.environ.get("QUANTA_DATA_DIR"):
-        return Path(os.environ["QUANTA_DATA_DIR"]).expanduser()
-    if os.environ.get("KERAS_HOME"):
-        return Path(os.environ["KERAS_HOME"]).expanduser() / "datasets"
-    return Path.home() / ".keras" / "datasets"
 
 
 # Decoded datasets, most recently used last: key (task, paths) -> (file stamps, Dataset).

@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from quanta.summary import Summary, mean_curve
 from quanta_spec.files import replacing
+from quanta_spec.networks import LAYER_NAMES
 
 _COLORS = plt.get_cmap("tab10").colors
 _DPI = 120
@@ -113,8 +114,6 @@ def quantas_figure(runs: Sequence[dict[str, Any]], title: str,
     return fig
 
 
-#: Tick labels of the transferable layers (their numbers, as in file names).
-LAYER_NAMES = ("conv 0", "conv 1", "conv 2", "conv 3", "conv 4", "conv 5", "dense 6")
 #: Where the "all layers at once" entry sits on a per-layer axis.
 ALL_X = 7.5
 #: λ_s when training starts: softmax of the QUANTA layer's initial weights (1.1, -1.1).

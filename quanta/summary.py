@@ -4,8 +4,10 @@ For every entry of a study (a layer number, or `all` when every layer is transfe
 once) and every QUANTA layer in it: the final λ_s over runs (mean, standard deviation,
 95% confidence interval from Student's t), the mean λ_s curve over epochs, and the test
 accuracy of the target, of the witness and their difference (the transfer gain).
-Runs whose results are missing are listed, never silently dropped. With a single run the
-spread is unknown: its standard deviation and interval are None, not 0. Curves of runs
+Runs whose results are missing are listed, never silently dropped. The statistics are
+`quanta_spec.statistics.describe`'s (what `--until` stops on): with a single run the
+spread is unknown (None, not 0), and a diverged run's non-finite value is counted, not
+averaged in. Curves of runs
 that lasted different numbers of epochs are averaged over the runs that reached each
 epoch, and `lambda_s_runs_per_epoch` says how many did.
 """
@@ -14,13 +16,13 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
+
+from quanta_spec.statistics import describe
 
 ACCURACY = "categorical_accuracy"
 
@@ -41,22 +43,6 @@ class Missing:
     entry: str
     run: int
     reason: str
-
-
-def describe(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation and 95% confidence interval of the mean (the last
-    two None below two values: one run says nothing of the spread)."""
-    x = np.asarray(values, dtype=np.float64)
-    n = len(x)
-    if n == 0:
-        return {"n": 0, "mean": None, "std": None, "ci95": None, "values": []}
-    mean = float(x.mean())
-    if n == 1:
-        return {"n": 1, "mean": mean, "std": None, "ci95": None, "values": x.tolist()}
-    std = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
-    return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half],
-            "values": x.tolist()}
 
 
 def mean_curve(curves: Sequence[Sequence[float]]) -> tuple[list[float], list[int]]:

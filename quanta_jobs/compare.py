@@ -22,9 +22,10 @@ from sqlalchemy.orm import Session
 
 from quanta_jobs.job_state import JobKind, JobStatus
 from quanta_jobs.models import Job
-from quanta_jobs.study_stats import ci95_halfwidth, compare_runs
+from quanta_jobs.study_stats import compare_runs
 from quanta_jobs.until import final_lambda_s
 from quanta_spec import layer_label
+from quanta_spec.statistics import t_halfwidth
 
 
 @dataclass
@@ -69,7 +70,7 @@ def _stat(values: Sequence[float]) -> dict[str, Any]:
     mean = math.fsum(values) / n if n else None
     std = (math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
            if n > 1 and mean is not None else None)
-    half = ci95_halfwidth(values)
+    half = t_halfwidth(values)
     return {"n": n, "mean": mean, "std": std,
             "ci95": [mean - half, mean + half] if half is not None and mean is not None
             else None, "values": list(values)}

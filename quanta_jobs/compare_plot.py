@@ -10,8 +10,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
-#: Tick labels of the transferable layers, as in the study plots.
-LAYER_NAMES = ("conv 0", "conv 1", "conv 2", "conv 3", "conv 4", "conv 5", "dense 6")
+from quanta_spec.networks import LAYER_NAMES
+
 #: Below this p-value a layer's difference from the first study is starred.
 STAR_BELOW = 0.05
 

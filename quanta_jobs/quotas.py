@@ -4,8 +4,9 @@ may have queued, and the bytes it may keep stored.
 A spec's types allow 10 000 runs of 100 000 epochs; one such request would hold a GPU
 for years. `check_work` bounds runs × epochs × samples (a witness doubles it) per job
 and per study, where samples is `nb_of_*samples` or, when absent, the task's training
-split (the built-in datasets' sizes, or an uploaded `.npz`'s header). `stored_bytes`
-sums an owner's uploads and job files, which `QUANTA_MAX_STORED_BYTES_PER_OWNER` caps.
+split (the built-in tasks' sizes from `quanta_spec.tasks`, or an uploaded `.npz`'s
+header). `stored_bytes` sums an owner's uploads and job files, which
+`QUANTA_MAX_STORED_BYTES_PER_OWNER` caps.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ from quanta_jobs.file_checks import npz_headers
 from quanta_jobs.models import Artifact, Job, Upload
 from quanta_jobs.settings import Settings
 from quanta_spec.baselines import ScoresSpec
+from quanta_spec.tasks import TASKS
 
-#: Training images of the built-in tasks (an upper bound of what `nb_of_samples` keeps).
-BUILTIN_TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000,
-                       "fashion_mnist": 60_000, "digits": 1_797}
 LOC = ("body", "spec")
 
 
@@ -34,7 +33,8 @@ def _train_size(task: str) -> int:
             return int(npz_headers(Path(task[len("npz:"):]))["x_train"][0][0])
         except (ValueError, OSError):
             return 0  # the worker reports what is wrong with the file
-    return BUILTIN_TRAIN_SIZES.get(task, 0)
+    builtin = TASKS.get(task)
+    return builtin.train_size if builtin is not None else 0
 
 
 def planned_work(local: Any, nb_of_jobs: int = 1, witnesses: int | None = None

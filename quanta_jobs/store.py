@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, NamedTuple, Protocol
 
 from quanta_spec.files import PARTIAL, replacing
+from quanta_spec.tasks import default_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -842,10 +843,7 @@ def local_area_dir(settings: StoreSettings, area: Area) -> Path:
     if area == "datasets":
         if settings.data_dir is not None:
             return settings.data_dir
-        # The same default as quanta.datasets.default_data_dir (the core cannot import it).
-        keras_home = os.environ.get("KERAS_HOME")
-        return (Path(keras_home).expanduser() / "datasets" if keras_home
-                else Path.home() / ".keras" / "datasets")
+        return default_data_dir()  # where the library looks too
     raise ValueError(f"unknown store area {area!r}; one of {', '.join(AREAS)}")
 
 

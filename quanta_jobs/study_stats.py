@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from quanta_spec.statistics import MIN_VALUES_FOR_SPREAD, finite
+
 #: A rank correlation over fewer layers than this is not reported.
 MIN_CORRELATION_POINTS = 3
-#: A study side with fewer runs than this has no variance to test.
-MIN_RUNS_FOR_TEST = 2
 
 
 def _finite(value: Any) -> float | None:
@@ -83,24 +83,15 @@ def score_correlations(
     }
 
 
-def ci95_halfwidth(values: Sequence[float]) -> float | None:
-    """Half-width of the 95% confidence interval of the mean (Student's t, as the study
-    summary's `ci95`); None below two finite values."""
-    x = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
-    if x.shape[0] < MIN_RUNS_FOR_TEST:
-        return None
-    return float(stats.t.ppf(0.975, x.shape[0] - 1) * x.std(ddof=1) / math.sqrt(x.shape[0]))
-
-
 def welch_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
     """The two-sided p-value of Welch's t-test for equal means of `a` and `b`, or None.
 
-    None when either side has fewer than MIN_RUNS_FOR_TEST finite values, or neither side
+    None when either side has fewer than MIN_VALUES_FOR_SPREAD finite values, or neither side
     varies (the test statistic is then undefined, not infinitely significant).
     """
-    x = np.asarray([v for v in a if math.isfinite(v)], dtype=np.float64)
-    y = np.asarray([v for v in b if math.isfinite(v)], dtype=np.float64)
-    if x.shape[0] < MIN_RUNS_FOR_TEST or y.shape[0] < MIN_RUNS_FOR_TEST:
+    x = np.asarray(finite(a), dtype=np.float64)
+    y = np.asarray(finite(b), dtype=np.float64)
+    if x.shape[0] < MIN_VALUES_FOR_SPREAD or y.shape[0] < MIN_VALUES_FOR_SPREAD:
         return None
     if np.ptp(x) == 0 and np.ptp(y) == 0:
         return None
@@ -113,8 +104,7 @@ def welch_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
 def compare_runs(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int | None]:
     """Two studies' final λ_s at one layer: sizes, means, `difference` (mean b − mean a)
     and Welch's `p_value`; a mean is None for a side without runs."""
-    x = [float(v) for v in a if math.isfinite(v)]
-    y = [float(v) for v in b if math.isfinite(v)]
+    x, y = finite(a), finite(b)
     mean_a = float(np.mean(x)) if x else None
     mean_b = float(np.mean(y)) if y else None
     return {

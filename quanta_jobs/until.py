@@ -31,8 +31,8 @@ from sqlalchemy.orm import Session
 
 from quanta_jobs.job_state import JobKind, JobStatus
 from quanta_jobs.models import Job, utcnow
-from quanta_jobs.study_stats import ci95_halfwidth
 from quanta_spec import RemoteStudySpec, layer_label
+from quanta_spec.statistics import t_halfwidth
 from quanta_spec.stopping import StopReason, UntilRule
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class LayerRuns:
         """The widest 95% CI half-width of the mean final λ_s over its QUANTA layers."""
         if not self.finals:
             return None
-        widths = [ci95_halfwidth([f[k] for f in self.finals if k in f])
+        widths = [t_halfwidth([f[k] for f in self.finals if k in f])
                   for k in sorted({k for f in self.finals for k in f})]
         return None if not widths or None in widths else max(w for w in widths if w is not None)
 

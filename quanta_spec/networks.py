@@ -28,6 +28,10 @@ class Network:
         return f"{'-'.join(map(str, self.block_filters))} + Dense({self.dense_units})"
 
 
+#: What plots call the transferable layers 0-6 of either network (their numbers, as in
+#: the file names): six Conv2D layers, then the Dense layer.
+LAYER_NAMES = ("conv 0", "conv 1", "conv 2", "conv 3", "conv 4", "conv 5", "dense 6")
+
 NETWORKS: dict[str, Network] = {
     "kes2021": Network((64, 128, 512), 2048),
     "compact2025": Network((64, 128, 256), 1024),

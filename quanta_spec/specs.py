@@ -28,9 +28,8 @@ from typing_extensions import TypeAliasType
 
 from quanta_spec.networks import DEFAULT_ARCHITECTURE, Architecture
 from quanta_spec.stopping import UntilRule
+from quanta_spec.tasks import BUILTIN_TASKS
 
-#: Tasks that `quanta.datasets` knows by name; `npz:PATH` names a user file.
-BUILTIN_TASKS: tuple[str, ...] = ("cifar10", "cifar100", "mnist", "fashion_mnist", "digits")
 #: The six Conv2D layers (0-5) and the Dense layer (6).
 NB_TRANSFERABLE_LAYERS = 7
 #: The `{l}` of the file names when every layer is transferred at once.
@@ -39,8 +38,7 @@ ALL_LAYERS_LABEL = "all"
 MAX_STUDY_JOBS = 1000
 
 #: One named schema (`TaskName`) wherever a task is asked for, not an enum per field.
-BuiltinTask = TypeAliasType("TaskName",
-                            Literal["cifar10", "cifar100", "mnist", "fashion_mnist", "digits"])
+BuiltinTask = TypeAliasType("TaskName", Literal[BUILTIN_TASKS])  # type: ignore[valid-type]
 ObjectId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 

@@ -508,13 +508,37 @@ def test_download_of_missing_url_is_a_missing_file_error(data_dir: Path, server:
 
 
 def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from quanta_spec.tasks import default_data_dir
+
     monkeypatch.setenv("QUANTA_DATA_DIR", str(tmp_path / "q"))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "k"))
-    assert ds.default_data_dir() == tmp_path / "q"
+    assert default_data_dir() == tmp_path / "q"
     monkeypatch.delenv("QUANTA_DATA_DIR")
-    assert ds.default_data_dir() == tmp_path / "k" / "datasets"
+    assert default_data_dir() == tmp_path / "k" / "datasets"
     monkeypatch.delenv("KERAS_HOME")
-    assert ds.default_data_dir() == Path.home() / ".keras" / "datasets"
+    assert default_data_dir() == Path.home() / ".keras" / "datasets"
+
+
+def test_the_task_table_matches_what_the_loaders_give(monkeypatch: pytest.MonkeyPatch,
+                                                      data_dir: Path) -> None:
+    """`quanta_spec.tasks` is what the API bounds work with and the worker fetches by:
+    its sizes, classes and shapes are those of the decoded data (here `digits`, offline,
+    and small files in the official formats for the others)."""
+    from quanta_spec.tasks import TASKS
+
+    digits = load_dataset("digits")
+    task = TASKS["digits"]
+    assert (len(digits.x_train), len(digits.x_test), digits.nb_classes,
+            digits.input_shape) == (task.train_size, task.test_size, task.classes,
+                                    task.image_shape)
+    for name in ("cifar10", "cifar100", "mnist", "fashion_mnist"):
+        assert ds.task_files(name) == [(f, *ds._ALIASES.get(f, ())) for f in TASKS[name].files]
+    # every file a task reads can be downloaded and checked
+    assert {f for t in TASKS.values() for f in t.files} == set(ds._REMOTE) == set(ds._SHA256)
+    write_cifar10(data_dir / "cifar-10-batches-py.tar.gz")
+    cifar = load_dataset("cifar10")
+    assert cifar.input_shape == TASKS["cifar10"].image_shape
+    assert cifar.nb_classes == TASKS["cifar10"].classes
 
 
 def test_module_does_not_import_tensorflow_or_sklearn() -> None:
