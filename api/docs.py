@@ -1,10 +1,9 @@
 """The interactive API documentation (Swagger UI at `/docs`) served from this process.
 
-FastAPI's default page loads Swagger UI's script and styles from a CDN, so on a host
-without internet access (the usual GPU box) `/docs` was a blank page. The assets come
-instead from the `swagger-ui-py` package, which ships Swagger UI's release files
-(version 5, which reads OpenAPI 3.1 as FastAPI writes it). ReDoc is not served: no
-maintained package ships it.
+FastAPI's default page loads Swagger UI's script and styles from a CDN, which a GPU
+host without internet access cannot reach. The assets come instead from the
+`swagger-ui-py` package, which ships Swagger UI's release files (version 5, which reads
+OpenAPI 3.1 as FastAPI writes it). ReDoc is not served: no maintained package ships it.
 """
 
 from __future__ import annotations

@@ -35,9 +35,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from quanta import training  # noqa: E402
-from quanta.experiment import run_transfer, train_source  # noqa: E402
 from quanta.models import build_model, freeze, source_trunk, with_source_inputs  # noqa: E402
 from quanta.progress import EpochProgressBar  # noqa: E402
+from quanta.source_training import train_source  # noqa: E402
+from quanta.transfer import run_transfer  # noqa: E402
 from quanta_spec import SourceSpec, TransferSpec  # noqa: E402
 from quanta_spec.streams import Stream  # noqa: E402
 

@@ -214,8 +214,8 @@ def _baselines(args: argparse.Namespace, spec: Any, folder: Path,
 
 
 def _transfer(args: argparse.Namespace, spec: Any) -> None:
-    from quanta.experiment import run_transfer
     from quanta.progress import EpochProgressBar
+    from quanta.transfer import run_transfer
 
     result = run_transfer(
         spec, args.output_dir, data_dir=args.data_dir,

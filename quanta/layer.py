@@ -29,10 +29,10 @@ class QuantaLayer(keras.layers.Layer):
             saved with the model so exports can name the quanta by it.
         initial_weights: `(w_s, w_t)` before the softmax; the default `(1.1, -1.1)`
             starts with about 90% of the source's features.
-        gradient_multiplier: scales the gradient of `(w_s, w_t)` only (the 2020
-            version's learning-rate modifier). Kept so that models saved with it load;
-            under Adam it leaves the update unchanged, so the experiments scale the
-            quantas' learning rate instead (`quanta.optimizer.QuantaAdam`).
+        gradient_multiplier: scales the gradient of `(w_s, w_t)` only. Under Adam a
+            factor on the gradient leaves the update unchanged, so the experiments
+            scale the quantas' learning rate instead (`quanta.optimizer.QuantaAdam`);
+            the argument stays so that models saved with it load.
         activation: the activation `f` applied after mixing (ELU in the paper).
         init_quanta_weights: the reference's name for `initial_weights`, so that the
             targets it saved (an unregistered `quanta_layer.QuantaLayer`) load here.

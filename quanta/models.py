@@ -50,7 +50,6 @@ def build_model(
     augment: bool = False,
     width_multiplier: float = 1.0,
     architecture: str = DEFAULT_ARCHITECTURE,
-    gradient_multiplier: float = 1.0,
     initial_weights: Sequence[float] = DEFAULT_INITIAL_WEIGHTS,
     source_inference: bool = False,
     name: str = "model",
@@ -96,7 +95,6 @@ def build_model(
             layer = QuantaLayer(
                 transferred_layer=k,
                 initial_weights=initial_weights,
-                gradient_multiplier=gradient_multiplier,
                 name=f"quanta_{k}",
             )
             return layer([source_features[k], z])

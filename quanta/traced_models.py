@@ -2,10 +2,10 @@
 once per shape, not once per run.
 
 Tracing a new model's train and test functions costs about as much as the whole
-training of a small run: about 2 s on two CPU cores for the network at width 0.25,
-against about 2.5 s for 2 epochs of 1024 samples. Every run of a layer builds the same
-network, and a worker runs many jobs. So a run still builds its own model (cheap: its
-initial weights and random states come from the run's seed), but the model it trains is
+training of a short run (docs/performance.md has the figures). Every run of a layer
+builds the same network, and a worker runs many jobs. So a run still builds its own
+model (cheap: its initial weights and random states come from the run's seed), but the
+model it trains is
 the one kept from an earlier run of the same shape: the new model's initial state is
 copied into it and its optimizer is put back to its state before any step. The run then
 starts exactly where a new model would have, and its results are the same (tested).
@@ -24,8 +24,8 @@ from quanta_spec.lru import LRU
 
 #: How many compiled models a process keeps. A study runs its layers in turn, run after
 #: run: its 8 target shapes (layers 0-6 and all at once) and its witness must all fit,
-#: or every run would miss. A full-width kes2021 target with its optimizer is about
-#: 230 MiB (20 million parameters and Adam's two moments).
+#: or every run would miss. A full-width kes2021 target holds 20 million parameters,
+#: three times over with Adam's two moments.
 DEFAULT_SIZE = 10
 
 

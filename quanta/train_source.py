@@ -35,8 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
 
     def go(args: argparse.Namespace) -> None:
-        from quanta.experiment import train_source
         from quanta.progress import EpochProgressBar
+        from quanta.source_training import train_source
 
         spec = make_spec(parser, SourceSpec, args)
         result = train_source(

@@ -1,5 +1,4 @@
-"""Apply the database migrations: `quanta-serve migrate` or `python -m quanta_jobs.migrate`
-(also `python -m api.migrate`).
+"""Apply the database migrations: `quanta-serve migrate` or `python -m quanta_jobs.migrate`.
 
 The Alembic scripts ship inside the package (`quanta_jobs/migrations`), so this works
 from an installed copy as well as from a checkout.

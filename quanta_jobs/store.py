@@ -245,10 +245,6 @@ class ArtifactStore(ABC):
 
     # -- shared by both backends -----------------------------------------------------
 
-    def open_range(self, key: str, start: int, length: int | None = None) -> StoreReader:
-        """`get` with the range spelled out (HTTP Range: bytes=start-(start+length-1))."""
-        return self.get(key, start, length)
-
     def iter_bytes(self, key: str, start: int = 0, length: int | None = None,
                    chunk_size: int = CHUNK) -> Iterator[bytes]:
         """The object's bytes in chunks; opens the object lazily, at the first chunk."""
@@ -791,9 +787,6 @@ class StoreCache:
             total -= stat.st_size
             removed += 1
         return removed
-
-    def evict(self, key: str) -> None:
-        self.cache_dir.joinpath(*check_key(key).split("/")).unlink(missing_ok=True)
 
 
 # -- settings ------------------------------------------------------------------------

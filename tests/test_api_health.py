@@ -137,7 +137,7 @@ def test_startup_applies_migrations(tmp_path: Path) -> None:
 def test_migrate_command(tmp_path: Path) -> None:
     env = service_env(database_url=f"sqlite:///{tmp_path / 'm.db'}",
                       artifacts_dir=tmp_path / "artifacts")
-    for command in ([sys.executable, "-m", "api.migrate"],
+    for command in ([sys.executable, "-m", "quanta_jobs.migrate"],
                     [sys.executable, "-m", "api.serve", "migrate"]):
         done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
                               timeout=60)

@@ -10,8 +10,9 @@ from quanta import scores
 from quanta.baseline_features import baseline_scores, source_outputs
 from quanta.datasets import load_dataset
 from quanta.errors import QuantaError
-from quanta.experiment import load_source, train_source
 from quanta.models import build_model, freeze
+from quanta.source_training import train_source
+from quanta.sources import load_source
 from quanta_spec import SourceSpec
 
 WIDTH = 0.0625

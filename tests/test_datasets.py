@@ -543,10 +543,8 @@ def test_the_task_table_matches_what_the_loaders_give(monkeypatch: pytest.Monkey
 
 def test_module_does_not_import_tensorflow_or_sklearn() -> None:
     code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('qd', {ds.__file__!r})\n"
-        "module = sys.modules['qd'] = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(module)\n"
+        "import sys\n"
+        "import quanta.datasets\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'sklearn')]\n"
         "assert not bad, bad\n"
     )

@@ -12,9 +12,10 @@ import pytest
 from quanta import cli, reference, training
 from quanta.datasets import load_dataset
 from quanta.errors import QuantaError
-from quanta.experiment import run_transfer, train_source
 from quanta.layer import quanta_layers
 from quanta.models import build_model, freeze
+from quanta.source_training import train_source
+from quanta.transfer import run_transfer
 from quanta_spec import RemoteStudySpec, SourceSpec, TransferSpec
 from quanta_spec.networks import widths
 from quanta_spec.streams import Stream

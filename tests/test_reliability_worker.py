@@ -397,7 +397,7 @@ def test_unclaimable_job_goes_back_to_the_queue(monkeypatch: pytest.MonkeyPatch)
 
 def test_the_worker_keeps_as_many_traced_models_as_configured(
         make_runner: Callable[..., Any]) -> None:
-    from quanta.experiment import TRACED_MODELS
+    from quanta.transfer import TRACED_MODELS
 
     TRACED_MODELS.resize(3)
     runner = make_runner(traced_models=0)

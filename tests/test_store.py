@@ -119,7 +119,7 @@ def test_ranges(store: ArtifactStore) -> None:
     assert read_all(store, "r/data", 10_000, 10_000) == data[10_000:]  # cut at the end
     assert read_all(store, "r/data", len(data)) == b""
     assert read_all(store, "r/data", 7, 0) == b""
-    with store.open_range("r/data", 1000, 24) as reader:
+    with store.get("r/data", 1000, 24) as reader:
         assert (reader.start, reader.length, reader.size) == (1000, 24, len(data))
         assert reader.read(10) == data[1000:1010]
         assert reader.read() == data[1010:1024]

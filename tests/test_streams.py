@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from quanta.experiment import run_transfer, train_source
+from quanta.source_training import train_source
+from quanta.transfer import run_transfer
 from quanta_spec import RemoteStudySpec, SourceSpec, TransferSpec, run_seed
 from quanta_spec.streams import Stream, stream_seed, stream_seeds
 

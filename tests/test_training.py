@@ -9,8 +9,9 @@ import pytest
 from quanta import training
 from quanta.datasets import load_dataset
 from quanta.errors import Cancelled
-from quanta.experiment import run_transfer, train_source
 from quanta.models import build_model, freeze
+from quanta.source_training import train_source
+from quanta.transfer import run_transfer
 from quanta_spec import SourceSpec, TransferSpec
 
 WIDTH = 0.0625
@@ -295,9 +296,9 @@ def test_runs_of_one_shape_reuse_a_traced_model_and_match_a_new_one(source_weigh
                                                                    monkeypatch, options):
     from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
-    from quanta import experiment, traced_models
+    from quanta import traced_models, transfer
 
-    experiment.TRACED_MODELS.clear()
+    transfer.TRACED_MODELS.clear()
     traced = []
     real_make_function = TensorFlowTrainer._make_function
 
@@ -312,16 +313,16 @@ def test_runs_of_one_shape_reuse_a_traced_model_and_match_a_new_one(source_weigh
     # One train function and one test function per model, for the three runs.
     assert traced.count("target") + traced.count("target_trainer") == 2
     assert traced.count("witness") == (2 if options.get("witness") else 0)
-    assert experiment.TRACED_MODELS.reused == 2 * (2 if options.get("witness") else 1)
+    assert transfer.TRACED_MODELS.reused == 2 * (2 if options.get("witness") else 1)
 
     # Kept for none (QUANTA_TRACED_MODELS=0): every run builds and traces its own model.
-    experiment.TRACED_MODELS.clear()
-    experiment.TRACED_MODELS.resize(0)
+    transfer.TRACED_MODELS.clear()
+    transfer.TRACED_MODELS.resize(0)
     try:
         new = run_transfer(_spec(source_weights, **options), tmp_path / "new")
     finally:
-        experiment.TRACED_MODELS.resize(traced_models.DEFAULT_SIZE)
-    assert experiment.TRACED_MODELS.reused == 0 and not experiment.TRACED_MODELS.items
+        transfer.TRACED_MODELS.resize(traced_models.DEFAULT_SIZE)
+    assert transfer.TRACED_MODELS.reused == 0 and not transfer.TRACED_MODELS.items
     assert _read(reused.experiment_dir) == _read(new.experiment_dir)
     assert reused.runs[0].target_metrics == new.runs[0].target_metrics
 

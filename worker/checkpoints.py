@@ -30,11 +30,6 @@ STATE = "state.json"
 WRITTEN_IN = "attempt.json"
 
 
-def has_state(path: Path) -> bool:
-    """True when an attempt left something to resume from (a run's folder)."""
-    return path.is_dir() and any(entry.is_dir() for entry in path.iterdir())
-
-
 def describe(path: Path) -> str:
     """Where each run of an earlier attempt stopped, for the log (best effort: it reads
     the library's `state.json` files and never fails)."""

@@ -52,7 +52,8 @@ def configure_tensorflow(memory_mb: int = 0) -> None:
                 tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError as exc:  # already initialised
             logging.getLogger(__name__).warning("memory growth not set on %s: %s", gpu, exc)
-    import quanta.experiment  # noqa: F401 - the first job then starts without import delay
+    import quanta.source_training
+    import quanta.transfer  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

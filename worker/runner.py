@@ -471,7 +471,8 @@ class JobRunner:
         from quanta import datasets as quanta_datasets
         from quanta.datasets import DatasetError
         from quanta.errors import Cancelled, QuantaError
-        from quanta.experiment import TRACED_MODELS, run_transfer, train_source
+        from quanta.source_training import train_source
+        from quanta.transfer import TRACED_MODELS, run_transfer
 
         TRACED_MODELS.resize(self.settings.traced_models)
         quanta_datasets.limit_cache(self.settings.dataset_cache_bytes)
