@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, SkipValidation
 
 from quanta_spec import RemoteSourceSpec, RemoteStudySpec, RemoteTransferSpec
-from quanta_spec.baselines import RemoteScoresSpec
+from quanta_spec.scores import RemoteScoresSpec
 
 JobKind = Literal["source", "transfer", "study", "scores"]
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from quanta_jobs import file_checks, source_network
 from quanta_jobs.file_checks import FileLimits
-from quanta_spec.layout import SOURCE_FILE_NAMES
+from quanta_spec.file_names import SOURCE_FILE_NAMES
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 #: HDF5 allows a user block before the superblock; it then starts at one of these offsets.

@@ -191,8 +191,8 @@ def _baselines(args: argparse.Namespace, spec: Any, folder: Path,
                finals: dict[str, list[float]]) -> None:
     """`baseline_scores.json` beside the run files, and the scores beside the mean final
     λ_s of each transferred layer."""
-    from quanta.baselines import score_source
-    from quanta_spec.baselines import ScoresSpec
+    from quanta.source_scores import score_source
+    from quanta_spec.scores import ScoresSpec
 
     scores = score_source(ScoresSpec(
         source_task=spec.source_task, source_weights=spec.source_weights,

@@ -16,14 +16,14 @@ from typing import Any
 import keras
 
 from quanta.training import QuantaHistory
-from quanta_spec.files import atomic_write as replace_bytes
-from quanta_spec.files import replacing as _replacing
-from quanta_spec.layout import (  # noqa: F401 - the seed's file names, re-exported
+from quanta_spec.file_names import (  # noqa: F401 - the seed's file names, re-exported
     SOURCE_FILE_NAMES,
     experiment_dir,
     run_file_names,
     source_training_dir,
 )
+from quanta_spec.files import atomic_write as replace_bytes
+from quanta_spec.files import replacing as _replacing
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> Path:

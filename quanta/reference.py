@@ -26,7 +26,7 @@ from quanta.errors import QuantaError
 from quanta.layer import QuantaLayer, quanta_layers
 from quanta.models import augmentation
 from quanta_spec.lru import LRU
-from quanta_spec.weights_layout import ROLES, WeightsLayoutError, read_arrays
+from quanta_spec.weights_file import ROLES, WeightsLayoutError, read_arrays
 
 _INDICES: LRU[tuple[tuple[int, ...], bool], dict[int, int]] = LRU(size=32)
 
@@ -34,7 +34,7 @@ _INDICES: LRU[tuple[tuple[int, ...], bool], dict[int, int]] = LRU(size=32)
 def load_source_weights(model: keras.Model, path: str | Path) -> None:
     """Sets the weights of `model` (this project's network) from a file in either layout.
 
-    The caller checks the shapes first (`quanta_spec.weights_layout.check_fits`)."""
+    The caller checks the shapes first (`quanta_spec.weights_file.check_fits`)."""
     try:
         arrays = read_arrays(path)
     except WeightsLayoutError as exc:

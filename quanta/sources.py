@@ -24,7 +24,7 @@ from quanta.reference import load_source_weights
 from quanta_spec import TransferSpec
 from quanta_spec.lru import LRU
 from quanta_spec.networks import DEFAULT_ARCHITECTURE
-from quanta_spec.weights_layout import (
+from quanta_spec.weights_file import (
     WeightsLayoutError,
     check_fits,
     read_shapes,

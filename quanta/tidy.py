@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from quanta_spec.layout import run_file_names
+from quanta_spec.file_names import run_file_names
 
 _QUANTAS = re.compile(r"^quantas_r_(\d+)_l_(\d+|all)\.jsonl$")
 #: The leading columns; the metrics follow, then the test metrics as `test_{name}`.

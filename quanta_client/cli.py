@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from quanta_client.api import DEFAULT_SERVER, ApiError, Client, ClientError, Unreachable
+from quanta_client.downloads import download_job
 from quanta_client.follow import TERMINAL, follow
-from quanta_client.layout import download_job
 from quanta_client.report import describe_job, report
 from quanta_client.specs import (
     TASK_HELP,

@@ -9,7 +9,7 @@ from typing import Any
 
 from quanta_client.api import Client
 from quanta_client.tables import correlations_table, scores_table, stopping_table
-from quanta_spec.layout import SUMMARY_JSON
+from quanta_spec.file_names import SUMMARY_JSON
 
 
 def _acc(metrics: dict[str, Any] | None) -> str:

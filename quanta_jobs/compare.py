@@ -20,10 +20,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from quanta_jobs.adaptive_runs import final_lambda_s
 from quanta_jobs.job_state import JobKind, JobStatus
 from quanta_jobs.models import Job
 from quanta_jobs.study_stats import compare_runs
-from quanta_jobs.until import final_lambda_s
 from quanta_spec import layer_label
 from quanta_spec.statistics import t_halfwidth
 

@@ -21,7 +21,7 @@ from quanta_jobs.errors import InsufficientStorage, Invalid
 from quanta_jobs.file_checks import npz_headers
 from quanta_jobs.models import Artifact, Job, Upload
 from quanta_jobs.settings import Settings
-from quanta_spec.baselines import ScoresSpec
+from quanta_spec.scores import ScoresSpec
 from quanta_spec.tasks import TASKS
 
 LOC = ("body", "spec")

@@ -33,9 +33,9 @@ from quanta_spec import (
     layer_label,
     run_seed,
 )
-from quanta_spec.baselines import RemoteScoresSpec, ScoresSpec
+from quanta_spec.file_names import SOURCE_FILE_NAMES, run_file_names
 from quanta_spec.jobs import JobKind
-from quanta_spec.layout import SOURCE_FILE_NAMES, run_file_names
+from quanta_spec.scores import RemoteScoresSpec, ScoresSpec
 
 #: Which upload kind each field accepts.
 UPLOAD_KIND_OF_FIELD = {

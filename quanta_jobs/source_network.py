@@ -17,7 +17,7 @@ from typing import Any
 
 from quanta_jobs.errors import Invalid
 from quanta_spec.networks import NETWORKS, Shapes, describe, widths
-from quanta_spec.weights_layout import ROLES, WeightsLayoutError, infer_architecture, read_shapes
+from quanta_spec.weights_file import ROLES, WeightsLayoutError, infer_architecture, read_shapes
 
 LOC = ("body", "spec", "source_weights")
 #: Widths a spec may ask for (`width_multiplier`: > 0, at most 4).

@@ -45,7 +45,7 @@ def study_spec(study: Job) -> RemoteStudySpec:
 def add_children(session: Session, study: Job) -> list[Job]:
     """Insert the study's children, run by run (so a study cut short still covers every
     layer); they inherit its owner. The caller commits, then calls `enqueue_children`.
-    With `until`, these are the first `min_runs` runs of each layer; `quanta_jobs.until`
+    With `until`, these are the first `min_runs` runs of each layer; `quanta_jobs.adaptive_runs`
     adds the others as runs end."""
     spec = study_spec(study)
     children = []

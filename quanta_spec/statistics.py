@@ -2,7 +2,7 @@
 
 The mean, the sample standard deviation and the 95% confidence interval of the mean
 (Student's t) of a layer's final λ_s are what `summary.json` shows (`quanta.summary`),
-what `--until` stops on (`quanta_jobs.until`) and what a comparison of studies shows
+what `--until` stops on (`quanta_jobs.adaptive_runs`) and what a comparison of studies shows
 (`quanta_jobs.compare`): the three must agree, so they read one function. A value that
 is not finite (a run that diverged) is left out of the statistics and counted
 (`non_finite`), never averaged in and never dropped unsaid.

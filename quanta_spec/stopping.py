@@ -5,7 +5,7 @@ With `until`, a study starts `min_runs` runs of every layer and adds runs to a l
 at a time as its runs end, until the 95% confidence interval of that layer's mean final
 λ_s is at most `ci_halfwidth` on each side, or `max_runs` runs were started. Run r is
 still seeded with seed + r, so a stopped study is a prefix of the fixed study of
-`max_runs` runs. The decision itself is the job core's (`quanta_jobs.until`).
+`max_runs` runs. The decision itself is the job core's (`quanta_jobs.adaptive_runs`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from conftest import free_port
 
 from quanta_client import cli
 from quanta_client.api import ApiError, Client, ClientError, describe, parse_sse
-from quanta_client.layout import as_run, safe_relative
+from quanta_client.downloads import as_run, safe_relative
 from quanta_spec import RemoteSourceSpec, RemoteStudySpec, RemoteTransferSpec
 
 

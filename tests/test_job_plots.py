@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from quanta_spec import RemoteTransferSpec
-from quanta_spec.layout import TRANSFER_PLOT, run_file_names
+from quanta_spec.file_names import TRANSFER_PLOT, run_file_names
 
 
 def _write(path: Path, line: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from quanta.transfer import run_transfer
 from quanta_spec import RemoteStudySpec, SourceSpec, TransferSpec
 from quanta_spec.networks import widths
 from quanta_spec.streams import Stream
-from quanta_spec.weights_layout import infer_architecture, read_shapes
+from quanta_spec.weights_file import infer_architecture, read_shapes
 
 WIDTH = 0.0625
 SHAPE = (8, 8, 1)  # digits

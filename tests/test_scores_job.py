@@ -59,8 +59,8 @@ def trained(client: Any, settings: Any) -> Any:
 
 def test_a_scores_job_scores_every_layer_without_training(client: Any, settings: Any,
                                                           trained: Any) -> None:
-    from quanta.baseline_features import baseline_scores
     from quanta.datasets import load_dataset
+    from quanta.score_features import baseline_scores
     from quanta.sources import load_source
 
     runner, source_id = trained
@@ -94,7 +94,7 @@ def test_a_scores_job_scores_every_layer_without_training(client: Any, settings:
 
 def test_a_study_with_baselines_reports_the_scores_beside_lambda_s(
         client: Any, settings: Any, trained: Any, db: Any) -> None:
-    from test_until import drain
+    from test_adaptive_runs import drain
 
     runner, source_id = trained
     spec = {**COMMON, "source_weights": {"job": source_id}, "layers": [0, 3, 6],

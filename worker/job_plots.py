@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from quanta_jobs.models import Job
 from quanta_jobs.studies import study_spec
-from quanta_spec.layout import STUDY_PLOTS, TRANSFER_PLOT, run_file_names, study_plot
+from quanta_spec.file_names import STUDY_PLOTS, TRANSFER_PLOT, run_file_names, study_plot
 from worker.results import last_line, task_name
 
 if TYPE_CHECKING:

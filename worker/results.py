@@ -1,6 +1,6 @@
 """Reading a finished job's results back from its files, for the statistics of a study.
 
-The files are the seed's layout (`quanta_spec.layout`); a study's child ran one run,
+The files are the seed's layout (`quanta_spec.file_names`); a study's child ran one run,
 its run 0, which is run `study_run` of the study.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quanta_jobs.models import Job
+from quanta_spec.file_names import run_file_names
 from quanta_spec.files import atomic_write
-from quanta_spec.layout import run_file_names
 
 if TYPE_CHECKING:
     from quanta.summary import RunRecord

@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from quanta_spec.baselines import ScoresSpec
-from quanta_spec.layout import experiment_dir
+from quanta_spec.file_names import experiment_dir
+from quanta_spec.scores import ScoresSpec
 
 
 def run(spec: ScoresSpec, output: Path, data_dir: Path | None) -> dict[str, Any]:
-    from quanta.baselines import score_source
+    from quanta.source_scores import score_source
 
     folder = experiment_dir(output, spec.source_task, spec.target_task)
     result = score_source(spec, folder, data_dir=data_dir)

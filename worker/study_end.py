@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from quanta_jobs import attempts, crud, job_events, until
+from quanta_jobs import adaptive_runs, attempts, crud, job_events
 from quanta_jobs.crud import ArtifactInfo
 from quanta_jobs.job_state import TERMINAL, ConcurrentChange, JobStatus, transition
 from quanta_jobs.models import Job
@@ -38,9 +38,9 @@ from quanta_jobs.studies import (
 )
 from quanta_jobs.study_stats import score_correlations
 from quanta_spec import layer_label
-from quanta_spec.baselines import BASELINE_SCORES_JSON, study_scores_spec
+from quanta_spec.file_names import STUDY_PLOTS, SUMMARY_CSV, SUMMARY_JSON, study_plot
 from quanta_spec.files import atomic_write
-from quanta_spec.layout import STUDY_PLOTS, SUMMARY_CSV, SUMMARY_JSON, study_plot
+from quanta_spec.scores import BASELINE_SCORES_JSON, study_scores_spec
 from worker import datasets
 from worker.context import JobContext
 from worker.job_plots import write_study_plots
@@ -106,9 +106,9 @@ def finish_study(context: JobContext, study_id: str, worker: str) -> str:
 
 
 def add_runs(context: JobContext, study_id: str) -> list[str]:
-    """The runs a study with `until` needs next (`quanta_jobs.until`), created and sent."""
+    """The runs a study with `until` needs next (`quanta_jobs.adaptive_runs`), created and sent."""
     with context.sessions() as session:
-        ids = until.extend_study(session, study_id)
+        ids = adaptive_runs.extend_study(session, study_id)
         if ids and context.celery is not None:
             enqueue(context.celery, session, ids)  # else the sweeper sends them
     return ids
@@ -152,7 +152,7 @@ def aggregate(context: JobContext, session: Session, study: Job
     summary = summarise(records, missing)
     output = _output(context, study.id)
     spec = study_spec(study)
-    stopping = until.stopping(spec, children)
+    stopping = adaptive_runs.stopping(spec, children)
     baselines = study_baselines(context, session, study, summary) if spec.baselines else None
     write_summary(output, study, summary, children, stopping=stopping, baselines=baselines)
     write_study_plots(output, study, summary, baselines)
@@ -232,7 +232,7 @@ def study_baselines(context: JobContext, session: Session, study: Job, summary: 
     folder), beside the mean λ_s, with each score's rank correlations with λ_s across
     layers. A failure is reported in place of the scores: the runs are what the study
     measured, and they stand without them."""
-    from quanta.baselines import score_source
+    from quanta.source_scores import score_source
 
     try:
         local = resolve_spec(session, context.settings, study_scores_spec(study_spec(study)))

@@ -27,7 +27,7 @@ from quanta_jobs.compare_plot import comparison_png
 from quanta_jobs.errors import Conflict, Invalid, NotFound
 from quanta_jobs.job_state import JobStatus
 from quanta_jobs.models import Job
-from quanta_spec.layout import SUMMARY_JSON, study_plot
+from quanta_spec.file_names import SUMMARY_JSON, study_plot
 
 #: Routes under /v1/jobs/{id}/ (a study is a job) and under /v1/studies/ (several studies).
 router = APIRouter(tags=["studies"])

@@ -16,8 +16,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from quanta_client.api import Client, ClientError
+from quanta_spec import file_names as seed_layout
 from quanta_spec import layer_label
-from quanta_spec import layout as seed_layout
 
 
 def safe_relative(path: str) -> PurePosixPath:

@@ -2,7 +2,7 @@
 
 A quick look before (or beside) a study: the source runs once over the target training
 samples and each transferable layer's features get LogME, H-score, TransRate and GBC,
-the source's softmax LEEP and NCE (`quanta.baseline_features`); nothing is trained. A
+the source's softmax LEEP and NCE (`quanta.score_features`); nothing is trained. A
 study with `baselines` computes the same scores with `study_scores_spec`.
 """
 

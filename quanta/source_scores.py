@@ -3,7 +3,7 @@
 What a `scores` job, a study with `baselines` and `quanta --baselines` run: the source
 network of `spec.source_weights` (as the transfers load it), once over the target's
 training samples (the first `nb_of_target_samples`, the samples a transfer trains on),
-and `baseline_scores.json` with the scores of `quanta.baseline_features`.
+and `baseline_scores.json` with the scores of `quanta.score_features`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quanta.baseline_features import baseline_scores
 from quanta.datasets import load_dataset
 from quanta.errors import QuantaError
+from quanta.score_features import baseline_scores
 from quanta.sources import load_source
 from quanta_spec import task_label
-from quanta_spec.baselines import BASELINE_SCORES_JSON, ScoresSpec
 from quanta_spec.files import atomic_write
+from quanta_spec.scores import BASELINE_SCORES_JSON, ScoresSpec
 
 
 @dataclass

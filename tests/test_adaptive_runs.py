@@ -15,7 +15,7 @@ import pytest
 from conftest import TINY_SOURCE
 from sqlalchemy import select
 
-from quanta_spec.layout import run_file_names
+from quanta_spec.file_names import run_file_names
 
 EPOCHS, SAMPLES, SEED = 1, 64, 11
 LAYERS = [0, 6]
@@ -31,7 +31,7 @@ def until_spec(source_id: str, **extra: Any) -> dict[str, Any]:
 
 # --- the rule, without training --------------------------------------------------------
 def test_verdict_waits_for_the_first_runs_then_replaces_each_ended_run() -> None:
-    from quanta_jobs.until import LayerRuns, verdict
+    from quanta_jobs.adaptive_runs import LayerRuns, verdict
     from quanta_spec.stopping import UntilRule
 
     rule = UntilRule(ci_halfwidth=0.01, min_runs=3, max_runs=6)
@@ -110,7 +110,7 @@ def test_children_ending_at_once_never_add_the_same_run_twice(client: Any, sourc
                                                               db: Any, app: Any) -> None:
     """Eight threads decide at once for a study whose first runs all ended: the runs added
     are exactly the ones the rule asks for, each (layer, run) once."""
-    from quanta_jobs import until
+    from quanta_jobs import adaptive_runs
     from quanta_jobs.models import Job
 
     spec = until_spec(source_job.id, until={"ci_halfwidth": 1e-6, "min_runs": 2,
@@ -127,7 +127,7 @@ def test_children_ending_at_once_never_add_the_same_run_twice(client: Any, sourc
         try:
             barrier.wait()
             with app.state.sessionmaker() as session:
-                added.append(until.extend_study(session, study["id"]))
+                added.append(adaptive_runs.extend_study(session, study["id"]))
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -148,12 +148,12 @@ def test_children_ending_at_once_never_add_the_same_run_twice(client: Any, sourc
 
 
 def test_a_cancelled_study_gets_no_more_runs(client: Any, source_job: Any, db: Any) -> None:
-    from quanta_jobs import until
+    from quanta_jobs import adaptive_runs
 
     spec = until_spec(source_job.id, until={"ci_halfwidth": 1e-6, "min_runs": 2})
     study = client.post("/v1/jobs", json={"kind": "study", "spec": spec}).json()
     client.post(f"/v1/jobs/{study['id']}/cancel")
-    assert until.extend_study(db, study["id"]) == []
+    assert adaptive_runs.extend_study(db, study["id"]) == []
 
 
 # --- real runs -----------------------------------------------------------------------

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from quanta import scores
-from quanta.baseline_features import baseline_scores, source_outputs
 from quanta.datasets import load_dataset
 from quanta.errors import QuantaError
 from quanta.models import build_model, freeze
+from quanta.score_features import baseline_scores, source_outputs
 from quanta.source_training import train_source
 from quanta.sources import load_source
 from quanta_spec import SourceSpec
