@@ -16,10 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from quanta_spec import BUILTIN_TASKS
-from quanta_spec.options import positive_int
-
-TASK_HELP = f"one of {', '.join(BUILTIN_TASKS)}, or npz:PATH for a user dataset"
+from quanta_spec.options import add_remaining_options, add_spec_options
 
 
 def existing_file(*suffixes: str) -> Callable[[str], str]:
@@ -33,51 +30,27 @@ def existing_file(*suffixes: str) -> Callable[[str], str]:
     return check
 
 
-def add_common_options(parser: argparse.ArgumentParser, *, output_default: str = "./expe",
-                       architecture_default: str | None = "kes2021") -> None:
-    """Options shared by the transfer and source-training command lines."""
+def add_common_options(parser: argparse.ArgumentParser, model: type[BaseModel],
+                       added: Sequence[str] = (), *, output_default: str = "./expe") -> None:
+    """The options after a command's own: the output folder, the spec's common options
+    (`quanta_spec.options`), the data folder, then any spec option not added yet (`added`),
+    and `-v`."""
     parser.add_argument(
         "-o", "--output_dir", "--outdir", dest="output_dir", default=output_default,
         help="output directory, created if missing (default: %(default)s)",
     )
-    parser.add_argument(
-        "--seed", type=int, default=None,
-        help="seed for determinism; a value >= 0 seeds every generator, otherwise no seed",
-    )
-    parser.add_argument("--augment_data", action="store_true", help="train on augmented data")
-    parser.add_argument(
-        "--train_from_previous_training", type=existing_file(".keras"), default=None,
-        metavar="MODEL.keras", help="continue training from this saved model",
-    )
-    parser.add_argument(
-        "--show_only_build", action="store_true",
-        help="only build and compile the models and display their summaries",
-    )
+    common = add_spec_options(
+        parser, model, ["seed", "augment_data", "train_from_previous_training",
+                        "show_only_build"],
+        types={"train_from_previous_training": existing_file(".keras")})
     parser.add_argument(
         "--data_dir", default=None,
         help="folder of the dataset archives (default: $QUANTA_DATA_DIR or ~/.keras/datasets)",
     )
-    parser.add_argument(
-        "--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default="float32",
-        help="training precision; mixed policies keep the quantas in float32 "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--architecture", choices=("kes2021", "compact2025"), default=architecture_default,
-        help="the network: kes2021 (64-128-512 filters + Dense(2048), the seed's tool) or "
-        "compact2025 (64-128-256 + Dense(1024), the reference's 2025 revision) (default: "
-        + ("%(default)s)" if architecture_default else
-           "read off the source weights file, kes2021 when it cannot tell)"),
-    )
-    parser.add_argument(
-        "--width_multiplier", type=float, default=1.0,
-        help="scale the network's filters and units (default: %(default)s, full width)",
-    )
-    parser.add_argument(
-        "--shuffle", action="store_true",
-        help="reshuffle the training samples every epoch, in an order fixed by the seed and "
-        "the epoch (default: the same order every epoch, as the reference)",
-    )
+    common += add_spec_options(parser, model, ["precision", "architecture", "width_multiplier",
+                                               "shuffle"])
+    add_remaining_options(parser, model, [*added, *common],
+                          types={"source_weights": existing_file(".h5")})
     parser.add_argument(
         "-v", "--verbose", action="store_true",
         help="show TensorFlow's own log lines (start-up, devices, kernels); hidden by default",
@@ -85,69 +58,26 @@ def add_common_options(parser: argparse.ArgumentParser, *, output_default: str =
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from quanta_spec import TransferSpec
+
     parser = argparse.ArgumentParser(
         prog="quanta",
         description="QUANTA: measure the transferability of a source model's layer by "
         "training a target model with a 2-parameter QUANTA layer at that depth.",
     )
-    parser.add_argument(
-        "-s", "--source_task", required=True, help=f"task of the source model: {TASK_HELP}"
-    )
-    parser.add_argument(
-        "-sw", "--source_weights", required=True, type=existing_file(".h5"),
-        help="weights of the pre-trained source model (.h5 file)",
-    )
-    parser.add_argument(
-        "-t", "--target_task", required=True, help=f"task of the target model: {TASK_HELP}"
-    )
-    parser.add_argument(
-        "-l", "--layer_to_transfer", required=True, type=int,
-        help="layer whose transferability is assessed (0-5: Conv2D layers, 6: the Dense layer); "
-        "a negative value transfers all layers at once",
-    )
-    parser.add_argument(
-        "-r", "--nb_of_runs", type=positive_int, default=1, help="number of runs (default: 1)"
-    )
-    parser.add_argument(
-        "--nb_of_target_epochs", type=positive_int, default=1,
-        help="epochs to train the target model (default: 1)",
-    )
-    parser.add_argument(
-        "--nb_of_target_samples", type=positive_int, default=None,
-        help="keep the first N samples of the training and test splits (default: all)",
-    )
-    parser.add_argument(
-        "--witness", action="store_true",
-        help="also train a witness (the target architecture from scratch, no transfer) in "
-        "each run and report the transfer gain",
-    )
-    parser.add_argument(
-        "--source_inference_mode", action="store_true",
-        help="run the frozen source in inference mode (Dropout off) and compute its "
-        "activations once, reused by every epoch: faster, not the reference's behaviour",
-    )
-    parser.add_argument(
-        "--quanta_lr_multiplier", "--quanta_learning_rate_multiplier",
-        dest="quanta_learning_rate_multiplier", type=float, default=1.0,
-        help="multiply the learning rate of the quanta weights only, so they move faster "
-        "than the network's (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--quanta_gradient_multiplier", dest="quanta_learning_rate_multiplier", type=float,
-        default=argparse.SUPPRESS,
-        help="deprecated name of --quanta_lr_multiplier",
-    )
-    parser.add_argument(
-        "--test_every_epoch", action="store_true",
-        help="evaluate the target on the test split after every epoch (the paper's protocol)",
-    )
+    added = add_spec_options(
+        parser, TransferSpec,
+        ["source_task", "source_weights", "target_task", "layer_to_transfer", "nb_of_runs",
+         "nb_of_target_epochs", "nb_of_target_samples", "witness", "source_inference_mode",
+         "quanta_learning_rate_multiplier", "test_every_epoch"],
+        types={"source_weights": existing_file(".h5")})
     parser.add_argument(
         "--baselines", action="store_true",
         help="also write baseline_scores.json: LogME, H-score, TransRate and GBC of the frozen "
         "source's transferred layers, LEEP and NCE of the source, on the target training "
         "samples (no training; not in the seed's tool)",
     )
-    add_common_options(parser, architecture_default=None)
+    add_common_options(parser, TransferSpec, added)
     return parser
 
 

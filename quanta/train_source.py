@@ -10,24 +10,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from quanta.cli import TASK_HELP, add_common_options, make_spec, run_cli
+from quanta.cli import add_common_options, make_spec, run_cli
 from quanta_spec import SourceSpec
-from quanta_spec.options import positive_int
+from quanta_spec.options import add_spec_options
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quanta-train-source", description="Train a source model for QUANTA experiments."
     )
-    parser.add_argument("-s", "--source_task", required=True, help=f"task to learn: {TASK_HELP}")
-    parser.add_argument(
-        "--nb_of_epochs", type=positive_int, default=1, help="training epochs (default: 1)"
-    )
-    parser.add_argument(
-        "--nb_of_samples", type=positive_int, default=None,
-        help="keep the first N samples of the training and test splits (default: all)",
-    )
-    add_common_options(parser)
+    added = add_spec_options(parser, SourceSpec, ["source_task", "nb_of_epochs",
+                                                  "nb_of_samples"])
+    add_common_options(parser, SourceSpec, added)
     return parser
 
 

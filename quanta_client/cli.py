@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from quanta_client.api import DEFAULT_SERVER, ApiError, Client, ClientError, Unreachable
 from quanta_client.downloads import download_job
 from quanta_client.follow import TERMINAL, follow
@@ -41,9 +43,8 @@ from quanta_client.specs import (
     transfer_spec,
 )
 from quanta_client.tables import compare_table
-from quanta_spec.networks import NETWORKS
-from quanta_spec.options import positive_int
-from quanta_spec.specs import PROTOCOLS
+from quanta_spec.options import add_remaining_options, add_spec_options, positive_int
+from quanta_spec.specs import PROTOCOLS, SourceSpec, TransferSpec
 
 PROG = "quanta-client"
 
@@ -82,50 +83,19 @@ def _follow_options(parser: argparse.ArgumentParser) -> None:
                         help="poll the job instead of streaming its events")
 
 
-def _common_spec_options(parser: argparse.ArgumentParser, source: bool = False) -> None:
-    parser.add_argument("--architecture", choices=tuple(NETWORKS), default=None,
-                        help="the network: kes2021 (64-128-512 filters + Dense(2048), the "
-                        "seed's tool) or compact2025 (64-128-256 + Dense(1024), the 2025 "
-                        "revision) (default: " + ("kes2021)" if source else
-                                                  "read off the source weights file)"))
-    parser.add_argument("--shuffle", action="store_true",
-                        help="reshuffle the training samples every epoch, in an order fixed by "
-                        "the seed and the epoch (default: the same order every epoch, as the "
-                        "reference)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed for determinism; a value >= 0 seeds every generator")
-    parser.add_argument("--augment_data", action="store_true", help="train on augmented data")
-    parser.add_argument("--width_multiplier", type=float, default=None,
-                        help="scale the network's filters and units (the service's default: 1.0)")
-    parser.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"),
-                        default=None, help="training precision (the service's default: float32)")
+#: What a transfer or a study takes first, in the order of `quanta`'s options.
+TRANSFER_FIRST = ["source_task", "source_weights", "target_task", "nb_of_runs",
+                  "nb_of_target_epochs", "nb_of_target_samples", "witness",
+                  "quanta_learning_rate_multiplier", "test_every_epoch"]
+#: The options every experiment shares (`quanta_spec.specs._CommonSpec`, the network).
+COMMON = ["architecture", "shuffle", "seed", "augment_data", "width_multiplier", "precision"]
 
 
-def _transfer_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-s", "--source_task", required=True, help=f"source task: {TASK_HELP}")
-    parser.add_argument("-sw", "--source_weights", required=True,
-                        help="source weights: a local .h5 file, job:SOURCE_JOB_ID or upload:ID")
-    parser.add_argument("-t", "--target_task", required=True, help=f"target task: {TASK_HELP}")
-    parser.add_argument("-r", "--nb_of_runs", type=positive_int, default=1,
-                        help="number of runs (default: 1)")
-    parser.add_argument("--nb_of_target_epochs", type=positive_int, default=1,
-                        help="epochs to train the target model (default: 1)")
-    parser.add_argument("--nb_of_target_samples", type=positive_int, default=None,
-                        help="keep the first N samples of the training and test splits")
-    parser.add_argument("--witness", action="store_true",
-                        help="also train a witness (no transfer) in each run; reports the "
-                        "transfer gain")
-    parser.add_argument("--quanta_lr_multiplier", "--quanta_learning_rate_multiplier",
-                        dest="quanta_learning_rate_multiplier", type=float, default=None,
-                        help="multiply the learning rate of the quanta weights only, so they "
-                        "move faster than the network's (the service's default: 1.0)")
-    parser.add_argument("--quanta_gradient_multiplier", dest="quanta_learning_rate_multiplier",
-                        type=float, default=argparse.SUPPRESS,
-                        help="deprecated name of --quanta_lr_multiplier")
-    parser.add_argument("--test_every_epoch", action="store_true",
-                        help="evaluate the target on the test split after every epoch (the "
-                        "paper's protocol)")
-    _common_spec_options(parser)
+def _spec_options(parser: argparse.ArgumentParser, model: type[BaseModel],
+                  names: list[str]) -> list[str]:
+    """The spec's options (`quanta_spec.options`), left unset unless given, so that the
+    service's spec (its defaults, a study's preset) decides the rest."""
+    return add_spec_options(parser, model, names, service=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,20 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     submit = sub.add_parser("submit", help="submit a transfer experiment (the `quanta` options)")
-    _transfer_options(submit)
-    submit.add_argument("-l", "--layer_to_transfer", type=int, required=True,
-                        help="layer to assess (0-5: Conv2D, 6: Dense(1024); negative: all)")
-    submit.add_argument("--train_from_previous_training", default=None, metavar="MODEL",
-                        help="continue a saved target: a local .keras file, job:ID[:RUN] or "
-                        "upload:ID")
-    submit.add_argument("--show_only_build", action="store_true",
-                        help="only build the models and print their summaries")
+    added = _spec_options(submit, TransferSpec, [
+        *TRANSFER_FIRST, *COMMON, "layer_to_transfer", "train_from_previous_training",
+        "show_only_build"])
+    add_remaining_options(submit, TransferSpec, added, service=True)
     _follow_options(submit)
     _connection(submit, top=False)
 
     study = sub.add_parser("study", help="measure several layers over several runs, spread "
                            "over every worker")
-    _transfer_options(study)
+    added = _spec_options(study, TransferSpec, [*TRANSFER_FIRST, *COMMON])
     study.add_argument("--layers", type=layers_option, default=None,
                        help="'all' (0-6) or comma-separated layers, e.g. 0,3,6 (-1: all at "
                        "once); required unless --protocol gives them")
@@ -156,9 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a preset: kes2021 is the paper's protocol (layers 0-6, 30 runs, 60 "
                        "epochs, augmentation, the kes2021 network, test every epoch); options "
                        "given explicitly override it")
-    # Unset unless given, so that the service's preset (or its defaults) applies.
-    study.set_defaults(nb_of_runs=None, nb_of_target_epochs=None, augment_data=None,
-                       witness=None, shuffle=None, test_every_epoch=None)
     study.add_argument("--include_all_at_once", action="store_true",
                        help="also measure the seven layers transferred at once")
     study.add_argument("--baselines", action="store_true",
@@ -171,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --until: most runs per layer (the service's default: 30)")
     study.add_argument("--min_runs", type=positive_int, default=None,
                        help="with --until: runs per layer to start with (default: 3)")
+    # a study's jobs each transfer one of --layers, from the source, from scratch
+    add_remaining_options(study, TransferSpec, [
+        *added, "layer_to_transfer", "train_from_previous_training", "show_only_build"],
+        service=True)
     _follow_options(study)
     _connection(study, top=False)
 
@@ -204,16 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     source = sub.add_parser("train-source", help="train a source model (the "
                             "`quanta-train-source` options)")
-    source.add_argument("-s", "--source_task", required=True, help=f"task: {TASK_HELP}")
-    source.add_argument("--nb_of_epochs", type=positive_int, default=1,
-                        help="training epochs (default: 1)")
-    source.add_argument("--nb_of_samples", type=positive_int, default=None,
-                        help="keep the first N samples of the training and test splits")
-    source.add_argument("--train_from_previous_training", default=None, metavar="MODEL",
-                        help="continue a saved source: a local .keras file, job:ID or upload:ID")
-    source.add_argument("--show_only_build", action="store_true",
-                        help="only build the model and print its summary")
-    _common_spec_options(source, source=True)
+    added = _spec_options(source, SourceSpec, [
+        "source_task", "nb_of_epochs", "nb_of_samples", "train_from_previous_training",
+        "show_only_build", *COMMON])
+    add_remaining_options(source, SourceSpec, added, service=True)
     _follow_options(source)
     _connection(source, top=False)
 

@@ -11,8 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from quanta_client.api import Client
-from quanta_spec import BUILTIN_TASKS
+from quanta_spec import BUILTIN_TASKS, SourceSpec, TransferSpec
+from quanta_spec.options import spec_options
 
 TASK_HELP = (f"one of {', '.join(BUILTIN_TASKS)}; a local .npz file (or npz:PATH) to upload; "
              "or upload:ID")
@@ -69,21 +72,25 @@ def _optional(args: argparse.Namespace, *names: str) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+#: Options naming files or tasks: turned into references (`Files`), not sent as given.
+FILE_OPTIONS = ("source_task", "target_task", "source_weights", "train_from_previous_training")
+
+
+def _given(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
+    """Every option of `model` the user gave (`quanta_spec.options`), files aside."""
+    return _optional(args, *(n for n in spec_options(model) if n not in FILE_OPTIONS))
+
+
 def transfer_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "source_task": files.task(args.source_task, "-s/--source_task"),
         "target_task": files.task(args.target_task, "-t/--target_task"),
         "source_weights": files.reference(args.source_weights, "weights", (".h5",),
                                           "-sw/--source_weights"),
-        # A study leaves out what was not given (its preset or the service decides).
-        **_optional(args, "nb_of_runs", "nb_of_target_epochs", "augment_data", "witness",
-                    "shuffle", "test_every_epoch"),
-        **_optional(args, "nb_of_target_samples", "seed", "width_multiplier", "architecture",
-                    "quanta_learning_rate_multiplier", "precision"),
+        # What was not given is left out (a study's preset or the service decides).
+        **_given(args, TransferSpec),
     }
     if args.command == "submit":
-        spec["layer_to_transfer"] = args.layer_to_transfer
-        spec["show_only_build"] = args.show_only_build
         if args.train_from_previous_training:
             spec["train_from_previous_training"] = files.reference(
                 args.train_from_previous_training, "model", (".keras",),
@@ -118,12 +125,7 @@ def scores_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:
 def source_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "source_task": files.task(args.source_task, "-s/--source_task"),
-        "nb_of_epochs": args.nb_of_epochs,
-        "augment_data": args.augment_data,
-        "show_only_build": args.show_only_build,
-        "shuffle": args.shuffle,
-        **_optional(args, "nb_of_samples", "seed", "width_multiplier", "architecture",
-                    "precision"),
+        **_given(args, SourceSpec),
     }
     if args.train_from_previous_training:
         ref = files.reference(args.train_from_previous_training, "model", (".keras",),

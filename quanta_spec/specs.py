@@ -27,6 +27,7 @@ from pydantic.json_schema import SkipJsonSchema
 from typing_extensions import TypeAliasType
 
 from quanta_spec.networks import DEFAULT_ARCHITECTURE, Architecture
+from quanta_spec.options import Option
 from quanta_spec.stopping import UntilRule
 from quanta_spec.tasks import BUILTIN_TASKS
 
@@ -39,6 +40,8 @@ MAX_STUDY_JOBS = 1000
 
 #: One named schema (`TaskName`) wherever a task is asked for, not an enum per field.
 BuiltinTask = TypeAliasType("TaskName", Literal[BUILTIN_TASKS])  # type: ignore[valid-type]
+#: How a command line names the tasks it takes.
+TASK_HELP = f"one of {', '.join(BUILTIN_TASKS)}, or npz:PATH for a user dataset"
 ObjectId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
@@ -113,29 +116,41 @@ def _check_suffix(value: FileRef | None, suffixes: tuple[str, ...], what: str) -
 
 
 class _CommonSpec(_Strict):
-    seed: int | None = Field(
+    seed: Annotated[int | None, Option(
+        "--seed", help="seed for determinism; a value >= 0 seeds every generator, otherwise "
+        "no seed")] = Field(
         default=None,
         description="Seed for determinism: a value >= 0 seeds every generator; "
         "negative or absent sets no seed.",
     )
-    augment_data: bool = Field(default=False, description="Train on augmented data.")
-    show_only_build: bool = Field(
+    augment_data: Annotated[bool, Option("--augment_data", help="train on augmented data")] = \
+        Field(default=False, description="Train on augmented data.")
+    show_only_build: Annotated[bool, Option(
+        "--show_only_build", help="only build and compile the models and display their "
+        "summaries")] = Field(
         default=False, description="Only build and compile the models and report their summaries."
     )
-    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = Field(
+    precision: Annotated[Literal["float32", "mixed_float16", "mixed_bfloat16"], Option(
+        "--precision", help="training precision; mixed policies keep the quantas in float32",
+    )] = Field(
         default="float32",
         description="Numeric precision of training. The mixed policies compute in 16 bits "
         "(float16 for GPUs, bfloat16 for recent CPUs and TPUs) and keep the variables, the "
         "quantas and the output layer in float32; they change the results slightly.",
     )
-    width_multiplier: float = Field(
+    width_multiplier: Annotated[float, Option(
+        "--width_multiplier", help="scale the network's filters and units (1.0: full width)",
+    )] = Field(
         default=1.0,
         gt=0,
         le=4,
         description="Scales the number of filters and units of the network (1.0 is the "
         "architecture at its full width; small values give a narrow copy for quick checks).",
     )
-    shuffle: bool = Field(
+    shuffle: Annotated[bool, Option(
+        "--shuffle", help="reshuffle the training samples every epoch, in an order fixed by "
+        "the seed and the epoch (default: the same order every epoch, as the reference)",
+    )] = Field(
         default=False,
         description="Reshuffle the training samples every epoch, in an order fixed by the "
         "run's seed and the epoch (a stream of its own). Off by default, as in the "
@@ -150,20 +165,30 @@ class _CommonSpec(_Strict):
 class SourceSpec(_CommonSpec):
     """Training of a source model (the reference's source-training script)."""
 
-    source_task: TaskRef = Field(description="Task the source model learns.")
-    architecture: Architecture = Field(
+    source_task: Annotated[TaskRef, Option("-s", "--source_task",
+                                           help=f"task to learn: {TASK_HELP}")] = Field(
+        description="Task the source model learns.")
+    architecture: Annotated[Architecture, Option(
+        "--architecture", help="the network: kes2021 (64-128-512 filters + Dense(2048), the "
+        "seed's tool) or compact2025 (64-128-256 + Dense(1024), the reference's 2025 "
+        "revision)")] = Field(
         default=DEFAULT_ARCHITECTURE,
         description="The network: kes2021 (64-128-512 filters + Dense(2048), the seed's tool "
         "and the KES 2021 paper) or compact2025 (64-128-256 + Dense(1024), the reference's "
         "2025 revision).",
     )
-    nb_of_epochs: PositiveInt = Field(default=1, description="Number of training epochs.")
-    nb_of_samples: PositiveInt | None = Field(
+    nb_of_epochs: Annotated[PositiveInt, Option("--nb_of_epochs", help="training epochs")] = \
+        Field(default=1, description="Number of training epochs.")
+    nb_of_samples: Annotated[PositiveInt | None, Option(
+        "--nb_of_samples", help="keep the first N samples of the training and test splits "
+        "(default: all)")] = Field(
         default=None,
         description="Keep the first N samples of the training split and of the test split "
         "(all when absent).",
     )
-    train_from_previous_training: FileRef | None = Field(
+    train_from_previous_training: Annotated[FileRef | None, Option(
+        "--train_from_previous_training", metavar="MODEL.keras",
+        help="continue training from this saved model")] = Field(
         default=None, description="A saved source model (.keras) to continue training from."
     )
 
@@ -178,41 +203,66 @@ class SourceSpec(_CommonSpec):
 class TransferSpec(_CommonSpec):
     """A QUANTA transfer experiment (the seed's `quanta.py`)."""
 
-    source_task: TaskRef = Field(description="Task of the pre-trained source model.")
-    source_weights: FileRef = Field(description="Weights of the pre-trained source model (.h5).")
-    target_task: TaskRef = Field(description="Task of the target model to train.")
-    layer_to_transfer: int = Field(
+    source_task: Annotated[TaskRef, Option(
+        "-s", "--source_task", help=f"task of the source model: {TASK_HELP}")] = Field(
+        description="Task of the pre-trained source model.")
+    source_weights: Annotated[FileRef, Option(
+        "-sw", "--source_weights", help="weights of the pre-trained source model (.h5 file; "
+        "quanta-client also takes job:ID or upload:ID)")] = Field(
+        description="Weights of the pre-trained source model (.h5).")
+    target_task: Annotated[TaskRef, Option(
+        "-t", "--target_task", help=f"task of the target model: {TASK_HELP}")] = Field(
+        description="Task of the target model to train.")
+    layer_to_transfer: Annotated[int, Option(
+        "-l", "--layer_to_transfer", help="layer whose transferability is assessed (0-5: "
+        "Conv2D layers, 6: the Dense layer); a negative value transfers all layers at once",
+    )] = Field(
         le=NB_TRANSFERABLE_LAYERS - 1,
         description="Layer whose transferability is assessed: 0-5 are the Conv2D layers, "
         "6 the Dense(2048) (or Dense(1024)) layer; a negative value transfers all seven at "
         "once.",
     )
-    architecture: Architecture | None = Field(
+    architecture: Annotated[Architecture | None, Option(
+        "--architecture", help="the network: kes2021 (64-128-512 filters + Dense(2048), the "
+        "seed's tool) or compact2025 (64-128-256 + Dense(1024), the reference's 2025 "
+        "revision) (default: read off the source weights file, kes2021 when it cannot "
+        "tell)")] = Field(
         default=None,
         description="The network of source and target: kes2021 (64-128-512 + Dense(2048), the "
         "seed's tool) or compact2025 (64-128-256 + Dense(1024), the 2025 revision). Absent: "
         "read off the source weights file's shapes (kes2021 when they cannot tell).",
     )
-    nb_of_runs: PositiveInt = Field(default=1, description="Number of runs.")
-    nb_of_target_epochs: PositiveInt = Field(
+    nb_of_runs: Annotated[PositiveInt, Option("-r", "--nb_of_runs", help="number of runs")] = \
+        Field(default=1, description="Number of runs.")
+    nb_of_target_epochs: Annotated[PositiveInt, Option(
+        "--nb_of_target_epochs", help="epochs to train the target model")] = Field(
         default=1, description="Number of epochs to train the target model."
     )
-    nb_of_target_samples: PositiveInt | None = Field(
+    nb_of_target_samples: Annotated[PositiveInt | None, Option(
+        "--nb_of_target_samples", help="keep the first N samples of the training and test "
+        "splits (default: all)")] = Field(
         default=None,
         description="Keep the first N samples of the training and test splits; also the "
         "number of test samples the source is evaluated on (all when absent).",
     )
-    train_from_previous_training: FileRef | None = Field(
+    train_from_previous_training: Annotated[FileRef | None, Option(
+        "--train_from_previous_training", metavar="MODEL.keras",
+        help="continue training from this saved model")] = Field(
         default=None, description="A saved target model (.keras) to continue training from."
     )
-    witness: bool = Field(
+    witness: Annotated[bool, Option(
+        "--witness", help="also train a witness (the target architecture from scratch, no "
+        "transfer) in each run and report the transfer gain")] = Field(
         default=False,
         description="Also train a witness in each run: the target architecture from scratch, "
         "on the same data, batches and epochs, without transfer, its weights drawn from a "
         "stream of its own. Its test metrics give the transfer gain (target accuracy minus "
         "witness accuracy).",
     )
-    source_inference_mode: bool = Field(
+    source_inference_mode: Annotated[bool, Option(
+        "--source_inference_mode", help="run the frozen source in inference mode (Dropout "
+        "off) and compute its activations once, reused by every epoch: faster, not the "
+        "reference's behaviour")] = Field(
         default=False,
         description="Run the frozen source in inference mode (its Dropout off) and compute "
         "its activations at the transferred layers once per training sample, reused by "
@@ -220,7 +270,11 @@ class TransferSpec(_CommonSpec):
         "are computed on the fly, still in inference mode). Faster, but not the reference's "
         "behaviour: there the source's Dropout layers stay active while the target trains.",
     )
-    quanta_learning_rate_multiplier: float = Field(
+    quanta_learning_rate_multiplier: Annotated[float, Option(
+        "--quanta_lr_multiplier", "--quanta_learning_rate_multiplier",
+        deprecated=("--quanta_gradient_multiplier",),
+        help="multiply the learning rate of the quanta weights only, so they move faster "
+        "than the network's")] = Field(
         default=1.0,
         gt=0,
         le=1000,
@@ -229,7 +283,9 @@ class TransferSpec(_CommonSpec):
         "network's. Replaces quanta_gradient_multiplier (still accepted, deprecated): under "
         "Adam a factor on the gradient leaves the update unchanged.",
     )
-    test_every_epoch: bool = Field(
+    test_every_epoch: Annotated[bool, Option(
+        "--test_every_epoch", help="evaluate the target on the test split after every "
+        "epoch (the paper's protocol)")] = Field(
         default=False,
         description="Evaluate the target on the test split after every epoch (the paper's "
         "protocol), written to testing_metrics_of_target_per_epoch_r_{r}_l_{l}.jsonl.",
