@@ -16,9 +16,7 @@ from typing import Annotated
 from fastapi import Header, Response
 
 from quanta_jobs.errors import Invalid
-from quanta_jobs.submissions import HEADER, LOC, reused
-
-__all__ = ["HEADER", "IdempotencyKey", "check_key", "mark_replayed", "reused"]
+from quanta_jobs.submissions import HEADER, LOC
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 #: Visible ASCII, up to the column's 255 characters (a UUID is typical).

@@ -1,6 +1,6 @@
 """Checks of untrusted files (weights, saved models, datasets) before anything loads them.
 
-Shared by the API (at upload, `api.upload_check`) and the worker (again, just before
+Shared by the API (at upload, `quanta_jobs.upload_kinds`) and the worker (again, just before
 the library loads a file, `check_spec_files`), and free of TensorFlow: h5py, zipfile
 and NumPy's `.npy` header reader only. Every check reads metadata, never the data, so
 a small hostile file cannot make the checker allocate what it declares.

@@ -347,11 +347,11 @@ def test_at_most_max_concurrent_checks_uploads_are_checked_at_once(
     import threading
     import time
 
-    from api.routes import uploads
+    from quanta_jobs import upload_intake
 
     running, most = [0], [0]
     lock = threading.Lock()
-    settle = uploads._settle
+    settle = upload_intake._settle
 
     def watched(*args: Any) -> Any:
         with lock:
@@ -364,7 +364,7 @@ def test_at_most_max_concurrent_checks_uploads_are_checked_at_once(
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(uploads, "_settle", watched)
+    monkeypatch.setattr(upload_intake, "_settle", watched)
     content = _keras(FUNCTIONAL)
     results: list[int] = []
 

@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Annotated
 
 import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from api.auth import PrincipalDep
 from api.deps import SessionDep, SettingsDep
-from api.idempotency import IdempotencyKey, check_key, mark_replayed, reused
-from api.multipart import MULTIPART_OVERHEAD, ReceivedFile, receive_upload
+from api.idempotency import IdempotencyKey, check_key, mark_replayed
+from api.multipart import MULTIPART_OVERHEAD, receive_upload
 from api.pagination import next_page
 from api.schemas import MAX_OFFSET, ErrorBody, UploadKind, UploadOut, UploadPage
-from api.upload_check import KINDS, check, sniff_kind, stored_name
-from quanta_jobs import crud, upload_holds
+from quanta_jobs import crud, upload_holds, upload_intake
 from quanta_jobs.errors import Conflict, Invalid
-from quanta_jobs.file_checks import FileLimits
 from quanta_jobs.models import Upload, new_id
-from quanta_jobs.settings import Settings
-from quanta_jobs.store import ArtifactStore, store_from_settings, work_dir
+from quanta_jobs.store import store_from_settings, work_dir
+from quanta_jobs.upload_kinds import KINDS
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
@@ -55,63 +50,6 @@ UPLOAD_BODY = {
 def upload_out(upload: Upload) -> UploadOut:
     return UploadOut(id=upload.id, kind=upload.kind, filename=upload.filename,  # type: ignore[arg-type]
                      size=upload.size, sha256=upload.sha256, created_at=upload.created_at)
-
-
-def _settle(received: ReceivedFile, declared: str | None, upload_id: str,
-            limits: FileLimits, store: ArtifactStore) -> tuple[str, str]:
-    """Decide the kind, check the content, give the file to the store under its final
-    key `{upload id}/{name}` (in a thread); returns (kind, key)."""
-    if declared is not None and declared not in KINDS:
-        raise Invalid(f"unknown kind '{declared}'; use one of {', '.join(KINDS)}",
-                      loc=("body", "kind"))
-    kind = declared or sniff_kind(received.path, received.head, received.filename)
-    if kind is None:
-        raise Invalid("cannot tell what this file is; upload a .weights.h5, .keras or .npz file "
-                      "or pass kind", loc=("body", "file"))
-    try:
-        check(received.path, received.head, kind, limits)
-    except ValueError as exc:
-        raise Invalid(f"'{received.filename}' is not a valid {kind} file: {exc}",
-                      loc=("body", "file")) from exc
-    key = f"{upload_id}/{stored_name(kind, received.filename)}"
-    store.put(key, received.path, consume=True)
-    return kind, key
-
-
-def _clean_name(filename: str) -> str:
-    """The client's file name, for display only: its last part, without control characters
-    (PostgreSQL refuses NUL), at most 255 characters."""
-    name = Path(filename.replace("\\", "/")).name
-    return "".join(c for c in name if c.isprintable())[:255]
-
-
-def _record(session: Session, settings: Settings, hold: upload_holds.Hold,
-            **fields: str | int | None) -> Upload | None:
-    """Insert the upload, and drop its hold, in one transaction; None when a concurrent
-    request with its idempotency key won."""
-    try:
-        upload_holds.settle(session, settings, hold, int(fields["size"] or 0))
-        upload = crud.create_upload(session, **fields)  # type: ignore[arg-type]
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        if fields.get("idempotency_key") is None:
-            raise
-        return None
-    except BaseException:
-        session.rollback()
-        raise
-    return upload
-
-
-def _first(session: Session, owner: str, key: str, received: ReceivedFile,
-           declared: str | None) -> Upload | None:
-    """The upload an earlier request with `key` created (422 if it was another file)."""
-    first = crud.upload_by_idempotency_key(session, owner, key)
-    if first is not None and (first.sha256 != received.sha256
-                              or (declared is not None and declared != first.kind)):
-        raise reused(key, "file")
-    return first
 
 
 @router.post(
@@ -151,7 +89,6 @@ async def create_upload(request: Request, response: Response, session: SessionDe
     expected = min(int(declared), settings.max_upload_bytes + MULTIPART_OVERHEAD) \
         if declared.isdigit() else 0
     hold = await run_in_threadpool(upload_holds.take, session, settings, owner, expected)
-    received = None
 
     async def arriving(size: int) -> None:
         if upload_holds.due(settings, hold, size):
@@ -162,42 +99,17 @@ async def create_upload(request: Request, response: Response, session: SessionDe
         if form.file is None:
             raise Invalid("field required: send the file in the multipart field 'file'",
                           loc=("body", "file"))
-        received = form.file
-        declared_kind = form.fields.get("kind")
-        first = None
-        if key is not None:
-            first = await run_in_threadpool(_first, session, owner, key, received,
-                                            declared_kind)
-        if first is None:
-            # The content checks read and parse the file: a few at a time, so that one
-            # owner's uploads cannot take every thread from the others' requests.
-            kind, stored = await anyio.to_thread.run_sync(
-                _settle, received, declared_kind, upload_id, FileLimits.from_settings(settings),
-                store, limiter=_checks(request, settings.max_concurrent_checks))
-            filename = _clean_name(received.filename) or stored.rsplit("/", 1)[-1]
-            upload = await run_in_threadpool(
-                _record, session, settings, hold, upload_id=upload_id, kind=kind,
-                filename=filename, path=stored, size=received.size,
-                sha256=received.sha256, owner=owner, idempotency_key=key,
-            )
-            if upload is not None:
-                log.info("upload %s: %s %s (%d bytes) by '%s'", upload.id, kind, filename,
-                         received.size, owner)
-                return upload_out(upload)
-            assert key is not None  # a concurrent request with this key won the insert
-            first = await run_in_threadpool(_first, session, owner, key, received,
-                                            declared_kind)
-            if first is None:
-                raise RuntimeError(f"the upload with Idempotency-Key '{key}' vanished")
-    except BaseException:
-        if received is not None:
-            await run_in_threadpool(_discard, received.path, store, upload_id)
-        raise
+        # The checks read and parse the file: a few uploads at a time, so that one
+        # owner's uploads cannot take every thread from the others' requests.
+        accepted = await anyio.to_thread.run_sync(
+            upload_intake.accept, session, settings, store, hold, form.file,
+            form.fields.get("kind"), upload_id, key,
+            limiter=_checks(request, settings.max_concurrent_checks))
     finally:
         await run_in_threadpool(upload_holds.release, session, hold)
-    await run_in_threadpool(_discard, received.path, store, upload_id)  # a replay keeps the first
-    mark_replayed(response)
-    return upload_out(first)
+    if accepted.replayed:
+        mark_replayed(response)
+    return upload_out(accepted.upload)
 
 
 def _checks(request: Request, limit: int) -> anyio.CapacityLimiter:
@@ -206,17 +118,6 @@ def _checks(request: Request, limit: int) -> anyio.CapacityLimiter:
     if getattr(state, "upload_checks", None) is None:
         state.upload_checks = anyio.CapacityLimiter(limit)
     return state.upload_checks
-
-
-def _discard(received: Path, store: ArtifactStore, upload_id: str) -> None:
-    """Removes a received file and anything stored for it (off the event loop: the file
-    may be large, the store far)."""
-    received.unlink(missing_ok=True)
-    try:
-        store.delete_prefix(upload_id)
-    except Exception:  # the request's own error matters more; a stray object costs bytes
-        log.warning("upload %s: could not remove what was stored of it", upload_id,
-                    exc_info=True)
 
 
 @router.delete(
