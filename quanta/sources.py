@@ -134,11 +134,11 @@ def source_test_metrics(spec: TransferSpec, source: keras.Model, data: Dataset,
 
 
 def source_features(
-    spec: TransferSpec, source: keras.Model, x: np.ndarray, budget: int
+    layers: tuple[int, ...], source: keras.Model, x: np.ndarray, budget: int
 ) -> tuple[np.ndarray, ...] | None:
-    """The frozen source's pre-activations at the transferred layers for every training
+    """The frozen source's pre-activations at the transferred `layers` for every training
     sample, in inference mode; None if they do not fit in `budget` bytes."""
-    trunk = source_trunk(source, spec.transferred_layers, inference=True)
+    trunk = source_trunk(source, layers, inference=True)
     per_sample = sum(int(np.prod(out.shape[1:])) * 4 for out in trunk.outputs)
     if per_sample * len(x) > budget:
         return None
@@ -149,5 +149,5 @@ def source_features(
         # The source is kept with its features so that its id cannot be reused meanwhile.
         return source, tuple(out) if isinstance(out, list | tuple) else (out,)
 
-    key = (id(source), spec.transferred_layers, x.__array_interface__["data"][0], x.shape)
+    key = (id(source), layers, x.__array_interface__["data"][0], x.shape)
     return FEATURES.get(key, compute)[1]

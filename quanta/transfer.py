@@ -103,7 +103,8 @@ def run_transfer(
     features = None
     if spec.source_inference_mode and not spec.show_only_build:
         with clock.phase("source"):
-            features = source_features(spec, source, target_data.x_train, source_cache_bytes)
+            features = source_features(spec.transferred_layers, source,
+                                       target_data.x_train, source_cache_bytes)
 
     for run in range(spec.nb_of_runs):
         ckpt = (RunCheckpoint(Path(checkpoint_dir) / f"run_{run}", checkpoint_interval_s)
