@@ -397,14 +397,17 @@ def test_unclaimable_job_goes_back_to_the_queue(monkeypatch: pytest.MonkeyPatch)
 
 def test_the_worker_keeps_as_many_traced_models_as_configured(
         make_runner: Callable[..., Any]) -> None:
+    from quanta.traced_models import DEFAULT_SIZE
     from quanta.transfer import TRACED_MODELS
 
     TRACED_MODELS.resize(3)
-    runner = make_runner(traced_models=0)
-    outcome = runner.run(new_job(runner, "source", TINY_SOURCE), WORKER)
-    assert outcome.status == "succeeded"
-    assert TRACED_MODELS.size == 0 and not TRACED_MODELS.items
-    TRACED_MODELS.resize(10)
+    try:
+        runner = make_runner(traced_models=0)
+        outcome = runner.run(new_job(runner, "source", TINY_SOURCE), WORKER)
+        assert outcome.status == "succeeded"
+        assert TRACED_MODELS.size == 0 and not TRACED_MODELS.items
+    finally:  # the process-wide cache, as other tests expect it
+        TRACED_MODELS.resize(DEFAULT_SIZE)
 
 
 def test_an_outcome_the_database_never_heard_of_is_recorded_by_the_sweeper(

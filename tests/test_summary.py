@@ -66,11 +66,30 @@ def test_one_run_has_no_spread_and_unequal_curves_say_so(tmp_path):
     assert single.entries["0"]["equal_run_lengths"] is True
     assert single.as_csv().splitlines()[1].startswith("0,0,1,0.5,,,")
     # Plots draw a single run without an interval, and ragged runs without cutting.
-    plots.transferability(single, tmp_path / "t.png", "one run")
-    plots.accuracy(single, tmp_path / "a.png", "one run")
+    from matplotlib.container import ErrorbarContainer
+
+    figure = plots.transferability_figure(single, "one run")
+    (bar,) = [c for c in figure.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    assert list(bar.lines[0].get_ydata()) == [0.5]
+    for low, high in bar.lines[2][0].get_segments():  # the interval drawn: none
+        assert low[1] == pytest.approx(high[1])
+    assert plots.accuracy(single, tmp_path / "a.png", "one run").read_bytes()[:4] == b"\x89PNG"
     lines = [{"0": r.quantas["0"]} for r in records]
     tests = [{"0": {"categorical_accuracy": 0.5}, "1": {"categorical_accuracy": 0.6}}]
-    plots.quantas_per_epoch(lines, tmp_path / "q.png", "ragged", tests=tests)
+    ragged = plots.quantas_figure(lines, "ragged", tests)
+    assert max(len(line.get_xdata()) for ax in ragged.axes for line in ax.lines) == 4
+
+
+def test_a_diverged_run_is_counted_not_averaged_in():
+    """`summary.json` and `--until` read the same statistics (`quanta_spec.statistics`)."""
+    from quanta_spec.statistics import describe, t_halfwidth
+
+    stats = describe([0.5, float("nan"), 0.7, float("inf")])
+    assert stats["n"] == 2 and stats["non_finite"] == 2
+    assert stats["mean"] == pytest.approx(0.6)
+    half = t_halfwidth([0.5, 0.7, float("nan")])
+    assert stats["ci95"] == pytest.approx([0.6 - half, 0.6 + half])
+    assert "non_finite" not in describe([0.5, 0.7])
 
 
 def test_summary_per_layer_and_missing_runs(records):
