@@ -202,7 +202,16 @@ def test_continue_from_a_previous_transfer_run(service: SimpleNamespace,
         pytest.skip("the reload path is broker-independent; run once")
     spec = transfer_spec({"job": trained["source"]["id"]},
                          train_from_previous_training={"job": trained["transfer"]["id"]})
-    finished(service, submit(service.client, "transfer", spec))
+    continued = finished(service, submit(service.client, "transfer", spec))
+
+    def weights(job_id: str) -> list[list[float]]:
+        url = f"/v1/jobs/{job_id}/artifacts/digits_to_digits/quantas_r_0_l_0.jsonl"
+        return json.loads(service.client.get(url).text.splitlines()[0])["0"]["quanta_weights"]
+
+    before, after = weights(trained["transfer"]["id"]), weights(continued["id"])
+    # The target starts where the earlier run ended, not from the initial (1.1, -1.1).
+    assert after[0] == pytest.approx(before[-1], abs=1e-6)
+    assert after[0] != pytest.approx([1.1, -1.1], abs=1e-4)
 
 
 def test_corrupt_weights_fail_while_another_job_succeeds(service: SimpleNamespace) -> None:
