@@ -34,7 +34,8 @@ def train_source(
 ) -> SourceResult:
     """Trains a source model and writes `{output_dir}/{source_task}_training/`.
 
-    `checkpoint_dir` works as for `run_transfer`.
+    `checkpoint_dir`, `callbacks` (Keras callbacks, which see the training metrics in
+    their `logs`) and `on_epoch` work as for `run_transfer`.
     """
     if not isinstance(spec.train_from_previous_training, str | None):
         raise QuantaError("train_from_previous_training must be a local path here")

@@ -262,6 +262,16 @@ def epoch_dataset(x: Inputs, y: np.ndarray, order_seed: int | None, first_epoch:
 CANCEL_CHECK_S = 0.25
 
 
+def epoch_logs(quantas: dict[str, dict[str, float]],
+               test: dict[str, float] | None) -> dict[str, float]:
+    """What an epoch adds to the `logs` the Keras callbacks get, beside the training
+    metrics: `lambda_s_K` for the QUANTA layer of layer K, and `test_NAME` for the test
+    metrics when the target is tested every epoch."""
+    out = {f"lambda_s_{k}": values["source"] for k, values in quantas.items()}
+    out.update({f"test_{name}": float(value) for name, value in (test or {}).items()})
+    return out
+
+
 class _Hooks(keras.callbacks.Callback):
     """Quantas, tests, checkpoints and progress after each epoch; cancellation between
     batches. Nothing runs after a batch: a batch-end callback would make Keras wait for
@@ -319,8 +329,11 @@ class _Hooks(keras.callbacks.Callback):
             self.result.test_history[epoch] = evaluate(model or self.model, x, y)
         if self.after_epoch is not None:
             self.after_epoch(self.model, self.result)
+        quantas = current_quantas(self.model)
+        if logs is not None:  # the callbacks after this one (a user's logger) see them
+            logs.update(epoch_logs(quantas, self.result.test_history.get(epoch)))
         if self.on_epoch is not None:
-            self.on_epoch(epoch, metrics_, current_quantas(self.model))
+            self.on_epoch(epoch, metrics_, quantas)
         self.epoch_end_s += time.perf_counter() - start
 
     def record_timings(self, timings: Timings) -> None:

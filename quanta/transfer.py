@@ -76,6 +76,13 @@ def run_transfer(
     save), and a call that finds checkpoints (an earlier attempt that died) resumes from
     them: finished runs are not redone, an interrupted run goes on from its last saved
     epoch. The folder is removed once every run is exported.
+
+    `callbacks` are Keras callbacks given to every target's (and witness's) training: at
+    each epoch's end their `logs` hold the training metrics, `lambda_s_K` for each
+    transferred layer K and, with `test_every_epoch`, `test_` and each test metric
+    (`quanta.training.epoch_logs`), so a CSV, TensorBoard or W&B logger records λ_s as
+    it records the loss. `on_epoch` gets an `EpochEvent` (run, epoch, metrics, quantas)
+    after each epoch, for code that is not a callback.
     """
     for name in ("source_weights", "train_from_previous_training"):
         if not isinstance(getattr(spec, name), str | None):

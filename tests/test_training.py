@@ -350,3 +350,24 @@ def test_checkpoints_wait_for_their_interval(source_weights, tmp_path, monkeypat
     run_transfer(spec, tmp_path / "spaced", on_epoch=one_minute_per_epoch,
                  checkpoint_dir=tmp_path / "spaced_ckpt", checkpoint_interval_s=100)
     assert saved == ["model_epoch_3.keras"]
+
+
+def test_a_users_keras_callbacks_see_lambda_s_each_epoch(source_weights, tmp_path):
+    """A stock Keras logger (CSVLogger here; W&B or TensorBoard alike) records λ_s per
+    layer and the per-epoch test metrics beside the loss, with no extra code."""
+    seen = []
+
+    class Recorder(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(dict(logs or {}))
+
+    csv = tmp_path / "log.csv"
+    result = run_transfer(_spec(source_weights, layer_to_transfer=-1, test_every_epoch=True),
+                          tmp_path, callbacks=[Recorder(), keras.callbacks.CSVLogger(str(csv))])
+    assert len(seen) == 2
+    finals = result.runs[0].quantas
+    for k in range(7):
+        assert seen[-1][f"lambda_s_{k}"] == pytest.approx(finals[str(k)]["source"], abs=1e-6)
+    assert "test_categorical_accuracy" in seen[0] and "loss" in seen[0]
+    header = csv.read_text().splitlines()[0].split(",")
+    assert {"epoch", "loss", "lambda_s_0", "lambda_s_6", "test_loss"} <= set(header)
