@@ -26,6 +26,12 @@ class Unauthorized(ServiceError):
     error_type = "unauthorized"
 
 
+class Forbidden(ServiceError):
+    """A known token without the right (an admin's route)."""
+
+    error_type = "forbidden"
+
+
 #: The HTTP status of each kind of error (a subclass takes its closest ancestor's).
 STATUS: dict[type[ServiceError], int] = {
     ServiceError: 400,
@@ -34,6 +40,7 @@ STATUS: dict[type[ServiceError], int] = {
     Invalid: 422,
     TooLarge: 413,
     Unauthorized: 401,
+    Forbidden: 403,
     TooManyRequests: 429,
     InsufficientStorage: 507,
 }

@@ -21,10 +21,11 @@ from api.auth import authenticate, identify
 from api.body_limit import BodyLimit, identify_with
 from api.errors import STATUS, Unauthorized, http_headers, http_status
 from api.head import add_head_routes
+from api.metrics import HttpLatency, make_registry
 from api.multipart import MULTIPART_OVERHEAD
 from api.origin_guard import OriginGuard, parse_hosts
 from api.request_guard import RejectNul
-from api.routes import dashboard, health, jobs, studies, uploads
+from api.routes import dashboard, health, jobs, metrics, studies, uploads
 from api.schemas import ErrorBody
 from quanta_jobs import upload_holds
 from quanta_jobs.db import make_engine, make_sessionmaker
@@ -161,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = make_engine(settings.database_url)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
     app.state.celery = make_celery(settings)
+    app.state.metrics, latency = make_registry(app.state.sessionmaker, settings.heartbeat_s)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(IllegalTransition, _illegal_transition)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -169,6 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        upload_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD,
                        identify=identify_with(app.state.sessionmaker, identify))
     app.add_middleware(RejectNul)
+    app.add_middleware(HttpLatency, latency=latency)
     # Outermost: a request for another host, or a change sent by another site's page, is
     # refused before anything else reads it.
     app.add_middleware(OriginGuard, allowed_hosts=parse_hosts(settings.allowed_hosts))
@@ -179,6 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, dependencies=[Depends(authenticate)],
                            responses=UNAUTHORIZED)
     add_head_routes(app, V1_ROUTERS, [Depends(authenticate)])  # HEAD on downloads: as GET
+    app.include_router(metrics.router, responses=UNAUTHORIZED)  # admins' (PrincipalDep)
     return app
 
 
