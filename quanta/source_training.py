@@ -89,7 +89,9 @@ def train_source(
         fitted = training.fit(
             model, data.x_train, y_train, spec.nb_of_epochs, order_seed=order_seed,
             resume=so_far,
-            on_epoch=hook, should_cancel=should_cancel, callbacks=callbacks,
+            on_epoch=hook, should_cancel=should_cancel,
+            callbacks=[*(callbacks or []), training.tensorboard_callback(
+                folder / "tensorboard" / "source")] if spec.tensorboard else callbacks,
             after_epoch=ckpt.save_epoch if ckpt is not None else None,
             shuffle=spec.shuffle,
         )

@@ -14,12 +14,13 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from quanta.errors import Cancelled
+from quanta.errors import Cancelled, QuantaError
 from quanta.layer import quanta_layers
 from quanta.optimizer import QuantaAdam
 from quanta.results import Timings
@@ -402,3 +403,15 @@ def fit(
 def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     results = model.evaluate(x, y, batch_size=BATCH_SIZE, verbose=0, return_dict=True)
     return {name: float(value) for name, value in results.items()}
+
+
+def tensorboard_callback(log_dir: str | Path) -> keras.callbacks.Callback:
+    """Keras's TensorBoard writer for one trained model's run, epochs only: it records the
+    `logs` every epoch ends with (`epoch_logs` included), no graph, no profile."""
+    try:
+        import tensorboard  # noqa: F401 - TensorFlow writes summaries through it
+    except ImportError:
+        raise QuantaError("--tensorboard needs the tensorboard package: pip install "
+                          "'quanta-service[tensorboard]' (or pip install tensorboard)") from None
+    return keras.callbacks.TensorBoard(str(log_dir), write_graph=False, profile_batch=0,
+                                       update_freq="epoch")

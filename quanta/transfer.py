@@ -136,6 +136,8 @@ def run_transfer(
                     )
                 )
 
+        run_callbacks = _with_tensorboard(callbacks, spec, result.experiment_dir,
+                                          f"target_r_{run}_l_{spec.layer_label}")
         with clock.phase("train"):
             fitted = training.fit(
                 target.trainer,
@@ -147,7 +149,7 @@ def run_transfer(
                 on_epoch=hook,
                 should_cancel=should_cancel,
                 after_epoch=ckpt.save_epoch if ckpt is not None else None,
-                callbacks=callbacks,
+                callbacks=run_callbacks,
                 shuffle=spec.shuffle,
                 test=((None if target.model is target.trainer else target.model,
                        target_data.x_test, target_y_test) if spec.test_every_epoch else None),
@@ -163,8 +165,10 @@ def run_transfer(
             )
         if spec.witness:
             with clock.phase("witness"):
-                outcome.witness = _train_witness(spec, seed, target_data, should_cancel,
-                                                 callbacks)
+                outcome.witness = _train_witness(
+                    spec, seed, target_data, should_cancel,
+                    _with_tensorboard(callbacks, spec, result.experiment_dir,
+                                      f"witness_r_{run}_l_{spec.layer_label}"))
         with clock.phase("export"):
             if ckpt is not None:
                 ckpt.rollback_export()  # an earlier attempt may have died while exporting
@@ -300,6 +304,16 @@ class _RunOutcome:
     target_metrics: dict[str, float]
     source_metrics: dict[str, float]
     witness: tuple[training.FitResult, dict[str, float]] | None = None
+
+
+def _with_tensorboard(callbacks: list[keras.callbacks.Callback] | None, spec: TransferSpec,
+                      folder: Path, run_name: str) -> list[keras.callbacks.Callback] | None:
+    """`callbacks`, and with `spec.tensorboard` a TensorBoard writer for `run_name` under
+    `folder/tensorboard/` (after the user's: it records what they may add to the logs)."""
+    if not spec.tensorboard:
+        return callbacks
+    return [*(callbacks or []),
+            training.tensorboard_callback(Path(folder) / "tensorboard" / run_name)]
 
 
 def _train_witness(

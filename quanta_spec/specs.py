@@ -156,6 +156,17 @@ class _CommonSpec(_Strict):
         "run's seed and the epoch (a stream of its own). Off by default, as in the "
         "reference: every epoch sees the same batches in the same order.",
     )
+    tensorboard: Annotated[bool, Option(
+        "--tensorboard", help="also write TensorBoard event files of every epoch (metrics "
+        "and λ_s) under tensorboard/, one run per trained model (needs the tensorboard "
+        "package)")] = Field(
+        default=False,
+        description="Also write TensorBoard event files, one run per trained model under "
+        "`tensorboard/` (`target_r_{r}_l_{l}`, `witness_r_{r}_l_{l}`, `source`): per epoch the "
+        "training metrics, `lambda_s_K` of each QUANTA layer and, with test_every_epoch, "
+        "the test metrics. `tensorboard --logdir` reads them. Needs the tensorboard "
+        "package (the `tensorboard` extra).",
+    )
 
     @property
     def seeded(self) -> bool:

@@ -371,3 +371,25 @@ def test_a_users_keras_callbacks_see_lambda_s_each_epoch(source_weights, tmp_pat
     assert "test_categorical_accuracy" in seen[0] and "loss" in seen[0]
     header = csv.read_text().splitlines()[0].split(",")
     assert {"epoch", "loss", "lambda_s_0", "lambda_s_6", "test_loss"} <= set(header)
+
+
+def test_tensorboard_event_files_hold_every_epoch(source_weights, tmp_path):
+    """`tensorboard: true`: one TensorBoard run per trained model, read back with
+    TensorBoard's own reader: the loss and λ_s per epoch, as the JSONL files have them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    result = run_transfer(_spec(source_weights, witness=True, tensorboard=True), tmp_path)
+    runs = sorted(p.name for p in (result.experiment_dir / "tensorboard").iterdir())
+    assert runs == ["target_r_0_l_2", "witness_r_0_l_2"]
+    events = EventAccumulator(str(result.experiment_dir / "tensorboard" / "target_r_0_l_2"
+                                  / "train"))
+    events.Reload()
+
+    def values(tag):  # TensorFlow 2 writes scalars as tensor summaries
+        return [float(make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
+
+    jsonl = json.loads((result.experiment_dir / "quantas_r_0_l_2.jsonl").read_text())
+    assert values("epoch_lambda_s_2") == pytest.approx(jsonl["2"]["quantas"]["source"][1:],
+                                                       abs=1e-6)
+    assert len(values("epoch_loss")) == 2
