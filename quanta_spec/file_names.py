@@ -30,7 +30,8 @@ STUDY_PLOTS = ("transferability", "accuracy")
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
 
-_RUN_0 = re.compile(rf"_r_0_l_(\d+|{ALL_LAYERS_LABEL})\.")
+#: Run 0's mark in a file name (`..._r_0_l_3.jsonl`) or a folder's (`tensorboard/target_r_0_l_3/`).
+_RUN_0 = re.compile(rf"_r_0_l_(\d+|{ALL_LAYERS_LABEL})(?=[./])")
 
 
 def experiment_dir_name(source_task: str, target_task: str) -> str:
@@ -80,7 +81,7 @@ def run_file_names(run: int, layer: str) -> dict[str, str]:
 def as_run(path: str, run: int) -> str:
     """A file name of run 0 renamed to run `run` (a study's child ran one run, its run 0,
     which is run `run` of the study)."""
-    return _RUN_0.sub(lambda m: f"_{run_suffix(run, m.group(1))}.", path)
+    return _RUN_0.sub(lambda m: f"_{run_suffix(run, m.group(1))}", path)
 
 
 def child_plot(run: int, layer: str) -> str:

@@ -78,6 +78,9 @@ def test_study_files_are_renamed_to_their_run() -> None:
         "digits_to_digits/source_r_29_l_6.keras"
     assert as_run("d_to_d/testing_metrics_of_target_per_epoch_r_0_l_3.jsonl", 4) == \
         "d_to_d/testing_metrics_of_target_per_epoch_r_4_l_3.jsonl"
+    # a TensorBoard run is a folder: each of a study's runs keeps its own
+    assert as_run("d_to_d/tensorboard/target_r_0_l_3/train/events.out.tfevents.1.h", 4) == \
+        "d_to_d/tensorboard/target_r_4_l_3/train/events.out.tfevents.1.h"
     for bad in ("../x", "/etc/passwd", "a//b", "a/./b", "a\\b"):
         with pytest.raises(ClientError):
             safe_relative(bad)
