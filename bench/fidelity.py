@@ -3,6 +3,7 @@ per layer over several seeds, both tools on the same real data and the same sour
 
     .venv/bin/python bench/fidelity.py --reference-dir GIT_DIR [--seeds 1 2 3 4 5] \
         [--layers 0 3 6 -1] [--samples 512] [--epochs 3] [--source-epochs 5] [--json out.json]
+    .venv/bin/python bench/fidelity.py --table out.json    # the table of a (partial) run
 
 A seeded result of this project is not the reference's bit for bit: each purpose (target
 weights, masks, batch order) draws from a stream of its own (`quanta_spec.streams`), and
@@ -126,7 +127,16 @@ def main() -> None:
     parser.add_argument("--reference-dir", default=os.environ.get(REFERENCE_ENV),
                         help=f"git directory of RomainOr/Quanta (default: ${REFERENCE_ENV})")
     parser.add_argument("--json")
+    parser.add_argument("--table", metavar="JSON",
+                        help="only print the table of a JSON this script wrote (a partial "
+                        "one too: what an interrupted run measured)")
     args = parser.parse_args()
+    if args.table:
+        raw = json.loads(Path(args.table).read_text())["raw"]
+        print(markdown(summarise({tool: {int(layer): [tuple(v) for v in values]
+                                         for layer, values in by_layer.items()}
+                                  for tool, by_layer in raw.items()})))
+        return
     if args.source_seed in args.seeds:
         parser.error("the transfer seeds must differ from the source's training seed")
 
@@ -173,7 +183,8 @@ def main() -> None:
                 print(line, flush=True)
                 if args.json:  # what is measured so far survives an interrupted run
                     Path(args.json).write_text(json.dumps(
-                        {"run": vars(args), "raw": results, "partial": True}, default=str))
+                        {"run": vars(args) | {"source_test_accuracy": source_accuracy},
+                         "raw": results, "partial": True}, default=str))
 
     rows = summarise(results)
     report = {"run": vars(args) | {"source_test_accuracy": source_accuracy},
