@@ -92,7 +92,8 @@ def make_spec(
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"][:1])
-        parser.error(f"argument --{field}: {first['msg']}")
+        message = str(first["msg"]).removeprefix("Value error, ")
+        parser.error(f"argument --{field}: {message}" if field else message)
 
 
 def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], None],

@@ -25,7 +25,8 @@ class QuantaLayer(keras.layers.Layer):
     """Mixes `[Z_S, Z_T]` with learned, mutually exclusive quantas.
 
     Args:
-        transferred_layer: number (0-6) of the layer whose transferability is measured;
+        transferred_layer: number (0-6) of the built-in networks' layer whose
+            transferability is measured, or the name of the layer of a user's network;
             saved with the model so exports can name the quanta by it.
         initial_weights: `(w_s, w_t)` before the softmax; the default `(1.1, -1.1)`
             starts with about 90% of the source's features.
@@ -40,7 +41,7 @@ class QuantaLayer(keras.layers.Layer):
 
     def __init__(
         self,
-        transferred_layer: int | None = None,
+        transferred_layer: int | str | None = None,
         initial_weights: Sequence[float] = DEFAULT_INITIAL_WEIGHTS,
         gradient_multiplier: float = 1.0,
         activation: Any = "elu",
@@ -119,6 +120,9 @@ class QuantaLayer(keras.layers.Layer):
 
 
 def quanta_layers(model: keras.Model) -> list[QuantaLayer]:
-    """The model's QUANTA layers in the order of the layers they measure."""
+    """The model's QUANTA layers in the order of the layers they measure: by number for
+    the built-in networks, in graph order (the model's own) for layers named."""
     found = [layer for layer in model.layers if isinstance(layer, QuantaLayer)]
+    if any(isinstance(q.transferred_layer, str) for q in found):
+        return found
     return sorted(found, key=lambda q: (q.transferred_layer is None, q.transferred_layer or 0))

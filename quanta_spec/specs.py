@@ -26,8 +26,15 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from typing_extensions import TypeAliasType
 
+from quanta_spec.images import DEFAULT_RESIZE_METHOD, RESIZE_METHODS
 from quanta_spec.networks import DEFAULT_ARCHITECTURE, Architecture
 from quanta_spec.options import Option
+from quanta_spec.source_models import (
+    APPLICATION_PREFIX,
+    MAX_LAYERS_AT_ONCE,
+    check_preprocess,
+    check_source_model,
+)
 from quanta_spec.stopping import UntilRule
 from quanta_spec.tasks import BUILTIN_TASKS
 
@@ -42,12 +49,54 @@ MAX_STUDY_JOBS = 1000
 BuiltinTask = TypeAliasType("TaskName", Literal[BUILTIN_TASKS])  # type: ignore[valid-type]
 #: How a command line names the tasks it takes.
 TASK_HELP = f"one of {', '.join(BUILTIN_TASKS)}, or npz:PATH for a user dataset"
+ResizeMethod = TypeAliasType("ResizeMethod", Literal[RESIZE_METHODS])  # type: ignore[valid-type]
 ObjectId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
-def layer_label(layer_to_transfer: int) -> str:
-    """The `{l}` used in file names: the layer number, or `all` for a negative value."""
+def layer_label(layer_to_transfer: int | str) -> str:
+    """The `{l}` used in file names: the layer number (or name), or `all` for a negative
+    value."""
+    if isinstance(layer_to_transfer, str):
+        return layer_to_transfer
     return ALL_LAYERS_LABEL if layer_to_transfer < 0 else str(layer_to_transfer)
+
+
+#: A layer: a built-in network's number (negative: all at once), or a layer's name.
+LayerRef = int | Annotated[str, Field(min_length=1, max_length=100,
+                                      pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+def _layer_number(value: Any) -> Any:
+    """`-l 3` from a command line is text: a number stays a number."""
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+def _check_network_options(spec: Any, numbered: bool) -> None:
+    """The options of the built-in networks and those of a user's network, each with its
+    own kind of source."""
+    layers = getattr(spec, "layer_to_transfer", None)
+    if spec.source_model is None:
+        if isinstance(layers, str):
+            raise ValueError(f"layer '{layers}': the built-in networks' layers are numbered "
+                             "0-6; names are for a source_model")
+        if isinstance(layers, int) and layers > NB_TRANSFERABLE_LAYERS - 1:
+            raise ValueError(f"layer_to_transfer {layers}: the built-in networks' layers are "
+                             f"0-{NB_TRANSFERABLE_LAYERS - 1} (negative: all at once)")
+        for name in ("preprocess", "init_from_source"):
+            if getattr(spec, name):
+                raise ValueError(f"{name} is for a source_model (your own network)")
+        return
+    if numbered:
+        raise ValueError(f"layer {layers}: a source_model's layers are named (list them "
+                         "with `quanta layers MODEL`); a negative value takes them all")
+    if spec.architecture is not None or spec.width_multiplier != 1.0:
+        raise ValueError("architecture and width_multiplier are the built-in networks'; a "
+                         "source_model has its own")
+    if spec.precision != "float32":
+        raise ValueError("a source_model trains in float32 (mixed precision is for the "
+                         "built-in networks)")
 
 
 def run_seed(seed: int | None, run: int) -> int | None:
@@ -217,21 +266,35 @@ class TransferSpec(_CommonSpec):
     source_task: Annotated[TaskRef, Option(
         "-s", "--source_task", help=f"task of the source model: {TASK_HELP}")] = Field(
         description="Task of the pre-trained source model.")
-    source_weights: Annotated[FileRef, Option(
-        "-sw", "--source_weights", help="weights of the pre-trained source model (.h5 file; "
-        "quanta-client also takes job:ID or upload:ID)")] = Field(
-        description="Weights of the pre-trained source model (.h5).")
+    source_weights: Annotated[FileRef | None, Option(
+        "-sw", "--source_weights", help="weights of the pre-trained source model, one of the "
+        "built-in networks (.h5 file; quanta-client also takes job:ID or upload:ID)")] = Field(
+        default=None,
+        description="Weights of the pre-trained source model (.h5), one of the built-in "
+        "networks. Give this or source_model.")
+    source_model: Annotated[FileRef | None, Option(
+        "-sm", "--source_model", metavar="MODEL.keras",
+        help="the pre-trained source network itself, any Keras functional or Sequential "
+        "classifier: a .keras file or keras.applications.NAME (ImageNet weights from the "
+        "Keras cache); instead of -sw. Layers are then named: see `quanta layers MODEL`")] = \
+        Field(default=None,
+              description="The pre-trained source network itself, instead of source_weights: "
+              "any Keras 3 functional or Sequential classifier, as a .keras file, or "
+              "keras.applications.NAME (its ImageNet weights from the Keras cache). The "
+              "target is the same architecture with its head rebuilt for the target's "
+              "classes; layer_to_transfer then takes layer names.")
     target_task: Annotated[TaskRef, Option(
         "-t", "--target_task", help=f"task of the target model: {TASK_HELP}")] = Field(
         description="Task of the target model to train.")
-    layer_to_transfer: Annotated[int, Option(
+    layer_to_transfer: Annotated[LayerRef, Option(
         "-l", "--layer_to_transfer", help="layer whose transferability is assessed (0-5: "
-        "Conv2D layers, 6: the Dense layer); a negative value transfers all layers at once",
+        "Conv2D layers, 6: the Dense layer; with --source_model, a layer's name); a "
+        "negative value transfers all layers at once",
     )] = Field(
-        le=NB_TRANSFERABLE_LAYERS - 1,
         description="Layer whose transferability is assessed: 0-5 are the Conv2D layers, "
         "6 the Dense(2048) (or Dense(1024)) layer; a negative value transfers all seven at "
-        "once.",
+        "once. With source_model, the name of a layer (GET /v1/uploads/{id}/layers lists "
+        "them), or a negative value for every transferable layer at once.",
     )
     architecture: Annotated[Architecture | None, Option(
         "--architecture", help="the network: kes2021 (64-128-512 filters + Dense(2048), the "
@@ -301,6 +364,32 @@ class TransferSpec(_CommonSpec):
         description="Evaluate the target on the test split after every epoch (the paper's "
         "protocol), written to testing_metrics_of_target_per_epoch_r_{r}_l_{l}.jsonl.",
     )
+    preprocess: Annotated[str | None, Option(
+        "--preprocess", help="with --source_model: how pixels (0-255) are prepared after "
+        "resizing: none, rescale (/255) or keras.applications.MODULE.preprocess_input "
+        "(default: the application's own, none for a .keras file)")] = Field(
+        default=None,
+        description="With source_model: how the images' pixels (0-255, after resizing) are "
+        "prepared for the network: none (as they are; the model's own layers, such as "
+        "Rescaling, do the rest), rescale (divided by 255), or "
+        "keras.applications.MODULE.preprocess_input. Absent: the keras.applications "
+        "network's own function, none for a .keras file. Results record the one used.",
+    )
+    resize_method: Annotated[ResizeMethod, Option(
+        "--resize_method", help="with --source_model: how images are resized to the "
+        "network's input")] = Field(
+        default=DEFAULT_RESIZE_METHOD,
+        description="With source_model: how images of another size are resized to the "
+        "network's input (the built-in networks take the task's size as it is).",
+    )
+    init_from_source: Annotated[bool, Option(
+        "--init_from_source", help="with --source_model: start the target from the "
+        "source's weights (fine-tuning) instead of from scratch as in the paper")] = Field(
+        default=False,
+        description="With source_model: the target starts from the source's weights (all "
+        "but the rebuilt head), as fine-tuning studies ask, instead of from new weights as "
+        "in the paper.",
+    )
 
     _tasks = field_validator("source_task", "target_task")(_check_task)
 
@@ -321,8 +410,35 @@ class TransferSpec(_CommonSpec):
 
     @field_validator("source_weights")
     @classmethod
-    def _h5_file(cls, value: FileRef) -> FileRef:
+    def _h5_file(cls, value: FileRef | None) -> FileRef | None:
         return _check_suffix(value, (".h5",), "source_weights")
+
+    @field_validator("source_model")
+    @classmethod
+    def _model_file(cls, value: FileRef | None) -> FileRef | None:
+        return check_source_model(value) if isinstance(value, str) else value
+
+    @field_validator("preprocess")
+    @classmethod
+    def _preprocess(cls, value: str | None) -> str | None:
+        return None if value is None else check_preprocess(value)
+
+    _layer = field_validator("layer_to_transfer", mode="before")(_layer_number)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TransferSpec:
+        """A built-in network's weights, or a network of the user's: never both."""
+        if (self.source_weights is None) == (self.source_model is None):
+            raise ValueError("give source_weights (a built-in network's weights) or "
+                             "source_model (your own network), one of them")
+        _check_network_options(self, isinstance(self.layer_to_transfer, int)
+                               and self.layer_to_transfer >= 0)
+        return self
+
+    @property
+    def own_network(self) -> bool:
+        """The source is the user's network (`source_model`), not a built-in one."""
+        return self.source_model is not None
 
     @field_validator("train_from_previous_training")
     @classmethod
@@ -330,10 +446,13 @@ class TransferSpec(_CommonSpec):
         return _check_suffix(value, (".keras",), "train_from_previous_training")
 
     @property
-    def transferred_layers(self) -> tuple[int, ...]:
-        """The layer numbers that get a QUANTA layer."""
+    def transferred_layers(self) -> tuple[int | str, ...]:
+        """The layers that get a QUANTA layer: numbers; a name with source_model (every
+        transferable layer, for a negative number there, is known from the network)."""
+        if isinstance(self.layer_to_transfer, str):
+            return (self.layer_to_transfer,)
         if self.layer_to_transfer < 0:
-            return tuple(range(NB_TRANSFERABLE_LAYERS))
+            return () if self.own_network else tuple(range(NB_TRANSFERABLE_LAYERS))
         return (self.layer_to_transfer,)
 
     @property
@@ -341,10 +460,14 @@ class TransferSpec(_CommonSpec):
         return layer_label(self.layer_to_transfer)
 
 
+#: `keras.applications.NAME` in a remote spec: a name, never a path.
+ApplicationName = Annotated[str, Field(pattern=r"^keras\.applications\.[A-Z][A-Za-z0-9]{1,63}$")]
+
+
 def _no_server_path(value: Any) -> Any:
     """One clear error for a file named by path in a remote spec, instead of one error per
     member of the reference union."""
-    if isinstance(value, str):
+    if isinstance(value, str) and not value.startswith(APPLICATION_PREFIX):
         raise ValueError(f"'{value}' is a path; name files by {{\"job\": ID}} or "
                          "{\"upload\": ID} (upload your own with POST /v1/uploads)")
     return value
@@ -382,8 +505,17 @@ class RemoteTransferSpec(TransferSpec):
     target_task: BuiltinTask | UploadRef = Field(
         description="A task name, or an uploaded .npz dataset as {\"upload\": ID}."
     )
-    source_weights: JobRef | UploadRef = Field(
-        description="A finished source job ({\"job\": ID}) or an uploaded .weights.h5 file."
+    source_weights: JobRef | UploadRef | None = Field(
+        default=None,
+        description="A finished source job ({\"job\": ID}) or an uploaded .weights.h5 file "
+        "(a built-in network's weights). Give this or source_model.",
+    )
+    source_model: JobRef | UploadRef | ApplicationName | None = Field(
+        default=None,
+        description="Your own source network: an uploaded .keras model ({\"upload\": ID}; "
+        "GET /v1/uploads/{id}/layers lists its layers), a finished source job's model "
+        "({\"job\": ID}), or keras.applications.NAME (ImageNet weights from the workers' "
+        "Keras cache). Give this or source_weights.",
     )
     train_from_previous_training: JobRef | UploadRef | None = Field(
         default=None,
@@ -391,12 +523,13 @@ class RemoteTransferSpec(TransferSpec):
         "uploaded .keras model.",
     )
 
-    _refs = field_validator("source_weights", "train_from_previous_training",
+    _refs = field_validator("source_weights", "source_model", "train_from_previous_training",
                             mode="before")(_no_server_path)
     _remote_tasks = field_validator("source_task", "target_task", mode="before")(_known_task)
 
 
-StudyLayer = Annotated[int, Field(ge=-1, le=NB_TRANSFERABLE_LAYERS - 1)]
+StudyLayer = Annotated[int, Field(ge=-1, le=NB_TRANSFERABLE_LAYERS - 1)] | Annotated[
+    str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
 
 
 #: The settings each study protocol fills in (fields given explicitly win).
@@ -431,7 +564,8 @@ class RemoteStudySpec(RemoteTransferSpec):
     layer_to_transfer: SkipJsonSchema[int | None] = Field(default=None, exclude=True)
     layers: list[StudyLayer] | Literal["all"] = Field(
         description="Layers to measure: numbers 0-6 and/or -1 (all seven at once), or "
-        "\"all\" for 0-6.",
+        "\"all\" for 0-6. With source_model, layer names (and/or -1), or \"all\" for "
+        "every transferable layer of an uploaded model (at most MAX_LAYERS_AT_ONCE).",
     )
     include_all_at_once: bool = Field(
         default=False, description="Also measure the seven layers transferred at once (-1)."
@@ -476,7 +610,25 @@ class RemoteStudySpec(RemoteTransferSpec):
                 raise ValueError("give at least one layer (0-6, or -1 for all at once)")
             if len(set(value)) != len(value):
                 raise ValueError(f"layers {value} repeat a layer")
+            if len(value) > MAX_LAYERS_AT_ONCE:
+                raise ValueError(f"{len(value)} layers; a study measures at most "
+                                 f"{MAX_LAYERS_AT_ONCE}")
         return value
+
+    @model_validator(mode="after")
+    def _layers_of_the_network(self) -> RemoteStudySpec:
+        if isinstance(self.layers, list):
+            for layer in self.layers:
+                if isinstance(layer, int) and layer == -1:
+                    continue
+                if self.own_network != isinstance(layer, str):
+                    raise ValueError(f"layer {layer!r}: " + (
+                        "a source_model's layers are named" if self.own_network
+                        else "the built-in networks' layers are numbered 0-6"))
+        elif self.own_network and not self.study_layers:
+            raise ValueError("layers \"all\" of a source_model is expanded by the service "
+                             "from an uploaded model's layers; name them here")
+        return self
 
     @field_validator("train_from_previous_training")
     @classmethod
@@ -506,10 +658,15 @@ class RemoteStudySpec(RemoteTransferSpec):
         return self
 
     @property
-    def study_layers(self) -> tuple[int, ...]:
-        """The layers measured, in order; -1 (all at once) last."""
+    def study_layers(self) -> tuple[int | str, ...]:
+        """The layers measured, in order; -1 (all at once) last. A source_model's layers
+        by name, in the order given (the service puts them in graph order)."""
+        at_once = (-1,) if self.include_all_at_once else ()
+        if self.own_network:
+            named = () if self.layers == "all" else tuple(self.layers)
+            return (*[k for k in named if not isinstance(k, int)], *at_once)
         chosen = range(NB_TRANSFERABLE_LAYERS) if self.layers == "all" else self.layers
-        layers = sorted(set(chosen) | ({-1} if self.include_all_at_once else set()))
+        layers = sorted(set(chosen) | set(at_once))
         return (*[k for k in layers if k >= 0], *[k for k in layers if k < 0])
 
     @property
@@ -528,8 +685,11 @@ class RemoteStudySpec(RemoteTransferSpec):
         return len(self.study_layers) * self.max_runs
 
     @property
-    def transferred_layers(self) -> tuple[int, ...]:
-        """Every layer number that gets a QUANTA layer in some child."""
+    def transferred_layers(self) -> tuple[int | str, ...]:
+        """Every layer that gets a QUANTA layer in some child (a source_model's named
+        ones; its -1 child takes every transferable layer, known from the network)."""
+        if self.own_network:
+            return tuple(k for k in self.study_layers if isinstance(k, str))
         if -1 in self.study_layers:
             return tuple(range(NB_TRANSFERABLE_LAYERS))
         return self.study_layers

@@ -124,7 +124,9 @@ def test_show_only_build_prints_summaries_and_trains_nothing(expe, tmp_path, cap
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["-s", "digits", "-t", "digits", "-l", "0"], "required: -sw"),
+        (["-s", "digits", "-t", "digits", "-l", "0"], "give source_weights"),
+        (["-s", "digits", "-sw", "{w}", "-t", "digits", "-l", "conv_0"],
+         "layers are numbered 0-6"),
         (["-s", "digits", "-sw", "missing.weights.h5", "-t", "digits", "-l", "0"],
          "does not exist"),
         (["-s", "digits", "-sw", "{w}", "-t", "digits", "-l", "0", "-r", "0"],
