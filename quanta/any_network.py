@@ -27,18 +27,29 @@ The frozen source runs as the built-in networks' does: BatchNormalization in inf
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from keras import tree
 
+from quanta.datasets import Dataset
 from quanta.errors import QuantaError
+from quanta.image_folders import fit_images
 from quanta.layer import DEFAULT_INITIAL_WEIGHTS, QuantaLayer
 from quanta.models import augmentation
 from quanta_spec.keras_graph import GraphError, NetworkGraph, read_graph, read_keras_file
-from quanta_spec.source_models import APPLICATION_PREFIX, application_name, preprocess_module
+from quanta_spec.lru import LRU
+from quanta_spec.source_models import (
+    APPLICATION_PREFIX,
+    MAX_LAYERS_AT_ONCE,
+    application_name,
+    model_label,
+    preprocess_module,
+)
 
 #: Layers left out of a source cut run in inference mode (`source_inference_mode`).
 DROPOUT_LAYERS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
@@ -91,6 +102,16 @@ def _application(name: str) -> keras.Model:
                           f"{str(exc).splitlines()[0][:300]}") from None
     finally:
         file_utils.urlretrieve = original
+
+
+def application_graph(ref: str) -> NetworkGraph:
+    """The graph of `keras.applications.NAME`, built without its weights (nothing is
+    downloaded): its layers and shapes are the same with them."""
+    name = application_name(ref)
+    builder = getattr(keras.applications, name, None)
+    if builder is None or not name[:1].isupper():
+        raise QuantaError(f"keras.applications has no network '{name}'")
+    return graph_of(builder(weights=None))
 
 
 def _keras_cache() -> Path:
@@ -237,7 +258,8 @@ def build_target(
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         if id(layer) in clones:  # a shared layer stays shared
             return clones[id(layer)]
-        config = layer.get_config()
+        # A frozen source's layers say trainable: false; the target's train.
+        config = {**layer.get_config(), "trainable": True}
         if layer.name == graph.head:
             key = "units" if "units" in config else "filters"
             config = {**config, key: nb_classes}
@@ -330,3 +352,98 @@ def preprocess_function(name: str) -> Callable[[Any], Any]:
     if function is None:
         raise QuantaError(f"preprocess '{name}': keras.applications has no such module")
     return function
+
+
+# -- one experiment's source network -------------------------------------------------------
+@dataclass
+class OwnSource:
+    """A user's source network as one experiment uses it: the frozen model, its graph,
+    the layers measured, and how images are prepared for it."""
+
+    ref: str
+    model: keras.Model
+    graph: NetworkGraph
+    preprocess: str
+    resize_method: str
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        h, w, c = (int(d) if d is not None else 0 for d in self.graph.input_shape)
+        if not (h and w and c):
+            raise QuantaError(f"source model '{model_label(self.ref)}' takes images of any "
+                              "size; give it a fixed input (keras.Input(shape=(H, W, C)))")
+        return h, w, c
+
+    def layers(self, wanted: str | int) -> tuple[str, ...]:
+        names = resolve_layers(self.graph, wanted)
+        if len(names) > MAX_LAYERS_AT_ONCE:
+            raise QuantaError(f"the network has {len(names)} transferable layers; QUANTA "
+                              f"mixes at most {MAX_LAYERS_AT_ONCE} at once: name them")
+        return names
+
+    def prepare(self, data: Dataset) -> Dataset | Prepared:
+        """`data` at the network's input (`fit_images`) and through `preprocess`."""
+        shape = self.input_shape
+        x_train = fit_images(data.x_train, shape, self.resize_method)
+        x_test = fit_images(data.x_test, shape, self.resize_method)
+        if self.preprocess == "none" and self.model.inputs[0].dtype == "uint8":
+            return Prepared(data.name, x_train, data.y_train, x_test, data.y_test,
+                            data.nb_classes)
+        function = preprocess_function(self.preprocess)
+        return Prepared(data.name, _prepared(x_train, function), data.y_train,
+                        _prepared(x_test, function), data.y_test, data.nb_classes)
+
+    def describe(self, names: Sequence[str]) -> dict[str, Any]:
+        """What `network.json` records: enough to tell how the numbers were made."""
+        return {"source_model": model_label(self.ref), "kind": self.graph.kind,
+                "input_shape": list(self.input_shape), "head": self.graph.head,
+                "preprocess": self.preprocess, "resize_method": self.resize_method,
+                "layers": mixing_points(as_functional(self.model), names)}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A task's arrays as a user's network takes them (float32 after `preprocess`)."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    nb_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+
+def _prepared(x: np.ndarray, function: Callable[[Any], Any], chunk: int = 1024
+              ) -> np.ndarray:
+    """float32 pixels through `function`, a chunk at a time (one float copy in memory)."""
+    out = np.empty(x.shape, np.float32)
+    for start in range(0, len(x), chunk):
+        out[start:start + chunk] = np.asarray(
+            function(x[start:start + chunk].astype(np.float32)), np.float32)
+    return out
+
+
+#: Frozen user networks by (file content or application name): every run and layer of
+#: a study in a worker shares one.
+OWN_SOURCES: LRU[Hashable, tuple[keras.Model, NetworkGraph]] = LRU(size=2)
+
+
+def own_source(ref: str, preprocess: str | None, resize_method: str) -> OwnSource:
+    """The frozen, compiled user network `ref` (loaded once per process and file)."""
+    from quanta import training
+    from quanta.sources import file_key
+
+    key: Hashable = ref if ref.startswith(APPLICATION_PREFIX) else file_key(Path(ref))
+
+    def load() -> tuple[keras.Model, NetworkGraph]:
+        model = load_network(ref)
+        graph = graph_of(model)
+        freeze(model)
+        return training.compile_model(model), graph
+
+    model, graph = OWN_SOURCES.get(key, load)
+    return OwnSource(ref, model, graph, preprocess or default_preprocess(ref), resize_method)

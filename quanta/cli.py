@@ -30,6 +30,19 @@ def existing_file(*suffixes: str) -> Callable[[str], str]:
     return check
 
 
+def source_model_arg(text: str) -> str:
+    """`-sm`: an existing `.keras` file or `keras.applications.NAME`."""
+    from quanta_spec.source_models import check_source_model, is_application
+
+    try:
+        check_source_model(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not is_application(text) and not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"'{text}' does not exist")
+    return text
+
+
 def add_common_options(parser: argparse.ArgumentParser, model: type[BaseModel],
                        added: Sequence[str] = (), *, output_default: str = "./expe") -> None:
     """The options after a command's own: the output folder, the spec's common options
@@ -67,10 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     added = add_spec_options(
         parser, TransferSpec,
-        ["source_task", "source_weights", "target_task", "layer_to_transfer", "nb_of_runs",
-         "nb_of_target_epochs", "nb_of_target_samples", "witness", "source_inference_mode",
-         "quanta_learning_rate_multiplier", "test_every_epoch"],
-        types={"source_weights": existing_file(".h5")})
+        ["source_task", "source_weights", "source_model", "target_task", "layer_to_transfer",
+         "nb_of_runs", "nb_of_target_epochs", "nb_of_target_samples", "witness",
+         "source_inference_mode", "quanta_learning_rate_multiplier", "test_every_epoch",
+         "preprocess", "resize_method", "init_from_source"],
+        types={"source_weights": existing_file(".h5"), "source_model": source_model_arg})
     parser.add_argument(
         "--baselines", action="store_true",
         help="also write baseline_scores.json: LogME, H-score, TransRate and GBC of the frozen "
@@ -159,8 +173,10 @@ def _transfer(args: argparse.Namespace, spec: Any) -> None:
     print(f"\nResults in {result.experiment_dir}")
     for run in result.runs:
         lam = ", ".join(f"{k}: {v['source']:.4f}" for k, v in run.quantas.items())
+        source = run.source_metrics.get("categorical_accuracy")
+        source_text = "n/a" if source is None else f"{source:.4f}"
         print(
-            f"run {run.run}: source accuracy {run.source_metrics['categorical_accuracy']:.4f}, "
+            f"run {run.run}: source accuracy {source_text}, "
             f"target accuracy {run.target_metrics['categorical_accuracy']:.4f}, "
             f"final λ_s by layer {{{lam}}}"
         )
@@ -177,7 +193,56 @@ def _transfer(args: argparse.Namespace, spec: Any) -> None:
         _baselines(args, spec, result.experiment_dir, finals)
 
 
+def layers_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quanta layers",
+        description="List the layers of a Keras network that a QUANTA layer can follow, in "
+        "graph order, one a line: name, class, output shape, parameters. The names are "
+        "what -l/--layer_to_transfer takes with --source_model.",
+    )
+    parser.add_argument("model", metavar="MODEL",
+                        help="a .keras file, or keras.applications.NAME")
+    parser.add_argument("--all", action="store_true",
+                        help="also list the layers that cannot be transferred, and why")
+    parser.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def layers_main(argv: Sequence[str]) -> int:
+    """`quanta layers MODEL`: a `.keras` file is read without TensorFlow; an application
+    is built without its weights (its layers are all that is needed)."""
+    parser = layers_parser()
+
+    def go(args: argparse.Namespace) -> None:
+        from quanta_spec.keras_graph import GraphError, format_layers, read_keras_file
+        from quanta_spec.source_models import check_source_model, is_application
+
+        try:
+            check_source_model(args.model)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if is_application(args.model):
+            from quanta.any_network import application_graph
+
+            graph = application_graph(args.model)
+        else:
+            if not Path(args.model).is_file():
+                parser.error(f"'{args.model}' does not exist")
+            try:
+                graph = read_keras_file(args.model)
+            except GraphError as exc:
+                from quanta.errors import QuantaError
+
+                raise QuantaError(f"{Path(args.model).name}: {exc}") from None
+        print(format_layers(graph, every=args.all))
+
+    return run_cli(parser, go, argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["layers"]:
+        return layers_main(argv[1:])
     parser = build_parser()
     from quanta_spec import TransferSpec
 

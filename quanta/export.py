@@ -24,6 +24,7 @@ from quanta_spec.file_names import (  # noqa: F401 - the seed's file names, re-e
 )
 from quanta_spec.files import atomic_write as replace_bytes
 from quanta_spec.files import replacing as _replacing
+from quanta_spec.specs import ordered_layers
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> Path:
@@ -31,6 +32,11 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> Path:
     path = Path(path)
     old = path.read_bytes() if path.exists() else b""
     return replace_bytes(path, old + (json.dumps(record) + "\n").encode())
+
+
+def write_json(path: str | Path, record: dict[str, Any]) -> Path:
+    """A JSON file, written whole or not at all."""
+    return replace_bytes(Path(path), (json.dumps(record, indent=2) + "\n").encode())
 
 
 def save_model(model: keras.Model, path: str | Path) -> Path:
@@ -81,5 +87,5 @@ def quantas_record(history: QuantaHistory) -> dict[str, dict[str, Any]]:
             "quanta_weights": history.weights[key],
             "quantas": {"source": history.source[key], "target": history.target[key]},
         }
-        for key in sorted(history.weights, key=int)
+        for key in ordered_layers(history.weights)
     }

@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from quanta.summary import Summary, mean_curve
 from quanta_spec.files import replacing
 from quanta_spec.networks import LAYER_NAMES
+from quanta_spec.specs import ordered_layers
 
 _COLORS = plt.get_cmap("tab10").colors
 _DPI = 120
@@ -63,7 +64,7 @@ def quantas_figure(runs: Sequence[dict[str, Any]], title: str,
     runs of different lengths averages, at each epoch, the runs that reached it.
     """
     fig, ax = plt.subplots(figsize=(7.6 if tests else 7, 4.2))
-    layers = sorted({k for run in runs for k in run}, key=int)
+    layers = ordered_layers(k for run in runs for k in run)
     values: list[float] = []
     ax.axhline(INITIAL_LAMBDA_S, color="0.45", linestyle=":", linewidth=1,
                label=f"{LAMBDA_S} at the start ({INITIAL_LAMBDA_S:.3f})")
@@ -177,7 +178,7 @@ def _scores_panel(ax: Any, baselines: dict[str, Any]) -> None:
     """Each baseline score per layer, min-max normalised across the layers (the scores
     live on unrelated scales; their ordering of the layers is what compares with λ_s),
     labelled with its Spearman ρ against the mean λ_s."""
-    layers = sorted(baselines["layers"], key=int)
+    layers = ordered_layers(baselines["layers"])
     correlations = baselines.get("correlations", {})
     for i, (name, label) in enumerate(SCORE_NAMES.items()):
         points = [(int(k), baselines["layers"][k].get(name)) for k in layers]
@@ -228,7 +229,7 @@ def transferability_figure(summary: Summary, title: str,
         _label_points(ax, xs, means, errs, _COLORS[0])
     if "all" in summary.entries:
         lam = summary.entries["all"]["lambda_s"]
-        layers = sorted(lam, key=int)
+        layers = ordered_layers(lam)
         all_x = [int(k) + 0.15 for k in layers]
         all_means = [lam[k]["mean"] for k in layers]
         intervals = [lam[k]["ci95"] or (lam[k]["mean"], lam[k]["mean"]) for k in layers]

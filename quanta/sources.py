@@ -122,13 +122,18 @@ def _load_source(weights: Path, data: Dataset, width_multiplier: float,
 
 def source_test_metrics(spec: TransferSpec, source: keras.Model, data: Dataset,
                         data_dir: str | Path | None) -> dict[str, float]:
-    """The frozen source's test metrics, computed once per (weights, task, samples)."""
+    """The frozen source's test metrics, computed once per (weights, task, samples); none
+    ({}) for a user's network whose head does not match the source task's classes (an
+    ImageNet network measured without ImageNet)."""
+    if int(source.output_shape[-1]) != data.nb_classes:
+        return {}
     task_key: Hashable = spec.source_task
-    if spec.source_task.startswith("npz:"):
-        task_key = file_key(Path(spec.source_task[4:]))
-    key = (file_key(Path(spec.source_weights)), spec.width_multiplier, spec.architecture,
-           task_key,
-           str(data_dir), spec.nb_of_target_samples)
+    if spec.source_task.startswith(("npz:", "images:")):
+        task_key = file_key(Path(spec.source_task.split(":", 1)[1]))
+    network = spec.source_weights or spec.source_model
+    network_key = network if network.startswith("keras.") else file_key(Path(network))
+    key = (network_key, spec.width_multiplier, spec.architecture, task_key,
+           str(data_dir), spec.nb_of_target_samples, spec.preprocess, spec.resize_method)
     return dict(SOURCE_METRICS.get(key, lambda: training.evaluate(
         source, data.x_test, training.one_hot(data.y_test, data.nb_classes))))
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from quanta_spec.specs import ordered_layers
 from quanta_spec.statistics import describe
 
 ACCURACY = "categorical_accuracy"
@@ -112,7 +113,7 @@ def summarise(records: Iterable[RunRecord], missing: Iterable[Missing] = ()) -> 
     summary = Summary(missing=list(missing))
     for entry in sorted(by_entry, key=_entry_order):
         runs = sorted(by_entry[entry], key=lambda r: r.run)
-        layers = sorted({k for r in runs for k in r.quantas}, key=int)
+        layers = ordered_layers(k for r in runs for k in r.quantas)
         lambda_s, curves, counts = {}, {}, {}
         for layer in layers:
             histories = [r.quantas[layer]["quantas"]["source"] for r in runs if layer in r.quantas]

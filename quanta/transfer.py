@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 
 from quanta import export, training
+from quanta.any_network import OwnSource, build_target, own_source
 from quanta.checkpoint import RunCheckpoint
 from quanta.checkpoint import clear as clear_checkpoints
 from quanta.datasets import Dataset, load_dataset
@@ -33,18 +34,20 @@ from quanta.sources import (
 )
 from quanta.traced_models import Compiled, TracedModels
 from quanta_spec import TransferSpec, run_seed
+from quanta_spec.file_names import NETWORK_FILE
 from quanta_spec.streams import Stream, stream_seed
 
 #: Targets and witnesses, traced once per shape (see `quanta.traced_models`).
 TRACED_MODELS = TracedModels()
 
 
-def _check_previous_target(model: keras.Model, spec: TransferSpec, data: Dataset) -> None:
+def _check_previous_target(model: keras.Model, spec: TransferSpec, data: Dataset,
+                           layers: tuple[int | str, ...]) -> None:
     found = tuple(layer.transferred_layer for layer in quanta_layers(model))
-    if found != spec.transferred_layers:
+    if found != layers:
         raise QuantaError(
             f"previous training has QUANTA layers at {list(found)}, but layer_to_transfer "
-            f"{spec.layer_to_transfer} asks for {list(spec.transferred_layers)}"
+            f"{spec.layer_to_transfer} asks for {list(layers)}"
         )
     shape, classes = tuple(model.input_shape[1:]), model.output_shape[-1]
     if shape != data.input_shape or classes != data.nb_classes:
@@ -84,33 +87,46 @@ def run_transfer(
     it records the loss. `on_epoch` gets an `EpochEvent` (run, epoch, metrics, quantas)
     after each epoch, for code that is not a callback.
     """
-    for name in ("source_weights", "train_from_previous_training"):
+    for name in ("source_weights", "source_model", "train_from_previous_training"):
         if not isinstance(getattr(spec, name), str | None):
             raise QuantaError(f"{name} must be a local path here, not a reference")
     result = TransferResult(
         experiment_dir=export.experiment_dir(output_dir, spec.source_task, spec.target_task)
     )
     clock = result.timings
-    with clock.phase("data"):
-        target_data = load_dataset(spec.target_task, data_dir).take(spec.nb_of_target_samples)
-        source_data = load_dataset(spec.source_task, data_dir).take(spec.nb_of_target_samples)
     # Loading builds the source's layers (their seeds drawn as Keras draws them); its
     # masks are restarted from each run's own stream below.
     training.set_determinism(spec.seed, Stream.SOURCE_DROPOUT)
-    with clock.phase("source"):
-        # The network the weights file has, when the spec leaves it open; from here on
-        # every model of the experiment is built with it.
-        spec = spec.model_copy(update={"architecture": source_architecture(
-            spec.source_weights, spec.architecture, spec.width_multiplier, source_data)})
-        source = load_source(spec.source_weights, source_data, spec.width_multiplier,
-                             spec.architecture)
+    own: OwnSource | None = None
+    if spec.own_network:
+        with clock.phase("source"):
+            own = own_source(spec.source_model, spec.preprocess, spec.resize_method)
+            layers = own.layers(spec.layer_to_transfer)
+            spec = spec.model_copy(update={"preprocess": own.preprocess})
+        with clock.phase("data"):
+            target_data = own.prepare(_load(spec.target_task, data_dir, spec, own))
+            source_data = own.prepare(_load(spec.source_task, data_dir, spec, own))
+        source = own.model
+        export.write_json(result.experiment_dir / NETWORK_FILE, own.describe(layers))
+    else:
+        with clock.phase("data"):
+            target_data = _load(spec.target_task, data_dir, spec)
+            source_data = _load(spec.source_task, data_dir, spec)
+        with clock.phase("source"):
+            # The network the weights file has, when the spec leaves it open; from here
+            # on every model of the experiment is built with it.
+            spec = spec.model_copy(update={"architecture": source_architecture(
+                spec.source_weights, spec.architecture, spec.width_multiplier, source_data)})
+            source = load_source(spec.source_weights, source_data, spec.width_multiplier,
+                                 spec.architecture)
+        layers = spec.transferred_layers
     target_y_train = training.one_hot(target_data.y_train, target_data.nb_classes)
     target_y_test = training.one_hot(target_data.y_test, target_data.nb_classes)
     saved_source = _SavedSource()
     features = None
-    if spec.source_inference_mode and not spec.show_only_build:
+    if spec.source_inference_mode and not spec.show_only_build and own is None:
         with clock.phase("source"):
-            features = source_features(spec.transferred_layers, source,
+            features = source_features(layers, source,
                                        target_data.x_train, source_cache_bytes)
 
     for run in range(spec.nb_of_runs):
@@ -123,7 +139,7 @@ def run_transfer(
         training.reseed(source, seed, Stream.SOURCE_DROPOUT)
         with clock.phase("build"), precision(spec.precision):
             target = _target_for_run(spec, ckpt, source, target_data, features is not None,
-                                     seed)
+                                     seed, own, layers)
         if spec.show_only_build:
             result.summaries = {"source": summary(source), "target": summary(target.model)}
             return result
@@ -153,7 +169,7 @@ def run_transfer(
                 shuffle=spec.shuffle,
                 test=((None if target.model is target.trainer else target.model,
                        target_data.x_test, target_y_test) if spec.test_every_epoch else None),
-                layer_indices=_reference_indices(target.model),
+                layer_indices=None if own else _reference_indices(target.model),
             )
         result.train_timings.add(fitted.timings)
         with clock.phase("evaluate"):
@@ -166,7 +182,7 @@ def run_transfer(
         if spec.witness:
             with clock.phase("witness"):
                 outcome.witness = _train_witness(
-                    spec, seed, target_data, should_cancel,
+                    spec, seed, target_data, should_cancel, own,
                     _with_tensorboard(callbacks, spec, result.experiment_dir,
                                       f"witness_r_{run}_l_{spec.layer_label}"))
         with clock.phase("export"):
@@ -218,9 +234,18 @@ def _order_seed(seed: int | None) -> int | None:
     return None if seed is None else stream_seed(seed, Stream.DATA_ORDER)
 
 
+def _load(task: str, data_dir: str | Path | None, spec: TransferSpec,
+          own: OwnSource | None = None) -> Dataset:
+    """A task's first `nb_of_target_samples`; an image zip at the user network's input."""
+    shape = own.input_shape if own is not None else None
+    return load_dataset(task, data_dir, image_shape=shape, resize_method=spec.resize_method
+                        ).take(spec.nb_of_target_samples)
+
+
 def _target_for_run(
     spec: TransferSpec, ckpt: RunCheckpoint | None, source: keras.Model, data: Dataset,
-    precomputed: bool, seed: int | None,
+    precomputed: bool, seed: int | None, own: OwnSource | None = None,
+    layers: tuple[int | str, ...] = (),
 ) -> _Target:
     """The target to train: resumed from a checkpoint (its random states as saved), a
     previous training, or new (its weights from the run's target stream); a target that
@@ -234,16 +259,17 @@ def _target_for_run(
         model.optimizer = trainer.optimizer
         return _Target(model, trainer, so_far)
     training.set_determinism(seed, Stream.TARGET_INIT)
-    target = _new_or_previous_target(spec, source, data, precomputed)
+    target = _new_or_previous_target(spec, source, data, precomputed, own, layers)
     training.reseed(target.model, seed, Stream.TARGET_DROPOUT, exclude=source)
     return target
 
 
 def _new_or_previous_target(spec: TransferSpec, source: keras.Model, data: Dataset,
-                            precomputed: bool) -> _Target:
+                            precomputed: bool, own: OwnSource | None = None,
+                            layers: tuple[int | str, ...] = ()) -> _Target:
     if spec.train_from_previous_training:
         model = load_target(spec.train_from_previous_training)
-        _check_previous_target(model, spec, data)
+        _check_previous_target(model, spec, data, layers or spec.transferred_layers)
         if precomputed and not _is_nested(model):
             raise QuantaError("source_inference_mode cannot continue a target saved by the "
                               "reference (its source layers are part of the target)")
@@ -253,6 +279,12 @@ def _new_or_previous_target(spec: TransferSpec, source: keras.Model, data: Datas
         return _Target(compiled.model, compiled.trainer)
 
     def build() -> Compiled:
+        if own is not None:
+            return Compiled(*[training.compile_model(build_target(
+                own.model, own.graph, data.nb_classes, layers,
+                init_from_source=spec.init_from_source, augment=spec.augment_data,
+                source_inference=spec.source_inference_mode,
+            ), spec.quanta_learning_rate_multiplier)] * 2)
         return _trainer_for(training.compile_model(build_model(
             data.input_shape,
             data.nb_classes,
@@ -267,10 +299,10 @@ def _new_or_previous_target(spec: TransferSpec, source: keras.Model, data: Datas
             spec.quanta_learning_rate_multiplier)
 
     # Everything that shapes the graph; the source itself, since the target calls its layers.
-    key = ("target", source, data.input_shape, data.nb_classes, spec.transferred_layers,
+    key = ("target", source, data.input_shape, data.nb_classes, layers,
            spec.augment_data, spec.width_multiplier, spec.architecture,
            spec.quanta_learning_rate_multiplier, spec.source_inference_mode, spec.precision,
-           precomputed)
+           precomputed, spec.init_from_source)
     compiled = TRACED_MODELS.get(key, build)
     return _Target(compiled.model, compiled.trainer)
 
@@ -321,6 +353,7 @@ def _train_witness(
     seed: int | None,
     data: Dataset,
     should_cancel: Callable[[], bool] | None,
+    own: OwnSource | None,
     callbacks: list[keras.callbacks.Callback] | None,
 ) -> tuple[training.FitResult, dict[str, float]]:
     """The baseline without transfer: the target's network from scratch on the same data
@@ -329,15 +362,21 @@ def _train_witness(
     training.set_determinism(seed, Stream.WITNESS_INIT)
 
     def build() -> Compiled:
-        witness = training.compile_model(
-            build_model(data.input_shape, data.nb_classes, augment=spec.augment_data,
-                        width_multiplier=spec.width_multiplier,
-                        architecture=spec.architecture, name="witness")
-        )
+        if own is not None:
+            network = build_target(own.model, own.graph, data.nb_classes,
+                                   init_from_source=spec.init_from_source,
+                                   augment=spec.augment_data, name="witness")
+        else:
+            network = build_model(data.input_shape, data.nb_classes,
+                                  augment=spec.augment_data,
+                                  width_multiplier=spec.width_multiplier,
+                                  architecture=spec.architecture, name="witness")
+        witness = training.compile_model(network)
         return Compiled(witness, witness)
 
-    key = ("witness", data.input_shape, data.nb_classes, spec.augment_data,
-           spec.width_multiplier, spec.architecture, spec.precision)
+    key = ("witness", own.model if own is not None else None, data.input_shape,
+           data.nb_classes, spec.augment_data, spec.width_multiplier, spec.architecture,
+           spec.precision, spec.init_from_source)
     with precision(spec.precision):
         witness = TRACED_MODELS.get(key, build).model
     training.reseed(witness, seed, Stream.WITNESS_DROPOUT)

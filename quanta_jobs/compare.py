@@ -25,6 +25,7 @@ from quanta_jobs.job_state import JobKind, JobStatus
 from quanta_jobs.models import Job
 from quanta_jobs.study_stats import compare_runs
 from quanta_spec import layer_label
+from quanta_spec.specs import ordered_layers
 from quanta_spec.statistics import t_halfwidth
 
 
@@ -114,7 +115,7 @@ def compare(studies: Sequence[StudyCurves]) -> dict[str, Any]:
         "entries": {},
     }
     for entry in entries:
-        layers = sorted({k for s in studies for k in s.finals.get(entry, {})}, key=int)
+        layers = ordered_layers(k for s in studies for k in s.finals.get(entry, {}))
         cells = {}
         for layer in layers:
             values = {s.id: s.finals.get(entry, {}).get(layer, []) for s in studies}

@@ -28,6 +28,8 @@ TRANSFER_PLOT = f"{PLOTS_DIR}/quantas.png"
 #: The plots of a study, by name (`plots/{name}.png`).
 STUDY_PLOTS = ("transferability", "accuracy")
 SUMMARY_JSON = "summary.json"
+#: With a source_model: the network, its input, preprocessing and mixing points used.
+NETWORK_FILE = "network.json"
 SUMMARY_CSV = "summary.csv"
 
 #: Run 0's mark in a file name (`..._r_0_l_3.jsonl`) or a folder's (`tensorboard/target_r_0_l_3/`).

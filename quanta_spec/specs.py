@@ -48,7 +48,8 @@ MAX_STUDY_JOBS = 1000
 #: One named schema (`TaskName`) wherever a task is asked for, not an enum per field.
 BuiltinTask = TypeAliasType("TaskName", Literal[BUILTIN_TASKS])  # type: ignore[valid-type]
 #: How a command line names the tasks it takes.
-TASK_HELP = f"one of {', '.join(BUILTIN_TASKS)}, or npz:PATH for a user dataset"
+TASK_HELP = (f"one of {', '.join(BUILTIN_TASKS)}, npz:PATH for a user dataset, or "
+             "images:PATH.zip for a zip of class folders of images")
 ResizeMethod = TypeAliasType("ResizeMethod", Literal[RESIZE_METHODS])  # type: ignore[valid-type]
 ObjectId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
@@ -59,6 +60,15 @@ def layer_label(layer_to_transfer: int | str) -> str:
     if isinstance(layer_to_transfer, str):
         return layer_to_transfer
     return ALL_LAYERS_LABEL if layer_to_transfer < 0 else str(layer_to_transfer)
+
+
+def ordered_layers(keys: Any) -> list[str]:
+    """Layer keys as results show them: the built-in networks' numbers in order, a user
+    network's names in the order first met (graph order, as the library records them)."""
+    unique = list(dict.fromkeys(str(k) for k in keys))
+    if all(k.lstrip("-").isdigit() for k in unique):
+        return sorted(unique, key=int)
+    return unique
 
 
 #: A layer: a built-in network's number (negative: all at once), or a layer's name.
@@ -107,9 +117,10 @@ def run_seed(seed: int | None, run: int) -> int | None:
 
 def task_label(task: str) -> str:
     """The name a task takes in folder names: the task name, or a user file's stem."""
-    if task.startswith("npz:"):
-        name = task[4:].replace("\\", "/").rsplit("/", 1)[-1]
-        return name.removesuffix(".npz")
+    for prefix, suffix in (("npz:", ".npz"), ("images:", ".zip")):  # quanta_spec.images
+        if task.startswith(prefix):
+            name = task[len(prefix):].replace("\\", "/").rsplit("/", 1)[-1]
+            return name[:-len(suffix)] if name.lower().endswith(suffix) else name
     return task
 
 
@@ -154,8 +165,14 @@ def _check_task(value: TaskRef) -> TaskRef:
         if not value[4:].endswith(".npz"):
             raise ValueError(f"'{value}': a user dataset must be a '.npz' file (npz:PATH.npz)")
         return value
+    if value.startswith("images:"):  # quanta_spec.images.IMAGES_PREFIX
+        if not value[len("images:"):].lower().endswith(".zip"):
+            raise ValueError(f"'{value}': a zip of class folders of images must be a '.zip' "
+                             "file (images:PATH.zip)")
+        return value
     names = ", ".join(BUILTIN_TASKS)
-    raise ValueError(f"unknown task '{value}': expected one of {names} or npz:PATH")
+    raise ValueError(f"unknown task '{value}': expected one of {names}, npz:PATH or "
+                     "images:PATH.zip")
 
 
 def _check_suffix(value: FileRef | None, suffixes: tuple[str, ...], what: str) -> FileRef | None:
@@ -477,7 +494,8 @@ def _known_task(value: Any) -> Any:
     """A remote task is a built-in name or an upload: one error naming both otherwise."""
     if isinstance(value, str) and value not in BUILTIN_TASKS:
         raise ValueError(f"unknown task '{value}': expected one of {', '.join(BUILTIN_TASKS)}"
-                         ", or {\"upload\": ID} for an uploaded .npz dataset")
+                         ", or {\"upload\": ID} for an uploaded dataset (an .npz, or a zip "
+                         "of class folders of images)")
     return value
 
 
