@@ -115,10 +115,10 @@ def application_graph(ref: str) -> NetworkGraph:
 
 
 def _keras_cache() -> Path:
-    """Where Keras keeps downloaded weights (`$KERAS_HOME/models`, else ~/.keras/models)."""
-    import os
+    """Where Keras keeps downloaded weights: `models/` under its home ($KERAS_HOME)."""
+    from keras.src.backend import config
 
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+    return Path(config.keras_home()) / "models"
 
 
 def graph_of_file(path: str | Path) -> NetworkGraph:
@@ -259,7 +259,9 @@ def build_target(
         if id(layer) in clones:  # a shared layer stays shared
             return clones[id(layer)]
         # A frozen source's layers say trainable: false; the target's train.
-        config = {**layer.get_config(), "trainable": True}
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.Layer):
+            config["trainable"] = True
         if layer.name == graph.head:
             key = "units" if "units" in config else "filters"
             config = {**config, key: nb_classes}

@@ -35,8 +35,8 @@ from typing import Any
 #: The model classes whose graph the config spells out.
 GRAPH_MODELS = ("Functional", "Sequential")
 #: Layers without weights that may follow the head (the classifier's own tail).
-HEAD_TAIL = frozenset({"Activation", "Softmax", "Flatten", "Reshape", "Dropout",
-                       "GlobalAveragePooling2D", "GlobalMaxPooling2D"})
+#: (Not pooling: a network that ends pooling feature maps is a backbone without a head.)
+HEAD_TAIL = frozenset({"Activation", "Softmax", "Flatten", "Reshape", "Dropout"})
 #: Keys of a head layer's config that hold its number of outputs.
 HEAD_WIDTH_KEYS = ("units", "filters")
 
@@ -300,8 +300,8 @@ def format_layers(graph: NetworkGraph, *, every: bool = False) -> str:
     width = max((len(layer.name) for layer in rows), default=4)
     lines = []
     for layer in rows:
-        shape = "(" + ", ".join("None" if d is None else str(d)
-                                for d in (layer.output_shape or ())) + ")"
+        shape = "?" if layer.output_shape is None else "(" + ", ".join(
+            "None" if d is None else str(d) for d in layer.output_shape) + ")"
         mark = "" if layer.transferable else f"  [not transferable: {layer.reason}]"
         lines.append(f"{layer.name:<{width}}  {layer.class_name:<22} {shape:<22} "
                      f"{layer.params:>10,}{mark}")
