@@ -12,7 +12,7 @@ from quanta_spec.scores import RemoteScoresSpec
 
 JobKind = Literal["source", "transfer", "study", "scores"]
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-UploadKind = Literal["weights", "model", "dataset"]
+UploadKind = Literal["weights", "model", "dataset", "images"]
 #: Largest `offset` of a list query (databases take 64-bit integers at most).
 MAX_OFFSET = 2**31 - 1
 

@@ -5,8 +5,9 @@ uploaded `.npz` files and must stay light. It reads the official archives from t
 folder Keras itself caches them in, so an existing Keras cache is reused, and it
 downloads a missing archive (checked against its SHA-256) when the network allows.
 
-Tasks: the names in `quanta_spec.BUILTIN_TASKS`, or `npz:PATH` for a user file
-holding `x_train`, `y_train`, `x_test`, `y_test`.
+Tasks: the names in `quanta_spec.BUILTIN_TASKS`, `npz:PATH` for a user file
+holding `x_train`, `y_train`, `x_test`, `y_test`, or `images:PATH.zip` for a zip of class
+folders of images (`quanta.image_folders`, Pillow).
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from quanta.image_folders import decode_image_zip
 from quanta_spec.errors import QuantaError
 from quanta_spec.files import replacing
+from quanta_spec.images import DEFAULT_RESIZE_METHOD, IMAGES_PREFIX, image_zip_path
 from quanta_spec.lru import LRU
 from quanta_spec.tasks import BUILTIN_TASKS, TASKS, default_data_dir
 
@@ -161,9 +164,17 @@ def cache_usage() -> tuple[int, int]:
 
 
 def load_dataset(
-    task: str, data_dir: str | Path | None = None, *, download: bool = True
+    task: str, data_dir: str | Path | None = None, *, download: bool = True,
+    image_shape: tuple[int, int, int] | None = None,
+    resize_method: str = DEFAULT_RESIZE_METHOD,
 ) -> Dataset:
-    """Load a task by name, decoding each file once per process (until it changes on disk)."""
+    """Load a task by name, decoding each file once per process (until it changes on disk).
+
+    `image_shape` (H, W, C) and `resize_method` apply to `images:` zips only: every image
+    is converted to C channels and resized to H x W (`quanta.image_folders.fit_images`'s
+    Pillow calls); without a shape the images must share one size. Built-in tasks and
+    `.npz` files are returned as stored.
+    """
     with _LOCK:
         if task == "digits":
             return _cached(("digits",), (), _load_digits)
@@ -173,14 +184,44 @@ def load_dataset(
                 raise DatasetError(f"Dataset file '{path}' does not exist; check npz:PATH.")
             path = path.resolve()
             return _cached(("npz", str(path)), (path,), lambda: validate_npz(path))
+        zipped = image_zip_path(task)
+        if zipped is not None:
+            path = Path(zipped).expanduser()
+            if not zipped or not path.is_file():
+                raise DatasetError(f"Dataset file '{path}' does not exist; check "
+                                   f"{IMAGES_PREFIX}PATH.zip.")
+            path = path.resolve()
+            shape = tuple(image_shape) if image_shape is not None else None
+            return _cached(("images", str(path), shape, resize_method), (path,),
+                           lambda: load_image_zip(path, image_shape, resize_method))
         if task not in _TASK_FILES:
             raise DatasetError(
-                f"Unknown task '{task}'; use one of {', '.join(BUILTIN_TASKS)} or npz:PATH."
+                f"Unknown task '{task}'; use one of {', '.join(BUILTIN_TASKS)}, npz:PATH or "
+                f"{IMAGES_PREFIX}PATH.zip."
             )
         folder = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
         paths = _find_files(task, folder, download)
         key = (task, *(str(p) for p in paths))
         return _cached(key, paths, lambda: _DECODERS[task](*paths))
+
+
+def load_image_zip(path: str | Path, image_shape: tuple[int, int, int] | None = None,
+                   resize_method: str = DEFAULT_RESIZE_METHOD) -> Dataset:
+    """A zip of class folders of images as a Dataset (`quanta_spec.images` has the layout),
+    named after the zip's stem; DatasetError saying what to fix otherwise."""
+    path = Path(path)
+    try:
+        arrays = decode_image_zip(path, image_shape, resize_method)
+    except FileNotFoundError as exc:
+        raise DatasetError(f"Dataset file {path}: the file does not exist.") from exc
+    except (OSError, ValueError) as exc:
+        raise DatasetError(
+            f"Dataset file {path}: {exc}. Zip one folder of PNG, JPEG, BMP or GIF images per "
+            "class (train/<class>/ and test/<class>/, or <class>/ alone)."
+        ) from exc
+    name = path.name[: -len(".zip")] if path.name.lower().endswith(".zip") else path.stem
+    return Dataset(name, arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test,
+                   nb_classes=len(arrays.classes))
 
 
 def validate_npz(path: str | Path) -> Dataset:
@@ -205,7 +246,8 @@ def _cached(key: tuple[Any, ...], paths: tuple[Path, ...], load: Callable[[], Da
 
 def task_files(task: str) -> list[tuple[str, ...]]:
     """The files a built-in task reads from the data folder, each as the names it may
-    have there (the official one first); [] for a user's `npz:` file or an unknown task.
+    have there (the official one first); [] for a user's `npz:` or `images:` file or an
+    unknown task.
     A worker fetches them from the service's store before the task loads."""
     return [(local, *_ALIASES.get(local, ())) for local in _TASK_FILES.get(task, ())]
 

@@ -29,10 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
 
     def go(args: argparse.Namespace) -> None:
+        spec = make_spec(parser, SourceSpec, args)  # a usage error before TensorFlow loads
         from quanta.progress import EpochProgressBar
         from quanta.source_training import train_source
 
-        spec = make_spec(parser, SourceSpec, args)
         result = train_source(
             spec, args.output_dir, data_dir=args.data_dir, callbacks=[EpochProgressBar()]
         )

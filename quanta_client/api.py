@@ -92,7 +92,7 @@ class Client:
 
     # -- endpoints ----------------------------------------------------------------------
     def upload(self, path: str | Path, kind: str) -> dict[str, Any]:
-        """POST a local file to /v1/uploads as `kind` (weights, model, dataset)."""
+        """POST a local file to /v1/uploads as `kind` (weights, model, dataset, images)."""
         path = Path(path)
         with open(path, "rb") as handle:
             return dict(self.json("POST", "/v1/uploads", data={"kind": kind},

@@ -15,10 +15,11 @@ from pydantic import BaseModel
 
 from quanta_client.api import Client
 from quanta_spec import BUILTIN_TASKS, SourceSpec, TransferSpec
+from quanta_spec.images import IMAGES_PREFIX
 from quanta_spec.options import spec_options
 
-TASK_HELP = (f"one of {', '.join(BUILTIN_TASKS)}; a local .npz file (or npz:PATH) to upload; "
-             "or upload:ID")
+TASK_HELP = (f"one of {', '.join(BUILTIN_TASKS)}; a local .npz file (or npz:PATH) or a .zip "
+             "of class folders of images (or images:PATH.zip) to upload; or upload:ID")
 
 
 class Usage(Exception):
@@ -62,6 +63,13 @@ class Files:
             return value
         if value.startswith("upload:"):
             return {"upload": value[7:]}
+        if value.startswith(IMAGES_PREFIX) or (value.lower().endswith(".zip")
+                                               and not value.startswith("npz:")):
+            path = value.removeprefix(IMAGES_PREFIX)
+            if not path.lower().endswith(".zip"):
+                raise Usage(f"argument {option}: '{value}': a zip of class folders of images "
+                            f"must be a '.zip' file ({IMAGES_PREFIX}PATH.zip)")
+            return self._upload(path, "images", option)
         path = value[4:] if value.startswith("npz:") else value
         if not path.endswith(".npz"):
             raise Usage(f"argument {option}: unknown task '{value}': expected {TASK_HELP}")

@@ -17,6 +17,9 @@ a small hostile file cannot make the checker allocate what it declares.
   under `max_model_params`.
 - `.npz`: the four arrays' headers give shapes and dtypes; their declared bytes, image
   sides and channels stay under the limits.
+- image zips (`images:PATH.zip`): the directory (member count, unpacked bytes, inflation
+  ratios, member names, the class-folder layout), then each image's header (Pillow): its
+  format by content, its pixels, and the dataset's bytes decoded at the size it loads at.
 
 Each check raises `ValueError` with a message the client can act on.
 """
@@ -35,6 +38,16 @@ from typing import Any
 import numpy as np
 
 from quanta_jobs.errors import Invalid
+from quanta_spec.images import (
+    GREY_MODES,
+    IMAGE_FORMATS,
+    MAX_IMAGE_FILES,
+    MAX_IMAGE_PIXELS,
+    ImageZipLayout,
+    image_zip_path,
+    load_shape,
+    read_layout,
+)
 
 GiB = 1024**3
 MiB = 1024**2
@@ -67,13 +80,17 @@ class FileLimits:
     max_image_side: int = 128
     max_model_params: int = 100_000_000
     max_unpacked_bytes: int = GiB
+    max_image_files: int = MAX_IMAGE_FILES
+    max_image_pixels: int = MAX_IMAGE_PIXELS
 
     @classmethod
     def from_settings(cls, settings: Any) -> FileLimits:
         return cls(max_dataset_bytes=settings.max_dataset_bytes,
                    max_image_side=settings.max_image_side,
                    max_model_params=settings.max_model_params,
-                   max_unpacked_bytes=settings.max_upload_bytes)
+                   max_unpacked_bytes=settings.max_upload_bytes,
+                   max_image_files=settings.max_image_files,
+                   max_image_pixels=settings.max_image_pixels)
 
 
 # -- HDF5 ----------------------------------------------------------------------------------
@@ -390,6 +407,181 @@ def check_npz(path: Path, limits: FileLimits) -> dict[str, tuple[tuple[int, ...]
     return headers
 
 
+# -- image zips (images:PATH.zip) ---------------------------------------------------------
+# A zip of class folders (`quanta_spec.images` reads its layout, the library's loader
+# too). Its directory is checked first, before anything is inflated: the member count
+# (from the central directory's records, before zipfile builds one object per member),
+# unpacked bytes, each member's inflation ratio, its name (no path out of the folder, no
+# link, no duplicate) and the layout. Then each image's header alone, with Pillow (its
+# pixels are never decoded here): a known format by content, its pixels, and what the
+# whole dataset takes decoded at the size it will be loaded.
+_EOCD = b"PK\x05\x06"
+_ZIP64_LOCATOR = b"PK\x06\x07"
+_ZIP64_EOCD = b"PK\x06\x06"
+_CENTRAL_HEADER = b"PK\x01\x02"
+
+
+@dataclass(frozen=True)
+class ImageZipSummary:
+    """What an image zip holds, from its directory and its images' headers."""
+
+    classes: int
+    train: int
+    test: int
+    shape: tuple[int, int, int]  # (H, W, C) as loaded
+    held_out: bool
+
+
+def zip_member_count(path: Path, stop_after: int) -> int:
+    """The members a zip's central directory lists, counted record by record where
+    zipfile would read them (nothing is kept), stopping once past `stop_after`: a
+    1 GiB directory of empty members would otherwise become millions of objects."""
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        tail_size = min(size, 22 + 0xFFFF)
+        handle.seek(size - tail_size)
+        tail = handle.read(tail_size)
+        at = tail_size - 22
+        if at < 0 or tail[at:at + 4] != _EOCD or tail[-2:] != b"\0\0":
+            at = tail.rfind(_EOCD)  # the record has a comment after it
+        if at < 0 or tail_size - at < 22:
+            raise ValueError("not a zip archive (it has no end-of-directory record)")
+        eocd = size - tail_size + at
+        directory_size = int.from_bytes(tail[at + 12:at + 16], "little")
+        end = eocd
+        if eocd >= 76:  # a Zip64 end record and its locator come just before
+            handle.seek(eocd - 76)
+            record = handle.read(76)
+            if record[56:60] == _ZIP64_LOCATOR and record[:4] == _ZIP64_EOCD:
+                directory_size = int.from_bytes(record[40:48], "little")
+                end = eocd - 76
+        start = end - directory_size
+        if start < 0:
+            raise ValueError("not a readable zip archive (its directory lies outside it)")
+        handle.seek(start)
+        count = read = 0
+        while read < directory_size and count <= stop_after:
+            header = handle.read(46)
+            if len(header) < 46 or header[:4] != _CENTRAL_HEADER:
+                raise ValueError("not a readable zip archive (its directory is damaged)")
+            variable = sum(int.from_bytes(header[i:i + 2], "little") for i in (28, 30, 32))
+            handle.seek(variable, 1)
+            read += 46 + variable
+            count += 1
+    return count
+
+
+def _image_zip_directory(archive: zipfile.ZipFile, limits: FileLimits) -> ImageZipLayout:
+    """The checks of an image zip's directory (after `zip_member_count`), then its layout."""
+    infos = archive.infolist()
+    if len(infos) > limits.max_image_files:
+        raise ValueError(f"it holds {len(infos)} members, over the limit of "
+                         f"{limits.max_image_files} (QUANTA_MAX_IMAGE_FILES)")
+    unpacked = sum(info.file_size for info in infos)
+    if unpacked > limits.max_unpacked_bytes:
+        raise ValueError(f"its members are {unpacked} bytes unpacked, over the limit of "
+                         f"{limits.max_unpacked_bytes} (QUANTA_MAX_UPLOAD_BYTES)")
+    for info in infos:
+        if (info.file_size > RATIO_FREE_BYTES
+                and info.file_size > MAX_UNPACK_RATIO * max(1, info.compress_size)):
+            raise ValueError(f"its member '{info.filename[:200]}' would inflate from "
+                             f"{info.compress_size} to {info.file_size} bytes, more than "
+                             f"{MAX_UNPACK_RATIO} times: a zip bomb, not images (which are "
+                             "compressed already)")
+        if info.flag_bits & 0x1:
+            raise ValueError(f"its member '{info.filename[:200]}' is encrypted; zip the "
+                             "images without a password")
+    return read_layout(infos)
+
+
+def image_zip_layout(path: Path, limits: FileLimits) -> ImageZipLayout:
+    """The layout of an image zip, from its directory alone (counted, sized and named
+    within `limits`); nothing is inflated."""
+    try:
+        count = zip_member_count(path, limits.max_image_files)
+        if count > limits.max_image_files:
+            raise ValueError(f"it holds more than {limits.max_image_files} members "
+                             "(QUANTA_MAX_IMAGE_FILES); split the dataset, or ask for a "
+                             "higher limit")
+        with zipfile.ZipFile(path) as archive:
+            return _image_zip_directory(archive, limits)
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError,
+            zlib.error) as exc:
+        raise ValueError("not a readable zip archive; zip the class folders with any zip "
+                         "tool") from exc
+
+
+def check_image_zip(path: Path, limits: FileLimits,
+                    image_shape: tuple[int, int, int] | None = None) -> ImageZipSummary:
+    """The whole check of an image zip, its directory first, then each image's header
+    (Pillow, the pixels never decoded); `image_shape` (H, W, C) is the size it will be
+    loaded at, None for the images' own (which must then be one)."""
+    from PIL import Image  # only image zips need Pillow
+
+    # Pillow refuses, from the header, an image of more than twice its own limit: raised
+    # to ours if lower, so that it never refuses (here or in the loader of this process)
+    # an image this check accepts; never lowered (other code of the process uses Pillow).
+    if Image.MAX_IMAGE_PIXELS is not None:
+        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, limits.max_image_pixels)
+    layout = image_zip_layout(path, limits)
+    sizes: dict[tuple[int, int], str] = {}
+    grey = True
+    pixels = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name, _ in layout.members:
+                try:
+                    with (archive.open(name) as handle,
+                          Image.open(handle, formats=IMAGE_FORMATS) as image):
+                        (width, height), mode = image.size, image.mode
+                except Image.DecompressionBombError as exc:
+                    raise ValueError(f"its image '{name[:200]}' declares more than "
+                                     f"{limits.max_image_pixels} pixels, the limit "
+                                     "(QUANTA_MAX_IMAGE_PIXELS): a decompression bomb, or an "
+                                     "image to shrink before zipping") from exc
+                except (zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
+                    raise ValueError(f"its member '{name[:200]}' cannot be unpacked "
+                                     f"({exc})") from exc
+                except Exception as exc:  # whatever the parsers say: not a usable image
+                    raise ValueError(f"its member '{name[:200]}' is not a "
+                                     f"{', '.join(IMAGE_FORMATS)} image (by its content); "
+                                     "take it out of the class folders") from exc
+                if width * height > limits.max_image_pixels:
+                    raise ValueError(f"its image '{name[:200]}' is {width}x{height} = "
+                                     f"{width * height} pixels, over the limit of "
+                                     f"{limits.max_image_pixels} (QUANTA_MAX_IMAGE_PIXELS): a "
+                                     "decompression bomb, or an image to shrink before "
+                                     "zipping")
+                sizes.setdefault((width, height), name)
+                grey = grey and mode in GREY_MODES
+                pixels += width * height
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
+        raise ValueError("not a readable zip archive; zip the class folders with any zip "
+                         "tool") from exc
+    height, width, channels = load_shape(sizes, grey, image_shape)
+    if max(height, width) > limits.max_image_side:
+        raise ValueError(f"its images would be loaded at {height}x{width} pixels; the limit "
+                         f"is {limits.max_image_side} a side (QUANTA_MAX_IMAGE_SIDE)")
+    count = len(layout.members)
+    decoded = count * (height * width * channels + np.dtype(np.int64).itemsize)
+    if decoded > limits.max_dataset_bytes:
+        raise ValueError(f"its {count} images take {decoded} bytes decoded at "
+                         f"{height}x{width}x{channels}, over the limit of "
+                         f"{limits.max_dataset_bytes} (QUANTA_MAX_DATASET_BYTES)")
+    if pixels * channels > limits.max_dataset_bytes:  # decoded at their own sizes first
+        raise ValueError(f"its {count} images take {pixels * channels} bytes decoded at their "
+                         f"own sizes, over the limit of {limits.max_dataset_bytes} "
+                         "(QUANTA_MAX_DATASET_BYTES)")
+    return ImageZipSummary(len(layout.classes), len(layout.train), len(layout.test),
+                           (height, width, channels), layout.held_out)
+
+
+def image_zip_train_size(path: Path, limits: FileLimits | None = None) -> int:
+    """The images of the training split (the held-out share taken out), from the
+    directory alone: what a job trains on, for its quota."""
+    return len(image_zip_layout(path, limits or FileLimits()).train)
+
+
 # -- a job's files, in the worker ------------------------------------------------------------
 def check_spec_files(spec: Any, limits: FileLimits) -> None:
     """Check again, just before the library loads them, every file a local spec names:
@@ -400,6 +592,9 @@ def check_spec_files(spec: Any, limits: FileLimits) -> None:
         task = getattr(spec, field, None)
         if isinstance(task, str) and task.startswith("npz:"):
             _named(field, lambda p: check_npz(p, limits), Path(task[len("npz:"):]))
+        zipped = image_zip_path(task) if isinstance(task, str) else None
+        if zipped is not None:  # loaded at the images' own size (no spec field gives one)
+            _named(field, lambda p: check_image_zip(p, limits), Path(zipped))
     weights = getattr(spec, "source_weights", None)
     if weights:
         _named("source_weights", check_hdf5, Path(weights))

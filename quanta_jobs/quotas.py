@@ -4,8 +4,9 @@ may have queued, and the bytes it may keep stored.
 A spec's types allow 10 000 runs of 100 000 epochs; one such request would hold a GPU
 for years. `check_work` bounds runs × epochs × samples (a witness doubles it) per job
 and per study, where samples is `nb_of_*samples` or, when absent, the task's training
-split (the built-in tasks' sizes from `quanta_spec.tasks`, or an uploaded `.npz`'s
-header). `stored_bytes` sums an owner's uploads and job files, which
+split (the built-in tasks' sizes from `quanta_spec.tasks`, an uploaded `.npz`'s
+header, or the images of an image zip's training split, from its directory).
+`stored_bytes` sums an owner's uploads and job files, which
 `QUANTA_MAX_STORED_BYTES_PER_OWNER` caps.
 """
 
@@ -18,32 +19,40 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from quanta_jobs.errors import InsufficientStorage, Invalid
-from quanta_jobs.file_checks import npz_headers
+from quanta_jobs.file_checks import FileLimits, image_zip_train_size, npz_headers
 from quanta_jobs.models import Artifact, Job, Upload
 from quanta_jobs.settings import Settings
+from quanta_spec.images import image_zip_path
 from quanta_spec.scores import ScoresSpec
 from quanta_spec.tasks import TASKS
 
 LOC = ("body", "spec")
 
 
-def _train_size(task: str) -> int:
+def _train_size(task: str, limits: FileLimits | None = None) -> int:
     if task.startswith("npz:"):
         try:
             return int(npz_headers(Path(task[len("npz:"):]))["x_train"][0][0])
+        except (ValueError, OSError):
+            return 0  # the worker reports what is wrong with the file
+    zipped = image_zip_path(task)
+    if zipped is not None:
+        try:
+            return image_zip_train_size(Path(zipped), limits)
         except (ValueError, OSError):
             return 0  # the worker reports what is wrong with the file
     builtin = TASKS.get(task)
     return builtin.train_size if builtin is not None else 0
 
 
-def planned_work(local: Any, nb_of_jobs: int = 1, witnesses: int | None = None
-                 ) -> tuple[int, str, str]:
+def planned_work(local: Any, nb_of_jobs: int = 1, witnesses: int | None = None,
+                 limits: FileLimits | None = None) -> tuple[int, str, str]:
     """(samples × epochs × runs, the epochs field, how it was counted) of a resolved spec;
     `nb_of_jobs` multiplies it for a study (its spec is one child's), whose witnesses
-    are `witnesses` trainings (one per run), not one per job."""
+    are `witnesses` trainings (one per run), not one per job. `limits` bound what is read
+    of an image zip's directory to count its samples."""
     if hasattr(local, "target_task"):  # a transfer (or a study's child)
-        samples = _train_size(local.target_task)
+        samples = _train_size(local.target_task, limits)
         if local.nb_of_target_samples:
             samples = min(samples, local.nb_of_target_samples) or local.nb_of_target_samples
         epochs, field = local.nb_of_target_epochs, "nb_of_target_epochs"
@@ -53,7 +62,7 @@ def planned_work(local: Any, nb_of_jobs: int = 1, witnesses: int | None = None
         how = (f"{runs} runs{' (witness included)' if witnesses else ''} × "
                f"{epochs} epochs × {samples} samples")
     else:
-        samples = _train_size(local.source_task)
+        samples = _train_size(local.source_task, limits)
         if local.nb_of_samples:
             samples = min(samples, local.nb_of_samples) or local.nb_of_samples
         epochs, field, runs = local.nb_of_epochs, "nb_of_epochs", 1
@@ -66,7 +75,8 @@ def check_work(settings: Settings, local: Any, *, study_jobs: int | None = None,
     """422 naming the epochs field when the planned work is over its ceiling."""
     if getattr(local, "show_only_build", False) or isinstance(local, ScoresSpec):
         return  # nothing trains (a scores job is one inference pass)
-    work, field, how = planned_work(local, study_jobs or 1, study_witnesses)
+    work, field, how = planned_work(local, study_jobs or 1, study_witnesses,
+                                    FileLimits.from_settings(settings))
     limit, setting = ((settings.max_study_work, "QUANTA_MAX_STUDY_WORK") if study_jobs
                       else (settings.max_job_work, "QUANTA_MAX_JOB_WORK"))
     if limit and work > limit:

@@ -44,6 +44,9 @@ UPLOAD_KIND_OF_FIELD = {
     "source_task": "dataset",
     "target_task": "dataset",
 }
+#: The task prefix of each kind of dataset upload: an `.npz`, or a zip of class folders of
+#: images. A task field takes either.
+TASK_PREFIX_OF_KIND = {"dataset": "npz:", "images": "images:"}
 LOC = ("body", "spec")
 #: Largest seed: NumPy seeds are 32-bit, and run r is seeded with seed + r.
 MAX_SEED = 2**32 - 1
@@ -89,17 +92,25 @@ def _visible(row: Job | Upload | None, owner: str | None) -> bool:
 
 def _upload_path(session: Session, settings: Settings, ref: UploadRef, field: str,
                  owner: str | None = None) -> Path:
+    return _upload_file(session, settings, ref, field, owner)[1]
+
+
+def _upload_file(session: Session, settings: Settings, ref: UploadRef, field: str,
+                 owner: str | None = None) -> tuple[str, Path]:
+    """(the upload's kind, a verified local copy of its file)."""
     upload = session.get(Upload, ref.upload)
     if upload is None or not _visible(upload, owner):
         raise Invalid(f"no upload with id '{ref.upload}'", loc=(*LOC, field, "upload"))
     wanted = UPLOAD_KIND_OF_FIELD[field]
-    if upload.kind != wanted:
+    accepted = tuple(TASK_PREFIX_OF_KIND) if wanted == "dataset" else (wanted,)
+    if upload.kind not in accepted:
+        needs = " or ".join(accepted)
         raise Invalid(
-            f"upload '{ref.upload}' is a {upload.kind} file; {field} needs a {wanted} upload",
+            f"upload '{ref.upload}' is a {upload.kind} file; {field} needs a {needs} upload",
             loc=(*LOC, field, "upload"),
         )
-    return _fetched(settings, "uploads", upload.path, upload.sha256, field,
-                    f"upload '{ref.upload}'")
+    return upload.kind, _fetched(settings, "uploads", upload.path, upload.sha256, field,
+                                 f"upload '{ref.upload}'")
 
 
 def _finished_job(session: Session, ref: JobRef, field: str, kind: str,
@@ -131,7 +142,7 @@ def _job_file(session: Session, settings: Settings, ref: JobRef, field: str, kin
         if ref.run >= nb_of_runs:
             raise Invalid(f"job '{ref.job}' has runs 0 to {nb_of_runs - 1}, not {ref.run}",
                           loc=(*LOC, field, "run"))
-        layer = layer_label(int(job.spec["layer_to_transfer"]))
+        layer = layer_label(job.spec["layer_to_transfer"])
         name = run_file_names(ref.run, layer)["target_model"]
     artifact = _find_artifact(session, job, name)
     if artifact is None:
@@ -156,7 +167,8 @@ def _file(
 def _task(session: Session, settings: Settings, task: str | UploadRef, field: str,
           owner: str | None = None) -> str:
     if isinstance(task, UploadRef):
-        return f"npz:{_upload_path(session, settings, task, field, owner)}"
+        kind, path = _upload_file(session, settings, task, field, owner)
+        return f"{TASK_PREFIX_OF_KIND[kind]}{path}"
     return task
 
 

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from quanta_jobs.store import parse_store_url
+from quanta_spec.images import MAX_IMAGE_FILES, MAX_IMAGE_PIXELS
 
 GiB = 1024**3
 
@@ -134,8 +135,9 @@ class Settings(BaseSettings):
     )
     max_dataset_bytes: int = Field(
         default=4 * GiB, gt=0,
-        description="Bytes the arrays of an uploaded .npz may declare in all (checked from "
-        "their headers at upload and again before a worker loads them); more is a 422.",
+        description="Bytes the arrays of an uploaded .npz may declare in all, or the images "
+        "of an image zip take decoded (checked from their headers at upload and again before "
+        "a worker loads them); more is a 422.",
     )
     dataset_cache_bytes: int = Field(
         default=GiB, ge=0,
@@ -147,6 +149,16 @@ class Settings(BaseSettings):
         default=128, gt=0,
         description="Largest image height or width of an uploaded dataset (the networks' "
         "Dense layer grows with the image area); larger is a 422.",
+    )
+    max_image_files: int = Field(
+        default=MAX_IMAGE_FILES, gt=0,
+        description="Members an uploaded zip of class folders of images may hold (its "
+        "directory is counted before anything is read); more is a 422.",
+    )
+    max_image_pixels: int = Field(
+        default=MAX_IMAGE_PIXELS, gt=0,
+        description="Pixels (width x height) one image of an uploaded image zip may declare "
+        "in its header (4096 x 4096); more is a 422, before any image is decoded.",
     )
     max_model_params: int = Field(
         default=100_000_000, gt=0,

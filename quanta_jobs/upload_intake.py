@@ -84,10 +84,10 @@ def _settle(received: Received, declared: str | None, upload_id: str,
     if declared is not None and declared not in KINDS:
         raise Invalid(f"unknown kind '{declared}'; use one of {', '.join(KINDS)}",
                       loc=("body", "kind"))
-    kind = declared or sniff_kind(received.path, received.head, received.filename)
+    kind = declared or sniff_kind(received.path, received.head, received.filename, limits)
     if kind is None:
-        raise Invalid("cannot tell what this file is; upload a .weights.h5, .keras or .npz file "
-                      "or pass kind", loc=("body", "file"))
+        raise Invalid("cannot tell what this file is; upload a .weights.h5, .keras or .npz file, "
+                      "a .zip of class folders of images, or pass kind", loc=("body", "file"))
     try:
         check(received.path, received.head, kind, limits)
     except ValueError as exc:

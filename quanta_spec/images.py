@@ -27,6 +27,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
+from numbers import Integral
 from typing import Literal
 
 #: The task prefix of an image zip, as `npz:` is that of an `.npz` file.
@@ -53,6 +54,11 @@ _CLUTTER_NAMES = frozenset({"__macosx", "thumbs.db", "ehthumbs.db", "desktop.ini
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _LAYOUT_HELP = ("expected train/<class>/<image> and test/<class>/<image>, or <class>/<image> "
                 f"(every {HELD_OUT_EVERY}th image of each class then held out for testing)")
+
+
+#: Pillow modes of images that store one grey channel (any depth, with or without alpha):
+#: a zip of these alone loads as 1 channel, else as 3 (RGB).
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,9 @@ def _check_name(info: zipfile.ZipInfo) -> list[str]:
     return parts
 
 
-def _clutter(parts: Sequence[str]) -> bool:
+def is_clutter(parts: Sequence[str]) -> bool:
+    """A member archivers or file browsers add (`__MACOSX/`, `.DS_Store`, `Thumbs.db`...),
+    by its path's parts: ignored, never an image of a class."""
     return any(p.startswith(".") or p.lower() in _CLUTTER_NAMES for p in parts)
 
 
@@ -126,7 +134,7 @@ def read_layout(infos: Sequence[zipfile.ZipInfo]) -> ImageZipLayout:
             raise ValueError(f"its member {_quoted(info.filename)} appears twice; zip each "
                              "image once")
         seen.add(info.filename)
-        if _clutter(parts):
+        if is_clutter(parts):
             continue
         if info.is_dir():
             folders.append(parts)
@@ -225,3 +233,37 @@ def _held_out_layout(files: list[tuple[list[str], str]], folders: list[list[str]
                          f"a class is, so a class needs at least {HELD_OUT_EVERY} images (or "
                          "give train/ and test/ folders)")
     return ImageZipLayout(classes, _interleaved(train), _interleaved(test), True, top)
+
+
+def check_image_shape(image_shape: Sequence[int], channels: Sequence[int] = (1, 3)
+                      ) -> tuple[int, int, int]:
+    """`image_shape` as (height, width, channels) of positive integers, `channels` one of
+    those given; ValueError otherwise."""
+    values = tuple(image_shape)
+    if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, int | Integral)
+                               or v < 1 for v in values):
+        raise ValueError(f"image_shape must be (height, width, channels) of positive "
+                         f"integers, not {image_shape}")
+    height, width, depth = (int(v) for v in values)
+    if depth not in channels:
+        raise ValueError(f"image_shape asks for {depth} channels; images are given "
+                         f"{' or '.join(map(str, channels))}")
+    return height, width, depth
+
+
+def load_shape(sizes: dict[tuple[int, int], str], grey: bool,
+               image_shape: Sequence[int] | None) -> tuple[int, int, int]:
+    """(H, W, C) a zip's images are loaded at, from what their headers say: `image_shape`
+    when given, else their one size (`sizes`: (width, height) -> a member of that size),
+    with 1 channel when every image is grey and 3 otherwise. ValueError when they have
+    several sizes and no shape is given."""
+    if image_shape is not None:
+        return check_image_shape(image_shape)
+    if len(sizes) > 1:
+        (w1, h1), (w2, h2) = list(sizes)[:2]
+        first, second = list(sizes.values())[:2]
+        raise ValueError(f"its images have several sizes ({first!r} is {w1}x{h1}, {second!r} "
+                         f"is {w2}x{h2}; {len(sizes)} sizes in all): give them one size, or use "
+                         "a network with a fixed input (a source_model), which resizes them")
+    ((width, height),) = sizes
+    return height, width, 1 if grey else 3

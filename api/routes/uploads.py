@@ -1,4 +1,5 @@
-"""Uploads: source weights (.weights.h5), saved models (.keras) and datasets (.npz)."""
+"""Uploads: source weights (.weights.h5), saved models (.keras), datasets (.npz) and zips of
+class folders of images."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ UPLOAD_BODY = {
                     "required": ["file"],
                     "properties": {
                         "file": {"type": "string", "format": "binary",
-                                 "description": ".weights.h5, .keras or .npz file."},
+                                 "description": ".weights.h5, .keras or .npz file, or a "
+                                 ".zip of class folders of images."},
                         "kind": {"type": "string", "enum": list(KINDS),
                                  "description": "Inferred from the content when absent."},
                     },
@@ -70,10 +72,13 @@ def upload_out(upload: Upload) -> UploadOut:
 async def create_upload(request: Request, response: Response, session: SessionDep,
                         settings: SettingsDep, principal: PrincipalDep,
                         idempotency_key: IdempotencyKey = None) -> UploadOut:
-    """Multipart form with the field `file` and optionally `kind` (weights, model, dataset).
+    """Multipart form with the field `file` and optionally `kind` (weights, model, dataset,
+    images).
 
     The content decides: weights must be HDF5, a model a zip holding config.json, a
-    dataset an .npz with x_train, y_train, x_test, y_test (numeric, matching sizes).
+    dataset an .npz with x_train, y_train, x_test, y_test (numeric, matching sizes),
+    images a zip of class folders of PNG, JPEG, BMP or GIF images (train/<class>/ and
+    test/<class>/, or <class>/ alone, every 5th image of a class then held out to test).
     With an `Idempotency-Key`, a retry of the same file returns the first upload (200,
     `Idempotent-Replayed: true`).
     """
