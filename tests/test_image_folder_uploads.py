@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from image_zips import (
 )
 
 from quanta_client.api import Client
-from quanta_client.specs import Files
+from quanta_client.specs import Files, Usage
 from quanta_jobs.refs import remote_spec, resolve_spec
 
 MiB = 1024 * 1024
@@ -116,6 +117,8 @@ def test_quanta_client_uploads_images_tasks(client: Any, settings: Any, tmp_path
     assert files.task(str(path), "-s/--source_task") == reference  # uploaded once
     stored = client.get(f"/v1/uploads/{reference['upload']}").json()
     assert stored["kind"] == "images" and stored["filename"] == "flowers.zip"
+    with pytest.raises(Usage, match=re.escape("must be a '.zip' file (images:PATH.zip)")):
+        files.task(f"images:{tmp_path / 'flowers.tar'}", "-t/--target_task")
 
 
 # --- hostile zips ---------------------------------------------------------------------------
