@@ -115,15 +115,26 @@ def quantas_figure(runs: Sequence[dict[str, Any]], title: str,
     return fig
 
 
-#: Where the "all layers at once" entry sits on a per-layer axis.
-ALL_X = 7.5
+def layer_positions(summary: Summary) -> dict[str, float]:
+    """Where each layer sits on a per-layer axis: the built-in networks' layers at their
+    numbers 0-6 (all seven, named as in `LAYER_NAMES`); a user network's named layers one
+    after the other in the study's order (graph order), and `all` 1.5 after the last."""
+    keys = [e for e in summary.entries if e != "all"]
+    if "all" in summary.entries:
+        keys += [k for k in summary.entries["all"]["lambda_s"] if k not in keys]
+    if all(k.isdigit() for k in keys):
+        positions = {str(k): float(k) for k in range(len(LAYER_NAMES))}
+    else:
+        positions = {k: float(i) for i, k in enumerate(keys)}
+    positions["all"] = max(positions.values(), default=0.0) + 1.5
+    return positions
 #: λ_s when training starts: softmax of the QUANTA layer's initial weights (1.1, -1.1).
 INITIAL_LAMBDA_S = 1.0 / (1.0 + math.exp(-2.2))
 
 
 def _points(summary: Summary, key: str, with_all: bool = False
             ) -> tuple[list[float], list[float], list[list[float]]]:
-    """(x, mean, [below, above]) of `key` per entry; `all` at ALL_X when `with_all`."""
+    """(x, mean, [below, above]) of `key` per entry; `all` after the layers when `with_all`."""
     xs: list[float] = []
     means: list[float] = []
     errs: list[list[float]] = [[], []]
@@ -133,7 +144,7 @@ def _points(summary: Summary, key: str, with_all: bool = False
         stat = data["lambda_s"].get(entry) if key == "lambda_s" else data.get(key)
         if not stat or not stat["n"]:
             continue
-        xs.append(ALL_X if entry == "all" else int(entry))
+        xs.append(layer_positions(summary)[entry])
         means.append(stat["mean"])
         low, high = stat["ci95"] or (stat["mean"], stat["mean"])  # one run: no interval
         errs[0].append(stat["mean"] - low)
@@ -141,16 +152,22 @@ def _points(summary: Summary, key: str, with_all: bool = False
     return xs, means, errs
 
 
-def _layer_axis(ax: Any, with_all: bool) -> None:
-    ticks: list[float] = list(range(len(LAYER_NAMES)))
-    labels = list(LAYER_NAMES)
+def _layer_axis(ax: Any, with_all: bool, positions: dict[str, float]) -> None:
+    """Ticks at every layer (the built-in networks' names, or a user network's layer
+    names, slanted), and the `all at once` entry beyond a line when shown."""
+    layers = [k for k in positions if k != "all"]
+    numbered = all(k.isdigit() for k in layers)
+    ticks: list[float] = [positions[k] for k in layers]
+    labels = [LAYER_NAMES[int(k)] for k in layers] if numbered else layers
+    last, all_x = max(ticks, default=0.0), positions["all"]
     if with_all:
-        ticks.append(ALL_X)
+        ticks.append(all_x)
         labels.append("all at once")
-        ax.axvline((len(LAYER_NAMES) - 1 + ALL_X) / 2, color="0.6", linewidth=0.8)
+        ax.axvline((last + all_x) / 2, color="0.6", linewidth=0.8)
     ax.set_xticks(ticks)
-    ax.set_xticklabels(labels)
-    ax.set_xlim(-0.5, (ALL_X if with_all else len(LAYER_NAMES) - 1) + 0.5)
+    ax.set_xticklabels(labels, rotation=0 if numbered else 30,
+                       ha="center" if numbered else "right")
+    ax.set_xlim(-0.5, (all_x if with_all else last) + 0.5)
     ax.set_xlabel("transferred layer")
 
 
@@ -174,14 +191,15 @@ def transferability(summary: Summary, path: str | Path, title: str,
 SCORE_NAMES = {"logme": "LogME", "h_score": "H-score", "transrate": "TransRate", "gbc": "GBC"}
 
 
-def _scores_panel(ax: Any, baselines: dict[str, Any]) -> None:
+def _scores_panel(ax: Any, baselines: dict[str, Any], positions: dict[str, float]) -> None:
     """Each baseline score per layer, min-max normalised across the layers (the scores
     live on unrelated scales; their ordering of the layers is what compares with λ_s),
     labelled with its Spearman ρ against the mean λ_s."""
     layers = ordered_layers(baselines["layers"])
     correlations = baselines.get("correlations", {})
     for i, (name, label) in enumerate(SCORE_NAMES.items()):
-        points = [(int(k), baselines["layers"][k].get(name)) for k in layers]
+        points = [(positions[k], baselines["layers"][k].get(name)) for k in layers
+                  if k in positions]
         points = [(x, v) for x, v in points if isinstance(v, int | float) and math.isfinite(v)]
         if not points:
             continue
@@ -221,6 +239,7 @@ def transferability_figure(summary: Summary, title: str,
         fig, ax = plt.subplots(figsize=(7.5, 4.4))
     ax.axhline(INITIAL_LAMBDA_S, color="0.45", linestyle="--", linewidth=1,
                label=f"{LAMBDA_S} at the start ({INITIAL_LAMBDA_S:.3f})")
+    positions = layer_positions(summary)
     xs, means, errs = _points(summary, "lambda_s")
     if xs:
         # Unjoined: each layer is a measurement of its own, nothing lies between them.
@@ -230,15 +249,16 @@ def transferability_figure(summary: Summary, title: str,
     if "all" in summary.entries:
         lam = summary.entries["all"]["lambda_s"]
         layers = ordered_layers(lam)
-        all_x = [int(k) + 0.15 for k in layers]
+        all_x = [positions[k] + 0.15 for k in layers]
         all_means = [lam[k]["mean"] for k in layers]
         intervals = [lam[k]["ci95"] or (lam[k]["mean"], lam[k]["mean"]) for k in layers]
         all_errs = [[lam[k]["mean"] - ci[0] for k, ci in zip(layers, intervals, strict=True)],
                     [ci[1] - lam[k]["mean"] for k, ci in zip(layers, intervals, strict=True)]]
         ax.errorbar(all_x, all_means, yerr=all_errs, marker="s", capsize=4, linewidth=1,
-                    linestyle="none", color=_COLORS[1], label="all seven layers at once")
+                    linestyle="none", color=_COLORS[1],
+                    label=f"all {len(layers)} layers at once")
         _label_points(ax, all_x, all_means, all_errs, _COLORS[1], below=True)
-    _layer_axis(ax, with_all=False)
+    _layer_axis(ax, with_all=False, positions=positions)
     ax.set_ylabel(f"final {LAMBDA_S}: share of source features\n(mean over runs, 95% CI)")
     # 0 to 1, widened to hold every interval whole (few runs make wide Student-t intervals).
     ax.set_ylim(min(0.0, ax.dataLim.y0 - 0.02), max(1.0, ax.dataLim.y1 + 0.02))
@@ -248,8 +268,8 @@ def transferability_figure(summary: Summary, title: str,
     if with_scores:
         assert baselines is not None
         ax.set_xlabel("")
-        _scores_panel(below, baselines)
-        _layer_axis(below, with_all=False)
+        _scores_panel(below, baselines, positions)
+        _layer_axis(below, with_all=False, positions=positions)
     return fig
 
 
@@ -294,7 +314,7 @@ def accuracy_figure(summary: Summary, title: str) -> Figure:
         _label_points(ax, xs, means, errs, _COLORS[0])
         ends += [m - e for m, e in zip(means, errs[0], strict=True)]
         ends += [m + e for m, e in zip(means, errs[1], strict=True)]
-    _layer_axis(ax, with_all=with_all)
+    _layer_axis(ax, with_all=with_all, positions=layer_positions(summary))
     ax.set_ylabel("test accuracy (mean over runs, 95% CI)")
     ax.set_ylim(min(ends) - 0.02, max(ends) + 0.02)
     ax.set_title(title)

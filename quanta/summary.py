@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from quanta_spec.specs import ordered_layers
+from quanta_spec.specs import entry_order, ordered_layers
 from quanta_spec.statistics import describe
 
 ACCURACY = "categorical_accuracy"
@@ -103,7 +103,7 @@ def _blank(value: float | None) -> float | str:
 
 
 def _entry_order(entry: str) -> tuple[int, int]:
-    return (1, 0) if entry == "all" else (0, int(entry))
+    return entry_order(entry)
 
 
 def summarise(records: Iterable[RunRecord], missing: Iterable[Missing] = ()) -> Summary:

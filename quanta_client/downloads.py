@@ -36,7 +36,7 @@ def as_run(path: str, run: int) -> str:
 def child_plot(path: str, child: dict[str, Any]) -> str:
     """A child's `plots/quantas.png` under a name of its own in the study's folder."""
     return seed_layout.child_plot(int(child["study_run"]),
-                                  layer_label(int(child["spec"]["layer_to_transfer"])))
+                                  layer_label(child["spec"]["layer_to_transfer"]))
 
 
 def download_job(client: Client, job: dict[str, Any], folder: str | Path,

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from quanta_jobs.job_state import JobKind, JobStatus
 from quanta_jobs.models import Job, utcnow
 from quanta_spec import RemoteStudySpec, layer_label
+from quanta_spec.specs import layer_value
 from quanta_spec.statistics import t_halfwidth
 from quanta_spec.stopping import StopReason, UntilRule
 
@@ -74,13 +75,13 @@ def final_lambda_s(child: Job) -> dict[str, float]:
     return out
 
 
-def layer_runs(spec: RemoteStudySpec, children: list[Job]) -> dict[int, LayerRuns]:
+def layer_runs(spec: RemoteStudySpec, children: list[Job]) -> dict[int | str, LayerRuns]:
     """Each study layer's runs, from its children."""
     layers = {k: LayerRuns(k) for k in spec.study_layers}
     for child in children:
         if child.kind != JobKind.TRANSFER:
             continue
-        state = layers.get(int(child.spec["layer_to_transfer"]))
+        state = layers.get(layer_value(child.spec["layer_to_transfer"]))
         if state is None:
             continue
         state.started.add(int(child.study_run or 0))

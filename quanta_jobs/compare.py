@@ -25,7 +25,7 @@ from quanta_jobs.job_state import JobKind, JobStatus
 from quanta_jobs.models import Job
 from quanta_jobs.study_stats import compare_runs
 from quanta_spec import layer_label
-from quanta_spec.specs import ordered_layers
+from quanta_spec.specs import entry_order, ordered_layers
 from quanta_spec.statistics import t_halfwidth
 
 
@@ -60,7 +60,7 @@ def from_children(session: Session, study: Job) -> StudyCurves:
                           Job.status == JobStatus.SUCCEEDED.value)
         .order_by(Job.study_run, Job.created_at))
     for child in children:
-        entry = out.finals.setdefault(layer_label(int(child.spec["layer_to_transfer"])), {})
+        entry = out.finals.setdefault(layer_label(child.spec["layer_to_transfer"]), {})
         for layer, value in final_lambda_s(child).items():
             entry.setdefault(layer, []).append(value)
     return out
@@ -92,7 +92,7 @@ def spec_differences(first: dict[str, Any], other: dict[str, Any]) -> dict[str, 
 
 
 def _order(key: str) -> tuple[int, int]:
-    return (1, 0) if key == "all" else (0, int(key))
+    return entry_order(key)
 
 
 def compare(studies: Sequence[StudyCurves]) -> dict[str, Any]:

@@ -11,20 +11,27 @@ import io
 from typing import Any
 
 from quanta_spec.networks import LAYER_NAMES
+from quanta_spec.specs import ordered_layers
 
 #: Below this p-value a layer's difference from the first study is starred.
 STAR_BELOW = 0.05
 
 
-def _series(body: dict[str, Any]) -> tuple[str, list[tuple[int, str, str]]]:
-    """What goes on the x axis: (label, [(x, entry, QUANTA layer)]): each layer measured
-    alone, or the seven layers of the all-at-once entry when no study has single layers."""
-    singles = [(int(e), e, e) for e in body["entries"] if e != "all" and e in body["entries"][e]]
-    if singles:
-        return "layer transferred alone", sorted(singles)
-    cells = body["entries"].get("all", {})
-    return "layer, all seven transferred at once", [(int(k), "all", k) for k in sorted(
-        cells, key=int)]
+def _series(body: dict[str, Any]) -> tuple[str, list[tuple[int, str, str, str]]]:
+    """What goes on the x axis: (label, [(x, entry, QUANTA layer, tick label)]): each layer
+    measured alone, or the layers of the all-at-once entry when no study has single layers.
+    The built-in networks' layers sit at their numbers; a user network's names one after
+    the other in the body's order."""
+    singles = [(e, e) for e in body["entries"] if e != "all" and e in body["entries"][e]]
+    label = "layer transferred alone"
+    if not singles:
+        singles = [("all", k) for k in ordered_layers(body["entries"].get("all", {}))]
+        label = f"layer, all {len(singles)} transferred at once"
+    numbered = all(layer.isdigit() for _, layer in singles)
+    points = [(int(layer) if numbered else i, entry, layer,
+               LAYER_NAMES[int(layer)] if numbered and int(layer) < len(LAYER_NAMES)
+               else layer) for i, (entry, layer) in enumerate(singles)]
+    return label, sorted(points) if numbered else points
 
 
 def comparison_png(body: dict[str, Any], dpi: int = 120) -> bytes:
@@ -41,7 +48,7 @@ def comparison_png(body: dict[str, Any], dpi: int = 120) -> bytes:
     width = 0.6 / max(1, len(studies))
     for i, study in enumerate(studies):
         xs, means, low, high = [], [], [], []
-        for x, entry, layer in points:
+        for x, entry, layer, _ in points:
             stat = body["entries"][entry][layer]["studies"][study["id"]]
             if not stat["n"]:
                 continue
@@ -56,15 +63,15 @@ def comparison_png(body: dict[str, Any], dpi: int = 120) -> bytes:
             name += ", partial"
         ax.errorbar(xs, means, yerr=[low, high], marker="o", capsize=3, linestyle="none",
                     color=colors[i % len(colors)], label=name)
-    for x, entry, layer in points:  # a star where a study differs from the first
+    for x, entry, layer, _ in points:  # a star where a study differs from the first
         comparisons = body["entries"][entry][layer]["comparisons"]
         if any(c["p_value"] is not None and c["p_value"] < STAR_BELOW for c in comparisons):
             ax.annotate("*", (x, 1.0), xytext=(0, -14), textcoords="offset points",
                         ha="center", fontsize=14)
-    ticks = [x for x, _, _ in points]
+    ticks = [x for x, _, _, _ in points]
     ax.set_xticks(ticks)
-    ax.set_xticklabels([LAYER_NAMES[x] if 0 <= x < len(LAYER_NAMES) else str(x)
-                        for x in ticks])
+    ax.set_xticklabels([tick for _, _, _, tick in points],
+                       rotation=0 if all(p[2].isdigit() for p in points) else 30)
     ax.set_xlim(min(ticks, default=0) - 0.6, max(ticks, default=6) + 0.6)
     ax.set_ylim(0, 1)
     ax.set_xlabel(label)

@@ -39,6 +39,7 @@ import numpy as np
 
 from quanta_jobs.errors import Invalid
 from quanta_spec.images import (
+    FORMATS_TEXT,
     GREY_MODES,
     IMAGE_FORMATS,
     MAX_IMAGE_FILES,
@@ -48,6 +49,7 @@ from quanta_spec.images import (
     load_shape,
     read_layout,
 )
+from quanta_spec.keras_graph import GraphError, NetworkGraph, read_keras_file
 
 GiB = 1024**3
 MiB = 1024**2
@@ -208,6 +210,11 @@ def check_keras(path: Path, limits: FileLimits) -> None:
     """The whole `.keras` check: members, config (classes, code, parameters), weights."""
     config = read_keras_config(path, limits)
     check_model_config(config, limits)
+    _check_keras_weights(path)
+
+
+def _check_keras_weights(path: Path) -> None:
+    """The `model.weights.h5` inside a `.keras`, walked in place (`check_hdf5`)."""
     try:
         with zipfile.ZipFile(path) as archive:
             if "model.weights.h5" not in archive.namelist():
@@ -297,6 +304,72 @@ def check_model_config(config: dict[str, Any], limits: FileLimits) -> None:
                          f"{limits.max_model_params} (QUANTA_MAX_MODEL_PARAMS)")
 
 
+#: Keras's own classes a user's network (`source_model`) may name, by module: every
+#: built-in layer and the operations Keras saves among them (`x + y` on tensors), with the
+#: initializers, regularizers, constraints, optimizers, losses, metrics and dtype policies
+#: a compiled model's config holds.
+NETWORK_MODULES = frozenset({
+    "keras", "keras.layers", "keras.models", "keras.src.models.functional",
+    "keras.src.models.sequential", "keras.initializers", "keras.regularizers",
+    "keras.constraints", "keras.optimizers", "keras.optimizers.schedules", "keras.losses",
+    "keras.metrics", "keras.activations", "keras.src.ops.numpy", "keras.src.ops.nn",
+    "keras.src.ops.core", "keras.src.ops.math", "keras.src.ops.image",
+})
+#: Built-in layers a network from a client may still not use: they read files of the
+#: worker (vocabularies, SavedModels) or wrap code of another framework.
+NETWORK_REFUSED = frozenset({
+    "TextVectorization", "StringLookup", "IntegerLookup", "TFSMLayer", "TorchModuleWrapper",
+    "JaxLayer", "FlaxLayer",
+})
+
+
+def check_network_config(config: dict[str, Any]) -> None:
+    """A user's network: Keras's own classes only (`NETWORK_MODULES`), no code, no custom
+    object, no layer that reads files (`NETWORK_REFUSED`); this project's classes too (a
+    saved target may be the source of another study)."""
+    for item in _objects(config):
+        name = str(item.get("class_name"))
+        if name in CODE_CLASSES:
+            raise ValueError("it holds Python code (a Lambda layer or a lambda function), "
+                             "which the service never loads; rebuild the model without "
+                             "Lambda layers")
+        if name in NETWORK_REFUSED:
+            raise ValueError(f"it uses {name}, a layer that reads files or runs another "
+                             "framework's code; the service refuses it")
+        module = item.get("module")
+        registered = item.get("registered_name")
+        ours = registered in QUANTA_REGISTERED and module in ALLOWED_CLASSES.get(name, ())
+        if name == "__keras_tensor__" or ours:
+            continue
+        if registered not in (None, name) or module not in NETWORK_MODULES:
+            where = f" from {module}" if module else ""
+            raise ValueError(f"it uses the class '{name[:80]}'{where[:120]}, which is not one "
+                             "of Keras's own; custom objects are not loaded by the service "
+                             "(rebuild the model from keras.layers)")
+
+
+def check_network(path: Path, limits: FileLimits) -> NetworkGraph:
+    """The whole check of a user's network (`source_model`): members and sizes as for any
+    `.keras`, the classes it names (`check_network_config`), its weights file, then its
+    graph (functional or Sequential, one image input, a classifier head) and its
+    parameters (from the weights' headers) under `max_model_params`."""
+    config = read_keras_config(path, limits)
+    check_network_config(config)
+    params = declared_parameters(config)  # what building the layers would allocate
+    if params > limits.max_model_params:
+        raise ValueError(f"its layers declare {params} parameters, over the limit of "
+                         f"{limits.max_model_params} (QUANTA_MAX_MODEL_PARAMS)")
+    _check_keras_weights(path)
+    try:
+        graph = read_keras_file(path)
+    except GraphError as exc:
+        raise ValueError(str(exc)) from None
+    if graph.params > limits.max_model_params:
+        raise ValueError(f"it has {graph.params} parameters, over the limit of "
+                         f"{limits.max_model_params} (QUANTA_MAX_MODEL_PARAMS)")
+    return graph
+
+
 def _int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"its config gives {what} as {str(value)[:40]}; expected a "
@@ -313,9 +386,16 @@ def _input_depth(layer: dict[str, Any]) -> int:
     return 1
 
 
+def _kernel_area(inner: dict[str, Any]) -> int:
+    kernel = inner.get("kernel_size", [1, 1])
+    kernel = kernel if isinstance(kernel, list) else [kernel, kernel]
+    return math.prod(_int(k, "a kernel size") for k in kernel)
+
+
 def declared_parameters(config: dict[str, Any]) -> int:
-    """The weights the config's Dense, Conv2D and BatchNormalization layers declare (from
-    units, filters, kernel sizes and built input shapes), before anything is built."""
+    """The weights the config's layers with the largest weights declare (Dense, the
+    convolutions, Embedding, the normalizations; from units, filters, kernel sizes and
+    built input shapes), before anything is built: what Keras would allocate loading it."""
     total = 0
     for item in _objects(config):
         inner = item.get("config")
@@ -325,13 +405,23 @@ def declared_parameters(config: dict[str, Any]) -> int:
         if name == "Dense":
             units = _int(inner.get("units"), "units")
             total += (_input_depth(item) + 1) * units
-        elif name == "Conv2D":
+        elif name in ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
+                      "Conv3DTranspose", "SeparableConv1D", "SeparableConv2D"):
             filters = _int(inner.get("filters"), "filters")
-            kernel = inner.get("kernel_size", [1, 1])
-            kernel = kernel if isinstance(kernel, list) else [kernel, kernel]
-            area = math.prod(_int(k, "a kernel size") for k in kernel)
-            total += (area * _input_depth(item) + 1) * filters
-        elif name == "BatchNormalization":
+            area = _kernel_area(inner)
+            depth = _input_depth(item)
+            if name.startswith("Separable"):
+                multiplier = _int(inner.get("depth_multiplier", 1), "depth_multiplier")
+                total += area * depth * multiplier + depth * multiplier * filters + filters
+            else:
+                total += (area * depth + 1) * filters
+        elif name in ("DepthwiseConv1D", "DepthwiseConv2D"):
+            multiplier = _int(inner.get("depth_multiplier", 1), "depth_multiplier")
+            total += (_kernel_area(inner) + 1) * _input_depth(item) * multiplier
+        elif name == "Embedding":
+            total += _int(inner.get("input_dim"), "input_dim") * _int(inner.get("output_dim"),
+                                                                       "output_dim")
+        elif name in ("BatchNormalization", "LayerNormalization", "GroupNormalization"):
             total += 4 * _input_depth(item)
     return total
 
@@ -544,7 +634,7 @@ def check_image_zip(path: Path, limits: FileLimits,
                                      f"({exc})") from exc
                 except Exception as exc:  # whatever the parsers say: not a usable image
                     raise ValueError(f"its member '{name[:200]}' is not a "
-                                     f"{', '.join(IMAGE_FORMATS)} image (by its content); "
+                                     f"{FORMATS_TEXT} image (by its content); "
                                      "take it out of the class folders") from exc
                 if width * height > limits.max_image_pixels:
                     raise ValueError(f"its image '{name[:200]}' is {width}x{height} = "
@@ -598,6 +688,9 @@ def check_spec_files(spec: Any, limits: FileLimits) -> None:
     weights = getattr(spec, "source_weights", None)
     if weights:
         _named("source_weights", check_hdf5, Path(weights))
+    network = getattr(spec, "source_model", None)
+    if network and network.endswith(".keras"):
+        _named("source_model", lambda p: check_network(p, limits), Path(network))
     previous = getattr(spec, "train_from_previous_training", None)
     if previous:
         _named("train_from_previous_training", lambda p: check_keras(p, limits),

@@ -13,11 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from quanta_jobs import attempts
+from quanta_jobs import attempts, file_checks
 from quanta_jobs.errors import Conflict, Invalid
+from quanta_jobs.file_checks import FileLimits
 from quanta_jobs.job_state import JobStatus
 from quanta_jobs.models import Artifact, Job, Upload
 from quanta_jobs.settings import Settings
@@ -35,12 +37,15 @@ from quanta_spec import (
 )
 from quanta_spec.file_names import SOURCE_FILE_NAMES, run_file_names
 from quanta_spec.jobs import JobKind
+from quanta_spec.keras_graph import GraphError, NetworkGraph
 from quanta_spec.scores import RemoteScoresSpec, ScoresSpec
+from quanta_spec.source_models import MAX_LAYERS_AT_ONCE
 
 #: Which upload kind each field accepts.
 UPLOAD_KIND_OF_FIELD = {
     "source_weights": "weights",
     "train_from_previous_training": "model",
+    "source_model": "model",
     "source_task": "dataset",
     "target_task": "dataset",
 }
@@ -172,6 +177,72 @@ def _task(session: Session, settings: Settings, task: str | UploadRef, field: st
     return task
 
 
+def _checked(field: str, path: str, check: Any) -> Any:
+    try:
+        return check(Path(path))
+    except ValueError as exc:
+        raise Invalid(f"{field} is refused: {exc}", loc=(*LOC, field)) from None
+
+
+def _source_model(session: Session, settings: Settings, spec: RemoteTransferSpec,
+                  owner: str | None) -> str | None:
+    """A user network's local file (checked as one: `file_checks.check_network`) or its
+    `keras.applications` name; its named layers must be transferable ones."""
+    ref = spec.source_model
+    if ref is None or isinstance(ref, str):
+        return ref
+    path = _file(session, settings, ref, "source_model", JobKind.SOURCE, owner)
+    assert path is not None
+    graph = network_graph(path, settings)
+    layers = spec.study_layers if isinstance(spec, RemoteStudySpec) \
+        else (spec.layer_to_transfer,)
+    names = [k for k in layers if isinstance(k, str)]
+    try:
+        graph.check_layers(names)
+    except GraphError as exc:
+        field = "layers" if isinstance(spec, RemoteStudySpec) else "layer_to_transfer"
+        raise Invalid(str(exc), loc=(*LOC, field)) from None
+    return path
+
+
+def study_with_layers(session: Session, settings: Settings, spec: RemoteStudySpec,
+                      owner: str | None) -> RemoteStudySpec:
+    """A study of a user's network with its layers as the service stores them: checked
+    against the network, in graph order, `"all"` expanded to every transferable layer
+    (so that children, plots and the dashboard show them in the network's order)."""
+    ref = spec.source_model
+    if not isinstance(ref, JobRef | UploadRef):
+        if spec.layers == "all":
+            raise Invalid("layers \"all\" needs the network's file to list its layers: "
+                          "upload it, or name the layers", loc=(*LOC, "layers"))
+        return spec
+    path = _file(session, settings, ref, "source_model", JobKind.SOURCE, owner)
+    assert path is not None
+    graph = network_graph(path, settings)
+    named = [k for k in spec.layers if isinstance(k, str)] if spec.layers != "all" else None
+    try:
+        names = graph.in_graph_order(named) if named is not None else graph.transferable
+    except GraphError as exc:
+        raise Invalid(str(exc), loc=(*LOC, "layers")) from None
+    if len(names) > MAX_LAYERS_AT_ONCE:
+        raise Invalid(f"the network has {len(names)} transferable layers; a study measures "
+                      f"at most {MAX_LAYERS_AT_ONCE}: name them", loc=(*LOC, "layers"))
+    at_once = [-1] if spec.layers != "all" and -1 in spec.layers else []
+    values = {**spec.model_dump(mode="json"), "layers": [*names, *at_once]}
+    try:
+        return RemoteStudySpec.model_validate(values)
+    except ValidationError as exc:
+        raise Invalid(str(exc.errors()[0]["msg"]).removeprefix("Value error, "),
+                      loc=(*LOC, "layers")) from None
+
+
+def network_graph(path: str | Path, settings: Settings) -> NetworkGraph:
+    """The graph of a user network's file, after the checks of `check_network` (a 422
+    naming source_model when it fails them)."""
+    return _checked("source_model", str(path),
+                    lambda p: file_checks.check_network(p, FileLimits.from_settings(settings)))
+
+
 def check_ranges(spec: RemoteSourceSpec | RemoteTransferSpec | RemoteScoresSpec) -> None:
     """Numbers the spec's types allow but the service cannot honour: 422 naming the field.
 
@@ -215,10 +286,14 @@ def resolve_spec(
         values["target_task"] = _task(session, settings, spec.target_task, "target_task", owner)
         values["source_weights"] = _file(session, settings, spec.source_weights,
                                          "source_weights", JobKind.SOURCE, owner)
+        values["source_model"] = _source_model(session, settings, spec, owner)
         values["train_from_previous_training"] = _file(
             session, settings, spec.train_from_previous_training,
             "train_from_previous_training", JobKind.TRANSFER, owner,
         )
+        if isinstance(spec.train_from_previous_training, UploadRef):
+            _checked("train_from_previous_training", values["train_from_previous_training"],
+                     lambda p: file_checks.check_keras(p, FileLimits.from_settings(settings)))
         return TransferSpec.model_validate(values)
     values["train_from_previous_training"] = _file(
         session, settings, spec.train_from_previous_training,

@@ -138,5 +138,12 @@ def same_request(stored: dict[str, Any], sent: dict[str, Any]) -> bool:
     stored spec may name the network the request left to the weights file."""
     if stored == sent:
         return True
-    return sent.get("architecture") is None and "architecture" in stored and \
-        stored == {**sent, "architecture": stored["architecture"]}
+    filled = dict(sent)
+    if sent.get("architecture") is None and "architecture" in stored:
+        filled["architecture"] = stored["architecture"]
+    # A study of a user's network stores its layers in graph order, "all" expanded.
+    layers, kept = sent.get("layers"), stored.get("layers")
+    if isinstance(kept, list) and (layers == "all" or (
+            isinstance(layers, list) and sorted(map(str, layers)) == sorted(map(str, kept)))):
+        filled["layers"] = kept
+    return stored == filled

@@ -29,6 +29,7 @@ from quanta_jobs.models import Job, db_now, utcnow
 from quanta_jobs.queue import enqueue, request_study_end
 from quanta_jobs.settings import Settings
 from quanta_spec import RemoteStudySpec, layer_label
+from quanta_spec.specs import entry_order
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def study_progress(session: Session, study: Job) -> dict[str, Any]:
 
 def studies_progress(session: Session, study_ids: list[str]) -> dict[str, dict[str, Any]]:
     """`study_progress` of several studies in one query (a page of the job list)."""
-    layer = Job.spec["layer_to_transfer"].as_integer()
+    layer = Job.spec["layer_to_transfer"]  # a number, or a user network's layer name
     fraction = Job.progress["fraction"].as_float()  # not each child's whole progress
     rows = session.execute(select(Job.parent_id, Job.status, layer, fraction)
                            .where(Job.parent_id.in_(study_ids))).all() if study_ids else []
@@ -108,7 +109,7 @@ def _progress(children: list[tuple[str, int, Any]]) -> dict[str, Any]:
     by_layer: dict[str, dict[str, int]] = {}
     work = 0.0
     for status, layer_number, fraction in children:
-        layer = layer_label(int(layer_number))
+        layer = layer_label(layer_number)
         entry = by_layer.setdefault(layer, {"total": 0, "done": 0, **dict.fromkeys(counts, 0)})
         entry["total"] += 1
         entry[status] += 1
@@ -120,7 +121,7 @@ def _progress(children: list[tuple[str, int, Any]]) -> dict[str, Any]:
             work += float(fraction)
     total = len(children)
     done = sum(counts[s.value] for s in TERMINAL)
-    order = sorted(by_layer, key=lambda k: (k == "all", int(k) if k != "all" else 0))
+    order = sorted(by_layer, key=entry_order)
     return {"done": done, "total": total, "fraction": work / total if total else 0.0,
             **counts, "by_layer": {k: by_layer[k] for k in order}}
 

@@ -23,7 +23,7 @@ from quanta_jobs.errors import Invalid, TooManyRequests
 from quanta_jobs.models import Job
 from quanta_jobs.owner_lock import lock_owner
 from quanta_jobs.queue import enqueue
-from quanta_jobs.refs import resolve_spec
+from quanta_jobs.refs import resolve_spec, study_with_layers
 from quanta_jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ def submit(session: Session, settings: Settings, celery: Celery, kind: str, spec
     spec = spec_model.model_dump(mode="json")
     if key is not None and (first := crud.job_by_idempotency_key(session, owner, key)):
         return _replay(first, kind, spec, key)
+    if kind == studies.KIND and spec_model.own_network:
+        spec_model = study_with_layers(session, settings, spec_model, owner_filter)
+        spec = spec_model.model_dump(mode="json")
     local = resolve_spec(session, settings, spec_model, owner=owner_filter)
     network = source_network.network_of(local)  # the job keeps the weights file's network
     if network is not None and spec.get("architecture") is None:

@@ -84,6 +84,18 @@ def check_weights(path: Path, head: bytes) -> None:
     source_network.check_upload(path)
 
 
+def check_model(path: Path, limits: FileLimits) -> None:
+    """A saved model: one of this project's (a source or target, to continue training) or
+    a user's own network (a `source_model`); each field checks its own kind again when a
+    job names the upload."""
+    try:
+        file_checks.check_keras(path, limits)
+    except ValueError as quanta_model:
+        if "QUANTA_MAX_MODEL_PARAMS" in str(quanta_model):
+            raise  # too big for any use
+        file_checks.check_network(path, limits)
+
+
 def check(path: Path, head: bytes, kind: str, limits: FileLimits | None = None) -> None:
     """Raise ValueError saying what is wrong if the file is not a usable `kind`
     (`quanta_jobs.file_checks`, under `limits`: the service's settings)."""
@@ -91,7 +103,7 @@ def check(path: Path, head: bytes, kind: str, limits: FileLimits | None = None) 
     if kind == "weights":
         check_weights(path, head)
     elif kind == "model":
-        file_checks.check_keras(path, limits)
+        check_model(path, limits)
     elif kind == "images":
         file_checks.check_image_zip(path, limits)
     else:

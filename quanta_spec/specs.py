@@ -56,7 +56,8 @@ ObjectId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0
 
 def layer_label(layer_to_transfer: int | str) -> str:
     """The `{l}` used in file names: the layer number (or name), or `all` for a negative
-    value."""
+    value (a number stored as text, as JSON specs may hold it, is a number)."""
+    layer_to_transfer = layer_value(layer_to_transfer)
     if isinstance(layer_to_transfer, str):
         return layer_to_transfer
     return ALL_LAYERS_LABEL if layer_to_transfer < 0 else str(layer_to_transfer)
@@ -71,13 +72,22 @@ def ordered_layers(keys: Any) -> list[str]:
     return unique
 
 
+def entry_order(entry: str) -> tuple[int, int]:
+    """A sort key of a study's entries: the built-in networks' layers by number, a user
+    network's names as they come (the sort is stable), `all` last."""
+    if entry == ALL_LAYERS_LABEL:
+        return (2, 0)
+    return (0, int(entry)) if entry.lstrip("-").isdigit() else (1, 0)
+
+
 #: A layer: a built-in network's number (negative: all at once), or a layer's name.
 LayerRef = int | Annotated[str, Field(min_length=1, max_length=100,
                                       pattern=r"^[A-Za-z0-9_.\-]+$")]
 
 
-def _layer_number(value: Any) -> Any:
-    """`-l 3` from a command line is text: a number stays a number."""
+def layer_value(value: Any) -> Any:
+    """A layer as a spec holds it: `-l 3` from a command line (or "3" in stored JSON) is
+    the number 3; a name stays a name."""
     if isinstance(value, str) and value.lstrip("-").isdigit():
         return int(value)
     return value
@@ -440,7 +450,7 @@ class TransferSpec(_CommonSpec):
     def _preprocess(cls, value: str | None) -> str | None:
         return None if value is None else check_preprocess(value)
 
-    _layer = field_validator("layer_to_transfer", mode="before")(_layer_number)
+    _layer = field_validator("layer_to_transfer", mode="before")(layer_value)
 
     @model_validator(mode="after")
     def _one_source(self) -> TransferSpec:
@@ -643,9 +653,6 @@ class RemoteStudySpec(RemoteTransferSpec):
                     raise ValueError(f"layer {layer!r}: " + (
                         "a source_model's layers are named" if self.own_network
                         else "the built-in networks' layers are numbered 0-6"))
-        elif self.own_network and not self.study_layers:
-            raise ValueError("layers \"all\" of a source_model is expanded by the service "
-                             "from an uploaded model's layers; name them here")
         return self
 
     @field_validator("train_from_previous_training")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from quanta_jobs.models import Job
 from quanta_jobs.studies import study_spec
 from quanta_spec.file_names import STUDY_PLOTS, TRANSFER_PLOT, run_file_names, study_plot
+from quanta_spec.specs import ALL_LAYERS_LABEL, layer_label
 from worker.results import last_line, task_name
 
 if TYPE_CHECKING:
@@ -65,7 +66,8 @@ def transfer_plot(spec: Any, experiment: Path, output: Path, nb_of_runs: int) ->
                     tests.append(last_line(per_epoch))
         if not lines:
             return
-        layer = "all layers" if spec.layer_to_transfer < 0 else f"layer {spec.layer_to_transfer}"
+        layer = ("all layers" if layer_label(spec.layer_to_transfer) == ALL_LAYERS_LABEL
+                 else f"layer {spec.layer_to_transfer}")
         runs = f"{len(lines)} run{'s' if len(lines) > 1 else ''}"
         what = experiment.name.replace("_to_", " → ")
         seeded = f", seed {spec.seed}" if spec.seeded else ""

@@ -125,7 +125,7 @@ def aggregate(context: JobContext, session: Session, study: Job
     missing: list[Missing] = []
     missing_out: list[dict[str, Any]] = []
     for child in children:
-        entry = layer_label(int(child.spec["layer_to_transfer"]))
+        entry = layer_label(child.spec["layer_to_transfer"])
         run = int(child.study_run or 0)
         reason = None
         if child.status == JobStatus.SUCCEEDED:
@@ -287,7 +287,7 @@ def write_summary(output: Path, study: Job, summary: Summary, children: list[Job
         **summary.as_dict(),
         **({"stopping": stopping} if stopping is not None else {}),
         **({"baselines": baselines} if baselines is not None else {}),
-        "children": [{"job": c.id, "layer": layer_label(int(c.spec["layer_to_transfer"])),
+        "children": [{"job": c.id, "layer": layer_label(c.spec["layer_to_transfer"]),
                       "run": c.study_run, "seed": c.spec.get("seed"), "status": c.status,
                       "trains_witness": bool(c.spec.get("witness"))}
                      for c in children],
