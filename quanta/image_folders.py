@@ -24,6 +24,7 @@ from PIL import Image
 
 from quanta_spec.images import (
     DEFAULT_RESIZE_METHOD,
+    FORMATS_TEXT,
     GREY_MODES,
     IMAGE_FORMATS,
     RESIZE_METHODS,
@@ -144,7 +145,7 @@ def _headers(archive: zipfile.ZipFile, layout: ImageZipLayout
             raise ValueError(f"its image '{name}' has more pixels than Pillow decodes "
                              f"({exc})") from exc
         except Exception as exc:  # any failure of the parser: not an image we can use
-            raise ValueError(f"its member '{name}' is not a {', '.join(IMAGE_FORMATS)} image "
+            raise ValueError(f"its member '{name[:200]}' is not a {FORMATS_TEXT} image "
                              f"({type(exc).__name__}: {str(exc)[:120]})") from exc
     return sizes, grey
 

@@ -40,6 +40,8 @@ DEFAULT_RESIZE_METHOD: ResizeMethod = "bilinear"
 #: The formats an image zip may hold, as Pillow names them (recognised by content, never
 #: by extension). A GIF gives its first frame.
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF")
+#: The same, for messages.
+FORMATS_TEXT = "PNG, JPEG, BMP or GIF"
 #: In a zip of class folders alone, every HELD_OUT_EVERY-th image of a class (by sorted
 #: file name) is in the test split: 1 / 5 = 20%.
 HELD_OUT_EVERY = 5

@@ -188,7 +188,7 @@ def test_many_members_over_a_lowered_cap(upload: Any, settings: Any) -> None:
 def test_a_member_that_is_not_an_image(upload: Any, settings: Any) -> None:
     members = digit_members(5, classes=2) | {"1/script.png": b"#!/bin/sh\nrm -rf /\n"}
     assert_refused(upload("mixed.zip", zip_bytes(members)), settings,
-                   "'1/script.png' is not a PNG, JPEG, BMP, GIF image")
+                   "'1/script.png' is not a PNG, JPEG, BMP or GIF image")
 
 
 def test_images_of_several_sizes(upload: Any, settings: Any) -> None:

@@ -131,7 +131,7 @@ def test_a_member_that_is_not_an_image_is_named(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as error:
         load_dataset(f"images:{path}")
     message = str(error.value)
-    assert "'1/notes.png' is not a PNG, JPEG, BMP, GIF image" in message
+    assert "'1/notes.png' is not a PNG, JPEG, BMP or GIF image" in message
     assert "\n" not in message
 
 
