@@ -243,6 +243,29 @@ class UploadOut(BaseModel):
     created_at: datetime
 
 
+class NetworkLayer(BaseModel):
+    name: str = Field(description="What layer_to_transfer and a study's layers take.")
+    class_name: str = Field(alias="class", description="Its Keras class.")
+    output_shape: list[int | None] | None = Field(
+        description="Its output, batch first; null where the file does not say (a "
+        "Sequential model's layers without weights).")
+    params: int
+    transferable: bool
+    reason: str | None = Field(description="Why a QUANTA layer cannot follow it.")
+
+    model_config = {"populate_by_name": True}
+
+
+class NetworkLayers(BaseModel):
+    """A user network's layers, in graph order (`quanta layers MODEL`)."""
+
+    kind: Literal["Functional", "Sequential"]
+    input_shape: list[int | None]
+    head: str = Field(description="The classifier layer rebuilt for the target's classes.")
+    params: int
+    layers: list[NetworkLayer]
+
+
 class UploadPage(BaseModel):
     items: list[UploadOut]
     total: int

@@ -44,23 +44,35 @@ from quanta_client.specs import (
 )
 from quanta_client.tables import compare_table
 from quanta_spec.options import add_remaining_options, add_spec_options, positive_int
+from quanta_spec.source_models import check_layer_name
 from quanta_spec.specs import PROTOCOLS, SourceSpec, TransferSpec
 
 PROG = "quanta-client"
 
 
 # --- option types ----------------------------------------------------------------------
-def layers_option(text: str) -> list[int] | str:
-    """`all`, or comma-separated layer numbers (0-6, -1 for all seven at once)."""
+def layers_option(text: str) -> list[int | str] | str:
+    """`all`, or comma-separated layers: numbers 0-6 of a built-in network (-1: all at
+    once), or a source model's layer names (`quanta layers MODEL` lists them)."""
     if text.strip().lower() == "all":
         return "all"
-    try:
-        layers = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"'{text}' is not 'all' nor comma-separated layer numbers (e.g. 0,1,6)") from None
-    if not layers or any(not -1 <= k <= 6 for k in layers):
-        raise argparse.ArgumentTypeError(f"layers must be 0-6 or -1 (all at once), got '{text}'")
+    layers: list[int | str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part.lstrip("-").isdigit():
+            if not -1 <= int(part) <= 6:
+                raise argparse.ArgumentTypeError(
+                    f"layers must be 0-6 or -1 (all at once), got '{part}'")
+            layers.append(int(part))
+        else:
+            try:
+                layers.append(check_layer_name(part))
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+    if not layers:
+        raise argparse.ArgumentTypeError(f"'{text}' is not 'all' nor comma-separated layers "
+                                         "(e.g. 0,1,6, or conv1,block2_out)")
     return layers
 
 
@@ -84,7 +96,7 @@ def _follow_options(parser: argparse.ArgumentParser) -> None:
 
 
 #: What a transfer or a study takes first, in the order of `quanta`'s options.
-TRANSFER_FIRST = ["source_task", "source_weights", "target_task", "nb_of_runs",
+TRANSFER_FIRST = ["source_task", "source_weights", "source_model", "target_task", "nb_of_runs",
                   "nb_of_target_epochs", "nb_of_target_samples", "witness",
                   "quanta_learning_rate_multiplier", "test_every_epoch"]
 #: The options every experiment shares (`quanta_spec.specs._CommonSpec`, the network).

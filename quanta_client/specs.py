@@ -17,6 +17,7 @@ from quanta_client.api import Client
 from quanta_spec import BUILTIN_TASKS, SourceSpec, TransferSpec
 from quanta_spec.images import IMAGES_PREFIX
 from quanta_spec.options import spec_options
+from quanta_spec.source_models import is_application
 
 TASK_HELP = (f"one of {', '.join(BUILTIN_TASKS)}; a local .npz file (or npz:PATH) or a .zip "
              "of class folders of images (or images:PATH.zip) to upload; or upload:ID")
@@ -81,7 +82,8 @@ def _optional(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 
 
 #: Options naming files or tasks: turned into references (`Files`), not sent as given.
-FILE_OPTIONS = ("source_task", "target_task", "source_weights", "train_from_previous_training")
+FILE_OPTIONS = ("source_task", "target_task", "source_weights", "source_model",
+                "train_from_previous_training")
 
 
 def _given(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
@@ -93,11 +95,20 @@ def transfer_spec(args: argparse.Namespace, files: Files) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "source_task": files.task(args.source_task, "-s/--source_task"),
         "target_task": files.task(args.target_task, "-t/--target_task"),
-        "source_weights": files.reference(args.source_weights, "weights", (".h5",),
-                                          "-sw/--source_weights"),
         # What was not given is left out (a study's preset or the service decides).
         **_given(args, TransferSpec),
     }
+    if (args.source_weights is None) == (args.source_model is None):
+        raise Usage("give -sw/--source_weights (a built-in network's weights) or "
+                    "-sm/--source_model (your own network), one of them")
+    if args.source_weights is not None:
+        spec["source_weights"] = files.reference(args.source_weights, "weights", (".h5",),
+                                                 "-sw/--source_weights")
+    elif is_application(args.source_model):
+        spec["source_model"] = args.source_model
+    else:
+        spec["source_model"] = files.reference(args.source_model, "model", (".keras",),
+                                               "-sm/--source_model")
     if args.command == "submit":
         if args.train_from_previous_training:
             spec["train_from_previous_training"] = files.reference(

@@ -54,7 +54,7 @@ def coordinates(job: Job) -> dict[str, Any]:
     """Which job an event is about: id, kind, study, and for a transfer its layer and run."""
     data: dict[str, Any] = {"job": job.id, "kind": job.kind, "parent": job.parent_id}
     if job.kind == JobKind.TRANSFER and "layer_to_transfer" in (job.spec or {}):
-        data["layer"] = layer_label(int(job.spec["layer_to_transfer"]))
+        data["layer"] = layer_label(job.spec["layer_to_transfer"])
         data["run"] = job.study_run if job.study_run is not None else None
     return data
 

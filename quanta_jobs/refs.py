@@ -95,8 +95,9 @@ def _visible(row: Job | Upload | None, owner: str | None) -> bool:
     return row is not None and (owner is None or row.owner == owner)
 
 
-def _upload_path(session: Session, settings: Settings, ref: UploadRef, field: str,
-                 owner: str | None = None) -> Path:
+def upload_path(session: Session, settings: Settings, ref: UploadRef, field: str,
+                owner: str | None = None) -> Path:
+    """A verified local copy of an upload's file that `field` may name."""
     return _upload_file(session, settings, ref, field, owner)[1]
 
 
@@ -165,7 +166,7 @@ def _file(
     if ref is None:
         return None
     if isinstance(ref, UploadRef):
-        return str(_upload_path(session, settings, ref, field, owner))
+        return str(upload_path(session, settings, ref, field, owner))
     return str(_job_file(session, settings, ref, field, kind, owner))
 
 

@@ -32,13 +32,17 @@ class Option:
     help: str
     metavar: str | None = None
     deprecated: tuple[str, ...] = ()  # names still accepted, each shown as deprecated
+    #: How the text of a field of several types is read (default: the field's type).
+    parse: Callable[[str], Any] | None = None
 
     def __init__(self, *flags: str, help: str, metavar: str | None = None,
-                 deprecated: tuple[str, ...] = ()) -> None:
+                 deprecated: tuple[str, ...] = (),
+                 parse: Callable[[str], Any] | None = None) -> None:
         object.__setattr__(self, "flags", flags)
         object.__setattr__(self, "help", help)
         object.__setattr__(self, "metavar", metavar)
         object.__setattr__(self, "deprecated", deprecated)
+        object.__setattr__(self, "parse", parse)
 
 
 def positive_int(text: str) -> int:
@@ -81,6 +85,9 @@ def _unwrap(annotation: Any) -> tuple[Any, list[Any]]:
 
 
 def _argparse_type(field: FieldInfo) -> dict[str, Any]:
+    option = option_of(field)
+    if option is not None and option.parse is not None:
+        return {"type": option.parse}
     base, found = _unwrap(field.annotation)
     bounds = [*field.metadata, *found]
     if base is bool:

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -93,24 +94,14 @@ def layer_value(value: Any) -> Any:
     return value
 
 
-def _check_network_options(spec: Any, numbered: bool) -> None:
+def _check_network_options(spec: Any) -> None:
     """The options of the built-in networks and those of a user's network, each with its
     own kind of source."""
-    layers = getattr(spec, "layer_to_transfer", None)
     if spec.source_model is None:
-        if isinstance(layers, str):
-            raise ValueError(f"layer '{layers}': the built-in networks' layers are numbered "
-                             "0-6; names are for a source_model")
-        if isinstance(layers, int) and layers > NB_TRANSFERABLE_LAYERS - 1:
-            raise ValueError(f"layer_to_transfer {layers}: the built-in networks' layers are "
-                             f"0-{NB_TRANSFERABLE_LAYERS - 1} (negative: all at once)")
         for name in ("preprocess", "init_from_source"):
             if getattr(spec, name):
                 raise ValueError(f"{name} is for a source_model (your own network)")
         return
-    if numbered:
-        raise ValueError(f"layer {layers}: a source_model's layers are named (list them "
-                         "with `quanta layers MODEL`); a negative value takes them all")
     if spec.architecture is not None or spec.width_multiplier != 1.0:
         raise ValueError("architecture and width_multiplier are the built-in networks'; a "
                          "source_model has its own")
@@ -314,9 +305,10 @@ class TransferSpec(_CommonSpec):
         "-t", "--target_task", help=f"task of the target model: {TASK_HELP}")] = Field(
         description="Task of the target model to train.")
     layer_to_transfer: Annotated[LayerRef, Option(
-        "-l", "--layer_to_transfer", help="layer whose transferability is assessed (0-5: "
-        "Conv2D layers, 6: the Dense layer; with --source_model, a layer's name); a "
-        "negative value transfers all layers at once",
+        "-l", "--layer_to_transfer", parse=layer_value,
+        help="layer whose transferability is assessed (0-5: Conv2D layers, 6: the Dense "
+        "layer; with --source_model, a layer's name); a negative value transfers all layers "
+        "at once",
     )] = Field(
         description="Layer whose transferability is assessed: 0-5 are the Conv2D layers, "
         "6 the Dense(2048) (or Dense(1024)) layer; a negative value transfers all seven at "
@@ -452,14 +444,32 @@ class TransferSpec(_CommonSpec):
 
     _layer = field_validator("layer_to_transfer", mode="before")(layer_value)
 
+    @field_validator("layer_to_transfer")
+    @classmethod
+    def _layer_of_the_network(cls, value: int | str | None, info: ValidationInfo
+                              ) -> int | str | None:
+        """Numbers 0-6 for the built-in networks, names for a source_model (a negative
+        number: all at once, for both): said here so that the error names the field."""
+        own = info.data.get("source_model") is not None
+        if isinstance(value, str) and not own:
+            raise ValueError(f"layer '{value}': the built-in networks' layers are numbered "
+                             "0-6; names are for a source_model")
+        if isinstance(value, int) and value > NB_TRANSFERABLE_LAYERS - 1 and not own:
+            raise ValueError(f"Input should be less than or equal to "
+                             f"{NB_TRANSFERABLE_LAYERS - 1} (the built-in networks' layers "
+                             "are 0-6; negative: all at once)")
+        if isinstance(value, int) and value >= 0 and own:
+            raise ValueError(f"layer {value}: a source_model's layers are named (list them "
+                             "with `quanta layers MODEL`); a negative value takes them all")
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> TransferSpec:
         """A built-in network's weights, or a network of the user's: never both."""
         if (self.source_weights is None) == (self.source_model is None):
             raise ValueError("give source_weights (a built-in network's weights) or "
                              "source_model (your own network), one of them")
-        _check_network_options(self, isinstance(self.layer_to_transfer, int)
-                               and self.layer_to_transfer >= 0)
+        _check_network_options(self)
         return self
 
     @property

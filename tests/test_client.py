@@ -58,12 +58,13 @@ def test_server_sent_events_are_parsed() -> None:
 
 
 @pytest.mark.parametrize(("text", "value"), [("all", "all"), ("0,3", [0, 3]),
-                                             ("6,-1", [6, -1]), ("ALL", "all")])
+                                             ("6,-1", [6, -1]), ("ALL", "all"),
+                                             ("c1,block_2.out", ["c1", "block_2.out"])])
 def test_layers_option(text: str, value: Any) -> None:
     assert cli.layers_option(text) == value
 
 
-@pytest.mark.parametrize("text", ["7", "x", "", "0,,a", "-2"])
+@pytest.mark.parametrize("text", ["7", "a/b", "", ",,", "-2", "conv 1"])
 def test_bad_layers_option(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         cli.layers_option(text)

@@ -16,12 +16,21 @@ from api.deps import SessionDep, SettingsDep
 from api.idempotency import IdempotencyKey, check_key, mark_replayed
 from api.multipart import MULTIPART_OVERHEAD, receive_upload
 from api.pagination import next_page
-from api.schemas import MAX_OFFSET, ErrorBody, UploadKind, UploadOut, UploadPage
-from quanta_jobs import crud, upload_holds, upload_intake
+from api.schemas import (
+    MAX_OFFSET,
+    ErrorBody,
+    NetworkLayer,
+    NetworkLayers,
+    UploadKind,
+    UploadOut,
+    UploadPage,
+)
+from quanta_jobs import crud, refs, upload_holds, upload_intake
 from quanta_jobs.errors import Conflict, Invalid
 from quanta_jobs.models import Upload, new_id
 from quanta_jobs.store import store_from_settings, work_dir
 from quanta_jobs.upload_kinds import KINDS
+from quanta_spec import UploadRef
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
@@ -179,3 +188,29 @@ def list_uploads(
 )
 def get_upload(upload_id: str, session: SessionDep, principal: PrincipalDep) -> UploadOut:
     return upload_out(crud.get_upload(session, upload_id, owner=principal.owner_filter))
+
+
+@router.get(
+    "/{upload_id}/layers",
+    response_model=NetworkLayers,
+    response_model_by_alias=True,
+    summary="The layers of an uploaded network",
+    responses={404: {"model": ErrorBody, "description": "No such upload."},
+               422: {"model": ErrorBody, "description": "Not a network QUANTA can use."}},
+)
+def upload_layers(upload_id: str, session: SessionDep, settings: SettingsDep,
+                  principal: PrincipalDep) -> NetworkLayers:
+    """The layers of an uploaded `.keras` network a QUANTA layer can follow (`transferable`),
+    and the others with the reason, in graph order: the names `source_model` jobs take
+    in `layer_to_transfer` and `layers`. Read from the file's config and its weights'
+    headers, as `quanta layers MODEL` does; nothing is built."""
+    upload = crud.get_upload(session, upload_id, owner=principal.owner_filter)
+    if upload.kind != "model":
+        raise Invalid(f"upload '{upload_id}' is a {upload.kind} file; layers are listed for "
+                      "a model (.keras)", loc=("path", "upload_id"))
+    path = refs.upload_path(session, settings, UploadRef(upload=upload.id), "source_model",
+                            principal.owner_filter)
+    graph = refs.network_graph(path, settings)
+    return NetworkLayers(kind=graph.kind, input_shape=list(graph.input_shape), head=graph.head,
+                         params=graph.params,
+                         layers=[NetworkLayer(**layer.as_dict()) for layer in graph.layers])
