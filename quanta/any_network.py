@@ -376,7 +376,7 @@ class OwnSource:
                               "size; give it a fixed input (keras.Input(shape=(H, W, C)))")
         return h, w, c
 
-    def layers(self, wanted: str | int) -> tuple[str, ...]:
+    def layers(self, wanted: str | int | Sequence[str]) -> tuple[str, ...]:
         names = resolve_layers(self.graph, wanted)
         if len(names) > MAX_LAYERS_AT_ONCE:
             raise QuantaError(f"the network has {len(names)} transferable layers; QUANTA "

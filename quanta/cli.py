@@ -139,9 +139,12 @@ def _baselines(args: argparse.Namespace, spec: Any, folder: Path,
     from quanta.source_scores import score_source
     from quanta_spec.scores import ScoresSpec
 
+    layers = list(finals) if spec.own_network else list(spec.transferred_layers)
     scores = score_source(ScoresSpec(
         source_task=spec.source_task, source_weights=spec.source_weights,
-        target_task=spec.target_task, layers=list(spec.transferred_layers),
+        source_model=spec.source_model, preprocess=spec.preprocess,
+        resize_method=spec.resize_method,
+        target_task=spec.target_task, layers=layers,
         architecture=spec.architecture, width_multiplier=spec.width_multiplier,
         nb_of_target_samples=spec.nb_of_target_samples), folder, data_dir=args.data_dir)
     names = ("logme", "h_score", "transrate", "gbc")

@@ -44,33 +44,46 @@ class SourceOutputs:
     channels or units, float32), and the source classifier's `probabilities` (samples ×
     source classes)."""
 
-    features: dict[int, np.ndarray]
+    features: dict[int | str, np.ndarray]
     probabilities: np.ndarray
 
 
-def _feature_model(source: keras.Model, layers: tuple[int, ...]) -> keras.Model:
+def _feature_model(source: keras.Model, layers: tuple[int | str, ...]) -> keras.Model:
+    """The source's features at `layers`: the built-in networks' activation `act_k` of
+    layer k; a user network's named layer's own output (post-activation where the layer
+    has one: what the rest of its network receives)."""
     outputs = []
     for k in layers:
-        transferable_layer_name(k)  # validates k
-        try:
-            activation = source.get_layer(f"act_{k}").output
-        except ValueError as exc:
-            raise QuantaError(
-                f"the source has no activation 'act_{k}' after layer {k}: baseline scores "
-                f"need a plain source network (not a QUANTA target)") from exc
+        if isinstance(k, str):
+            try:
+                activation = source.get_layer(k).output
+            except ValueError as exc:
+                raise QuantaError(f"the source has no layer '{k}'") from exc
+        else:
+            transferable_layer_name(k)  # validates k
+            try:
+                activation = source.get_layer(f"act_{k}").output
+            except ValueError as exc:
+                raise QuantaError(
+                    f"the source has no activation 'act_{k}' after layer {k}: baseline "
+                    f"scores need a plain source network (not a QUANTA target)") from exc
         if len(activation.shape) == 4:  # a convolutional layer: (N, H, W, C) -> (N, C)
             activation = keras.layers.GlobalAveragePooling2D(
                 dtype="float32", name=f"pooled_{k}")(activation)
+        elif len(activation.shape) != 2:
+            raise QuantaError(f"layer {k}'s output {tuple(activation.shape)} is not a "
+                              "feature map or a vector: it cannot be scored")
         outputs.append(activation)
     outputs.append(source.outputs[0])
     return keras.Model(source.inputs, outputs, name="source_features")
 
 
-def source_outputs(source: keras.Model, x: np.ndarray, *, layers: Iterable[int] = ALL_LAYERS,
+def source_outputs(source: keras.Model, x: np.ndarray, *,
+                   layers: Iterable[int | str] = ALL_LAYERS,
                    batch_size: int = DEFAULT_BATCH_SIZE) -> SourceOutputs:
     """Runs `source` once over the images `x` and returns every asked layer's features
     (global-average-pooled for the convolutional ones) and its softmax output."""
-    layers = tuple(sorted(set(layers)))
+    layers = tuple(dict.fromkeys(layers))  # the given order: numbers come sorted
     if not layers:
         raise QuantaError("baseline scores need at least one layer")
     if len(x) == 0:
@@ -83,7 +96,7 @@ def source_outputs(source: keras.Model, x: np.ndarray, *, layers: Iterable[int] 
 
 
 def baseline_scores(source: keras.Model, x: np.ndarray, y: np.ndarray, *,
-                    layers: Iterable[int] = ALL_LAYERS, batch_size: int = DEFAULT_BATCH_SIZE,
+                    layers: Iterable[int | str] = ALL_LAYERS, batch_size: int = DEFAULT_BATCH_SIZE,
                     options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The baseline scores of `source` on the target samples `x` with labels `y`.
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quanta.any_network import own_source
 from quanta.datasets import load_dataset
 from quanta.errors import QuantaError
 from quanta.score_features import baseline_scores
@@ -45,16 +46,25 @@ def _finite(value: Any) -> Any:
 def score_source(spec: ScoresSpec, folder: str | Path, *,
                  data_dir: str | Path | None = None) -> BaselineResult:
     """Computes the baseline scores of `spec` and writes `folder/baseline_scores.json`."""
-    if not isinstance(spec.source_weights, str):
-        raise QuantaError("source_weights must be a local path here, not a reference")
+    network = spec.source_model if spec.own_network else spec.source_weights
+    if not isinstance(network, str):
+        raise QuantaError("the source must be a local path here, not a reference")
     began = time.perf_counter()
-    target = load_dataset(spec.target_task, data_dir).take(spec.nb_of_target_samples)
-    source_data = load_dataset(spec.source_task, data_dir).take(spec.nb_of_target_samples)
-    if target.input_shape != source_data.input_shape:
-        raise QuantaError(f"the target's images are {target.input_shape}, the source takes "
-                          f"{source_data.input_shape}: the source cannot score them")
-    source = load_source(spec.source_weights, source_data, spec.width_multiplier,
-                         spec.architecture)
+    if spec.source_model is not None:
+        own = own_source(spec.source_model, spec.preprocess, spec.resize_method)
+        own.layers(list(spec.scored_layers))  # checked against the network
+        source = own.model
+        target = own.prepare(load_dataset(
+            spec.target_task, data_dir, image_shape=own.input_shape,
+            resize_method=spec.resize_method).take(spec.nb_of_target_samples))
+    else:
+        target = load_dataset(spec.target_task, data_dir).take(spec.nb_of_target_samples)
+        source_data = load_dataset(spec.source_task, data_dir).take(spec.nb_of_target_samples)
+        if target.input_shape != source_data.input_shape:
+            raise QuantaError(f"the target's images are {target.input_shape}, the source "
+                              f"takes {source_data.input_shape}: the source cannot score them")
+        source = load_source(spec.source_weights, source_data, spec.width_multiplier,
+                             spec.architecture)
     loaded = time.perf_counter()
     scores = _finite(baseline_scores(source, target.x_train, target.y_train,
                                      layers=spec.scored_layers))

@@ -185,8 +185,8 @@ def _checked(field: str, path: str, check: Any) -> Any:
         raise Invalid(f"{field} is refused: {exc}", loc=(*LOC, field)) from None
 
 
-def _source_model(session: Session, settings: Settings, spec: RemoteTransferSpec,
-                  owner: str | None) -> str | None:
+def _source_model(session: Session, settings: Settings,
+                  spec: RemoteTransferSpec | RemoteScoresSpec, owner: str | None) -> str | None:
     """A user network's local file (checked as one: `file_checks.check_network`) or its
     `keras.applications` name; its named layers must be transferable ones."""
     ref = spec.source_model
@@ -195,13 +195,17 @@ def _source_model(session: Session, settings: Settings, spec: RemoteTransferSpec
     path = _file(session, settings, ref, "source_model", JobKind.SOURCE, owner)
     assert path is not None
     graph = network_graph(path, settings)
-    layers = spec.study_layers if isinstance(spec, RemoteStudySpec) \
-        else (spec.layer_to_transfer,)
+    if isinstance(spec, RemoteScoresSpec):
+        layers: tuple[Any, ...] = spec.scored_layers
+    elif isinstance(spec, RemoteStudySpec):
+        layers = spec.study_layers
+    else:
+        layers = (spec.layer_to_transfer,)
     names = [k for k in layers if isinstance(k, str)]
     try:
         graph.check_layers(names)
     except GraphError as exc:
-        field = "layers" if isinstance(spec, RemoteStudySpec) else "layer_to_transfer"
+        field = "layer_to_transfer" if type(spec) is RemoteTransferSpec else "layers"
         raise Invalid(str(exc), loc=(*LOC, field)) from None
     return path
 
@@ -282,6 +286,7 @@ def resolve_spec(
         values["target_task"] = _task(session, settings, spec.target_task, "target_task", owner)
         values["source_weights"] = _file(session, settings, spec.source_weights,
                                          "source_weights", JobKind.SOURCE, owner)
+        values["source_model"] = _source_model(session, settings, spec, owner)
         return ScoresSpec.model_validate(values)
     if isinstance(spec, RemoteTransferSpec):
         values["target_task"] = _task(session, settings, spec.target_task, "target_task", owner)

@@ -209,3 +209,29 @@ def test_applications_by_name_never_download(monkeypatch, tmp_path):
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
     with pytest.raises(QuantaError, match="has no network"):
         any_network.load_network("keras.applications.NoSuchNet")
+
+
+def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(nets, tmp_path):
+    """A worker that dies after epoch 2 of 3: the next attempt resumes the target (named
+    QUANTA layers, nested source cut) from its checkpoint and writes the same λ_s."""
+    from quanta.transfer import run_transfer
+    from quanta_spec import TransferSpec
+
+    spec = TransferSpec(source_task="digits", source_model=str(nets["residual"]),
+                        target_task="digits", layer_to_transfer="c1",
+                        nb_of_target_samples=128, nb_of_target_epochs=3, seed=2)
+    run_transfer(spec, tmp_path / "whole")
+
+    class Crash(Exception):
+        pass
+
+    def crash(event):
+        if event.epoch == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_transfer(spec, tmp_path / "cut", checkpoint_dir=tmp_path / "ckpt", on_epoch=crash)
+    assert any((tmp_path / "ckpt").rglob("*.keras"))
+    run_transfer(spec, tmp_path / "cut", checkpoint_dir=tmp_path / "ckpt")
+    name = "digits_to_digits/quantas_r_0_l_c1.jsonl"
+    assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()

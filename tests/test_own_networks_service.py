@@ -147,7 +147,7 @@ def test_layer_names_are_checked_at_submission(live, network):
 def test_a_study_of_three_named_layers_runs_in_graph_order(live, network):
     response = live.http.post("/v1/jobs", json={"kind": "study", "spec": {
         **_transfer(network)["spec"], "layers": ["relu", "c1", "bn2"], "nb_of_runs": 2,
-        "witness": True}})
+        "witness": True, "baselines": True}})
     assert response.status_code == 201, response.text
     study = response.json()
     assert study["spec"]["layers"] == ["c1", "bn2", "relu"]  # the network's order
@@ -158,6 +158,9 @@ def test_a_study_of_three_named_layers_runs_in_graph_order(live, network):
     for layer in ("c1", "bn2", "relu"):
         stat = summary["entries"][layer]["lambda_s"][layer]
         assert stat["n"] == 2 and 0 < stat["mean"] < 1
+    scores = summary["baselines"]
+    assert set(scores["layers"]) == {"c1", "bn2", "relu"}  # pooled features per named layer
+    assert all(scores["layers"][k]["dims"] == 16 for k in scores["layers"])
     plot = live.http.get(f"/v1/jobs/{study['id']}/plots/transferability.png")
     assert plot.status_code == 200 and plot.content.startswith(b"\x89PNG")
 
