@@ -167,7 +167,7 @@ def _transfer(args: argparse.Namespace, spec: Any) -> None:
 
     result = run_transfer(
         spec, args.output_dir, data_dir=args.data_dir,
-        callbacks=[EpochProgressBar(spec.nb_of_runs)],
+        callbacks=[EpochProgressBar(spec.nb_of_runs, witness=spec.witness)],
     )
     if spec.show_only_build:
         for name, text in result.summaries.items():

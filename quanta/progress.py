@@ -20,18 +20,26 @@ class EpochProgressBar(keras.callbacks.Callback):
     metrics by time, not after every batch; the epoch's own figures close the bar.
     """
 
-    def __init__(self, nb_of_runs: int = 1) -> None:
+    def __init__(self, nb_of_runs: int = 1, *, witness: bool = False) -> None:
         super().__init__()
         self.nb_of_runs = nb_of_runs
-        self.run = -1
+        #: With a witness, each run trains twice: the target, then its witness.
+        self.per_run = 2 if witness else 1
+        self.trainings = -1
         self._bar: tqdm | None = None
         self._shown = 0.0
 
+    @property
+    def run(self) -> int:
+        return self.trainings // self.per_run
+
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self.run += 1
+        self.trainings += 1
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         run = f"run {self.run + 1}/{self.nb_of_runs} " if self.nb_of_runs > 1 else ""
+        if self.per_run > 1 and self.trainings % self.per_run:
+            run += "witness "
         self._bar = tqdm(
             total=self.params.get("steps"),
             desc=f"{run}epoch {epoch + 1}/{self.params.get('epochs')}",

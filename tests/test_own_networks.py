@@ -158,8 +158,10 @@ def _run(tmp_path, model, layer, *extra, out="out"):
     return tmp_path / out / "digits_to_digits"
 
 
-def test_the_command_line_transfers_at_a_named_layer_reproducibly(nets, tmp_path):
+def test_the_command_line_transfers_at_a_named_layer_reproducibly(nets, tmp_path, capsys):
     folder = _run(tmp_path, nets["residual"], "c1", "--witness")
+    bars = capsys.readouterr().err
+    assert "witness epoch 2/2" in bars and "epoch 2/2" in bars  # the witness's own bars
     names = sorted(p.name for p in folder.iterdir())
     assert "target_r_0_l_c1.keras" in names and "testing_metrics_of_witness_r_0_l_c1.jsonl" \
         in names
