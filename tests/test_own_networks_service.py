@@ -174,3 +174,24 @@ def test_the_client_uploads_a_local_network_and_lists_layers(live, tmp_path):
     assert out.returncode == 0, out.stderr + live.text()[-3000:]
     files = {p.name for p in (tmp_path / "got").rglob("*") if p.is_file()}
     assert {"network.json", "quantas_r_0_l_add.jsonl", "target_r_0_l_add.keras"} <= files
+
+
+def test_a_study_of_all_layers_is_stored_with_every_transferable_name(live, network):
+    """`"all"` of a user's network: the service expands it from the uploaded file, in
+    graph order, and a retried request (same Idempotency-Key) is the same job."""
+    body = {"kind": "study", "spec": {**_transfer(network)["spec"], "layers": "all"}}
+    headers = {"Idempotency-Key": "own-all-1"}
+    response = live.http.post("/v1/jobs", json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    study = response.json()
+    try:
+        assert study["spec"]["layers"] == ["c1", "c2", "bn2", "add", "relu", "gap", "drop"]
+        again = live.http.post("/v1/jobs", json=body, headers=headers)
+        assert again.status_code in (200, 201) and again.json()["id"] == study["id"]
+    finally:
+        live.http.post(f"/v1/jobs/{study['id']}/cancel")
+    by_name = {"kind": "study", "spec": {**_transfer(network)["spec"],
+                                         "source_model": "keras.applications.MobileNetV2",
+                                         "layers": "all"}}
+    refused = live.http.post("/v1/jobs", json=by_name)
+    assert refused.status_code == 422 and "needs the network's file" in refused.text
