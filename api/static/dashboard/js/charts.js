@@ -11,6 +11,9 @@ export function cssVar(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 }
 
+/** Longest tick label drawn whole (longer ones end in "…"; the legend names them whole). */
+const MAX_TICK = 24;
+
 function withAlpha(colour, alpha) {
   const hex = colour.replace("#", "");
   if (hex.length !== 6) return colour;
@@ -62,7 +65,8 @@ function whiskers(intervals) {
  * A chart in `container`. `series`: [{label, color, dash, band: [lowIndex, highIndex]?,
  * hidden (a CI bound: drawn only as the band), points, scale}], `data`: [xs, ...ys].
  * With `intervals`, a series with a band is drawn as points with whiskers, unjoined: its x
- * are separate measurements (layers), not a curve to read between them.
+ * are separate measurements (layers), not a curve to read between them. `xValues(x)` names
+ * the ticks of a discrete x axis (long names are slanted).
  * Returns {update(data), destroy()}.
  */
 export function lineChart(container, { title, xLabel, yLabel, y2Label, series, data, xValues,
@@ -75,15 +79,31 @@ export function lineChart(container, { title, xLabel, yLabel, y2Label, series, d
     font: "12px system-ui, sans-serif", labelFont: "600 12px system-ui, sans-serif",
   });
   const xAxis = { ...axis(xLabel, "x", 2), size: 40 };
+  const xName = (v) => (xValues ? xValues(v) : v);
+  const tick = (v) => { const t = String(xName(v)); return t.length > MAX_TICK ? `${t.slice(0, MAX_TICK - 1)}…` : t; };
+  let padLeft = null, fullHeight = height;
   if (xDiscrete) {
     xAxis.incrs = [1];
-    xAxis.values = (u, splits) => splits.map((v) => (xValues ? xValues(v) : v));
+    xAxis.values = (u, splits) => {
+      const ticks = splits.map((v) => (xValues ? tick(v) : v));
+      wrapper.dataset.xTicks = JSON.stringify(ticks.map(String));  // the ticks as drawn
+      return ticks;
+    };
+    // Layer names: slanted up to their tick (as the service's plots), the chart taller by
+    // what they take below it, room on the left for the first; crowded ones thinned.
+    const lengths = data[0].map((v) => tick(v).length);
+    if (Math.max(0, ...lengths) > 4) {
+      Object.assign(xAxis, { rotate: 30, space: 16, incrs: [1, 2, 5, 10],
+        size: 24 + 3.4 * Math.max(...lengths) });
+      fullHeight += xAxis.size - 40;
+      padLeft = Math.max(0, 5.7 * lengths[0] - 60) || null;
+    }
   }
   const axes = [xAxis, axis(yLabel, "y", 3)];
   if (y2Label) axes.push(axis(y2Label, "y2", 1));
   const bands = [];
   const drawn = [];
-  const uSeries = [{ label: xLabel }];
+  const uSeries = [{ label: xLabel, value: (u, v) => (v === null || v === undefined ? "--" : xName(v)) }];
   series.forEach((s, i) => {
     const colour = s.color || color(i);
     if (s.hidden) {
@@ -113,13 +133,20 @@ export function lineChart(container, { title, xLabel, yLabel, y2Label, series, d
     scales.x.range = (u, min, max) => [min - 0.3, max + 0.3];
   }
   let current = data;
+  // What the chart shows, for people's tools and tests: each x named, each series's values.
+  const expose = (next) => {
+    wrapper.dataset.x = JSON.stringify(next[0].map((v) => String(xName(v))));
+    wrapper.dataset.series = JSON.stringify(Object.fromEntries(series.map((s, i) => [s.label, next[i + 1]])));
+  };
   scales.y = { range: yRange ? () => fittedRange(yRange, current) : undefined, auto: !yRange };
   if (y2Label) scales.y2 = { range: [0, 1] };
   const wrapper = h("div", { class: "chart" });
   put(container, wrapper);
+  expose(data);
   const width = () => Math.max(320, (container.clientWidth || 600) - 4);
   const options = {
-    title, width: width(), height, series: uSeries, axes, scales, bands,
+    title, width: width(), height: fullHeight, series: uSeries, axes, scales, bands,
+    padding: [null, null, null, padLeft],
     cursor: { drag: { x: true, y: false } },
     legend: { live: true },
     hooks: {
@@ -140,12 +167,12 @@ export function lineChart(container, { title, xLabel, yLabel, y2Label, series, d
   wrapper.querySelector(".u-title")?.style.setProperty("color", fg);
   const observer = new ResizeObserver(() => {
     const w = width();
-    if (Math.abs(w - plot.width) > 2) plot.setSize({ width: w, height });
+    if (Math.abs(w - plot.width) > 2) plot.setSize({ width: w, height: fullHeight });
   });
   observer.observe(container);
   return {
     plot,
-    update(next) { current = next; plot.setData(next); },
+    update(next) { current = next; expose(next); plot.setData(next); },
     destroy() { observer.disconnect(); plot.destroy(); },
   };
 }

@@ -4,7 +4,7 @@
 import { api, ApiError } from "./api.js";
 import { destroyAll, lineChart } from "./charts.js";
 import { h, num, ci, errorText, shortId, specSummary, taskName, when, badge, put } from "./util.js";
-import { accuracyData, curveData, layerTick, studyStats } from "./study.js";
+import { accuracyData, curveData, layerAxis, studyStats } from "./study.js";
 
 const REFRESH_MS = 5000;
 
@@ -78,9 +78,11 @@ export function renderCompare(root, params, navigate) {
       entries: s.entries, colorIndex: i,
       label: `${shortId(s.study.id)} ${taskName(s.study.spec.source_task)}→${taskName(s.study.spec.target_task)}: `,
     }));
-    const entries = [...new Set(loaded.flatMap((s) => Object.keys(s.entries)))];
+    // Layers in order: by number, or by name in the studies' (graph) order; "all" last.
+    const entries = layerAxis(loaded.map((s) => Object.keys(s.entries)),
+      loaded.some((s) => "all" in s.entries)).keys;
     put(tableBox, h("h2", {}, "Mean final λ_s per layer (95% CI)"),
-      h("table", { id: "compare-table" }, h("thead", {}, h("tr", {}, h("th", {}, "study"), h("th", {}, "status"),
+      h("div", { style: "overflow-x:auto" }, h("table", { id: "compare-table" }, h("thead", {}, h("tr", {}, h("th", {}, "study"), h("th", {}, "status"),
         entries.map((e) => h("th", { class: "num" }, e === "all" ? "all (mean of layers)" : `layer ${e}`)))),
       h("tbody", {}, loaded.map((s) => h("tr", {},
         h("td", {}, h("a", { href: `#/study/${s.study.id}`, class: "mono" }, shortId(s.study.id)), " ", specSummary(s.study)),
@@ -92,7 +94,7 @@ export function renderCompare(root, params, navigate) {
           const stat = e === "all" ? null : entry.lambda_s?.[e];
           const mean = e === "all" ? avg(lams.map(([, v]) => v?.mean)) : stat?.mean;
           return h("td", { class: "num", title: stat ? ci(stat, 4) : "" }, num(mean), stat?.n ? h("div", { class: "small muted" }, ci(stat)) : null);
-        }))))));
+        })))))));
     destroyAll(charts);
     const c = h("div"), a = h("div");
     put(curveBox, c);
@@ -103,7 +105,7 @@ export function renderCompare(root, params, navigate) {
       charts.push(lineChart(c, { title: "Transferability: final λ_s per layer", xLabel: "transferred layer",
         yLabel: "λ_s", yRange: [0, 1], xDiscrete: true, intervals: true, ...curveData(studies) }));
       charts.push(lineChart(a, { title: "Test accuracy per layer", xLabel: "transferred layer",
-        yLabel: "test accuracy", yRange: [0, 1], xDiscrete: true, xValues: layerTick, intervals: true,
+        yLabel: "test accuracy", yRange: [0, 1], xDiscrete: true, intervals: true,
         ...accuracyData(studies) }));
     } catch (error) {
       console.error("compare: a chart could not be drawn", error, error.stack);

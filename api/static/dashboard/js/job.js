@@ -5,14 +5,17 @@ import { api, ApiError, follow } from "./api.js";
 import { destroyAll, lineChart } from "./charts.js";
 import { cancelJob, progressText } from "./jobs.js";
 import {
-  ACTIVE, badge, bar, bytes, downloadLink, duration, errorText, fraction, h, layerName, num,
-  shortId, specSummary, TERMINAL, when, put } from "./util.js";
+  ACTIVE, badge, bar, BUILTIN_LAYERS, bytes, downloadLink, duration, errorText, fraction, h, layerName,
+  num, shortId, specSummary, TERMINAL, when, put } from "./util.js";
 
 const PREVIEW_CHARS = 200000;
 
-export function transferredLayers(spec) {
-  const layer = Number(spec.layer_to_transfer);
-  return layer < 0 ? ["0", "1", "2", "3", "4", "5", "6"] : [String(layer)];
+/** The layers a transfer mixes: its one layer, or all at once: the built-in networks' 0-6,
+ *  or for a network of the user's the layers its results name (`seen`, in their order). */
+export function transferredLayers(spec, seen = []) {
+  const layer = layerName(spec.layer_to_transfer);
+  if (layer !== "all") return [layer];
+  return spec.source_model ? [...new Set(seen)] : BUILTIN_LAYERS;
 }
 
 function lastJsonLine(text) {
@@ -75,6 +78,11 @@ export function renderJob(root, id, navigate) {
       actions.length ? h("div", { class: "toolbar" }, actions) : null);
   };
 
+  // The layers results name: the final runs' quantas, then the epochs' (live or from files).
+  const layers = () => transferredLayers(state.job.spec, [
+    ...(state.job.result?.runs || []).flatMap((run) => Object.keys(run.quantas || {})),
+    ...[...state.epochs.values()].flatMap((m) => [...m.values()].flatMap((e) => Object.keys(e.quantas)))]);
+
   const chartBox = (cls) => {
     const box = h("div", { class: `card ${cls}` });
     chartsBox.append(box);
@@ -97,9 +105,8 @@ export function renderJob(root, id, navigate) {
     const runLabel = (r) => (runs > 1 ? ` r${r}` : "");
     const seen = [...state.epochs.values()].some((m) => m.size);
     if (job.kind !== "source") {
-      const layers = transferredLayers(spec);
       const series = [], data = [xs];
-      layers.forEach((layer, li) => {
+      layers().forEach((layer, li) => {
         for (let r = 0; r < runs; r += 1) {
           series.push({ label: `layer ${layer}${runLabel(r)}`, color: colourOf(li), dash: r ? [6, 3] : undefined });
           data.push(xs.map((e) => value(r, e, (entry) => entry.quantas[layer]?.source)));
@@ -153,14 +160,14 @@ export function renderJob(root, id, navigate) {
         metricsTable(metrics)) : "");
       return;
     }
-    const layers = transferredLayers(job.spec);
+    const shown = layers();
     put(finals, h("div", { class: "card" }, h("h2", {}, "Final quantas"),
       h("table", { id: "final-quantas" },
-        h("thead", {}, h("tr", {}, h("th", {}, "run"), layers.map((l) => h("th", { class: "num" }, `λ_s layer ${l}`)),
+        h("thead", {}, h("tr", {}, h("th", {}, "run"), shown.map((l) => h("th", { class: "num" }, `λ_s layer ${l}`)),
           h("th", { class: "num" }, "test accuracy"), h("th", { class: "num" }, "witness accuracy"),
           h("th", { class: "num" }, "transfer gain"))),
         h("tbody", {}, runs.map((run) => h("tr", {}, h("td", {}, String(run.run)),
-          layers.map((l) => h("td", { class: "num" }, num(run.quantas?.[l]?.source, 4))),
+          shown.map((l) => h("td", { class: "num" }, num(run.quantas?.[l]?.source, 4))),
           h("td", { class: "num" }, num(run.target_metrics?.categorical_accuracy)),
           h("td", { class: "num" }, num(run.witness_metrics?.categorical_accuracy)),
           h("td", { class: "num" }, num(run.transfer_gain))))))));
@@ -227,7 +234,7 @@ export function renderJob(root, id, navigate) {
     if (job.kind === "source") {
       metricsInto(await fetchLast("training_metrics_of_source.jsonl"), 0, fromFiles);
     } else {
-      const label = Number(job.spec.layer_to_transfer) < 0 ? "all" : String(job.spec.layer_to_transfer);
+      const label = layerName(job.spec.layer_to_transfer);
       const runs = Number(job.spec.nb_of_runs || 1);
       for (let r = 0; r < runs; r += 1) {
         const quantas = await fetchLast(`quantas_r_${r}_l_${label}.jsonl`);

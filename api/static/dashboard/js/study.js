@@ -10,8 +10,8 @@ import { all, api, ApiError, follow } from "./api.js";
 import { destroyAll, lineChart } from "./charts.js";
 import { cancelJob } from "./jobs.js";
 import {
-  ACTIVE, badge, bar, ci, describe, downloadLink, errorText, fraction, h, layerName, num,
-  shortId, specSummary, studyEntries, TERMINAL, when, put } from "./util.js";
+  ACTIVE, badge, bar, BUILTIN_LAYERS, ci, describe, downloadLink, errorText, fraction, h, layerName,
+  mergedOrder, num, shortId, specSummary, studyEntries, TERMINAL, when, put } from "./util.js";
 
 const ACCURACY = "categorical_accuracy";
 const CHILD_FETCHES = 4;
@@ -20,15 +20,25 @@ export function childKey(child) {
   return `${layerName(child.spec.layer_to_transfer)}:${child.study_run ?? 0}`;
 }
 
+/** A study's entries in order: its spec's, and any other its children measure. */
+export function entriesOf(spec, children) {
+  const entries = studyEntries(spec);
+  const more = children.map((c) => layerName(c.spec.layer_to_transfer)).filter((e) => !entries.includes(e));
+  return mergedOrder([entries.filter((e) => e !== "all"), more.filter((e) => e !== "all")])
+    .concat(entries.includes("all") || more.includes("all") ? ["all"] : []);
+}
+
 /** Per entry, the statistics of the children that succeeded (summary.json's `entries`). */
 export function statsFromChildren(spec, children) {
   const out = {};
-  for (const entry of studyEntries(spec)) {
+  for (const entry of entriesOf(spec, children)) {
     const done = children.filter((c) => c.status === "succeeded" && c.result?.runs?.length
       && layerName(c.spec.layer_to_transfer) === entry)
       .sort((a, b) => (a.study_run ?? 0) - (b.study_run ?? 0));
     const runs = done.map((c) => c.result.runs[0]);
-    const layers = entry === "all" ? ["0", "1", "2", "3", "4", "5", "6"] : [entry];
+    // All at once: the built-in networks' 0-6, a network's layers as its runs name them.
+    const named = mergedOrder(runs.map((r) => Object.keys(r.quantas || {})));
+    const layers = entry !== "all" ? [entry] : spec.source_model ? named : BUILTIN_LAYERS;
     const lambda = {};
     for (const layer of layers) lambda[layer] = describe(runs.map((r) => r.quantas?.[layer]?.source));
     const witnessed = runs.filter((r) => r.witness_metrics);
@@ -44,17 +54,27 @@ export function statsFromChildren(spec, children) {
   return out;
 }
 
+/**
+ * Where layers sit on a chart's x axis: the built-in networks' at their numbers 0-6 ("all"
+ * at 7), a network's named layers one after the other in their order (`lists`, each in
+ * graph order), "all" after them. `tick(x)` names a position.
+ */
+export function layerAxis(lists, withAll = false) {
+  const keys = mergedOrder(lists.map((list) => list.filter((k) => k !== "all")));
+  const numbered = keys.every((k) => /^\d+$/.test(k));
+  if (numbered) keys.sort((a, b) => a - b);
+  const at = new Map(keys.map((k, i) => [k, numbered ? Number(k) : i]));
+  if (withAll) at.set("all", numbered ? 7 : keys.length);
+  const names = new Map([...at].map(([k, x]) => [x, k]));
+  return { numbered, keys: [...at.keys()], x: [...at.values()],
+    tick: (v) => names.get(v) ?? (numbered ? String(v) : "") };
+}
+
 /** The x positions and series of the transferability curve of one or more studies. */
 export function curveData(studies) {
-  const xs = new Set();
-  for (const { entries } of studies) {
-    for (const entry of Object.keys(entries)) {
-      if (entry === "all") [0, 1, 2, 3, 4, 5, 6].forEach((l) => xs.add(l));
-      else xs.add(Number(entry));
-    }
-  }
-  const x = [...xs].sort((a, b) => a - b);
-  const series = [], data = [x];
+  const axis = layerAxis(studies.flatMap(({ entries }) => Object.entries(entries).map(([entry, e]) =>
+    (entry === "all" ? Object.keys(e.lambda_s || {}) : [entry]))));
+  const series = [], data = [axis.x];
   studies.forEach(({ entries, label, colorIndex, dash }) => {
     let variant = 0;
     const add = (name, stat, dashed) => {
@@ -64,25 +84,25 @@ export function curveData(studies) {
       variant += 1;
       series.push({ label: name, color: colour, dash: dashed, band: [base + 1, base + 2] },
         { label: `${name}: 95% CI low`, hidden: true }, { label: `${name}: 95% CI high`, hidden: true });
-      data.push(x.map((l) => stat(l)?.mean ?? null), x.map((l) => stat(l)?.ci95?.[0] ?? null),
-        x.map((l) => stat(l)?.ci95?.[1] ?? null));
+      const keys = axis.keys;
+      data.push(keys.map((l) => stat(l)?.mean ?? null), keys.map((l) => stat(l)?.ci95?.[0] ?? null),
+        keys.map((l) => stat(l)?.ci95?.[1] ?? null));
     };
     const single = Object.keys(entries).filter((e) => e !== "all");
     if (single.length || !entries.all) {
-      add(`${label}λ_s, layer alone`, (l) => nonEmpty(entries[String(l)]?.lambda_s?.[String(l)]), dash);
+      add(`${label}λ_s, layer alone`, (l) => nonEmpty(entries[l]?.lambda_s?.[l]), dash);
     }
-    if (entries.all) add(`${label}λ_s, all layers at once`, (l) => nonEmpty(entries.all.lambda_s?.[String(l)]), [6, 4]);
+    if (entries.all) add(`${label}λ_s, all layers at once`, (l) => nonEmpty(entries.all.lambda_s?.[l]), [6, 4]);
   });
-  return { series, data };
+  return { series, data, xValues: axis.tick, numbered: axis.numbered };
 }
 
-/** Target and witness accuracy per entry; "all" sits at x = 7. */
+/** Target and witness accuracy per entry: the layers, then "all" (at 7 for the built-in
+ *  networks, after the named layers for a network of the user's). */
 export function accuracyData(studies) {
-  const xs = new Set();
-  for (const { entries } of studies) for (const e of Object.keys(entries)) xs.add(e === "all" ? 7 : Number(e));
-  const x = [...xs].sort((a, b) => a - b);
-  const key = (v) => (v === 7 ? "all" : String(v));
-  const series = [], data = [x];
+  const axis = layerAxis(studies.map(({ entries }) => Object.keys(entries)),
+    studies.some(({ entries }) => "all" in entries));
+  const series = [], data = [axis.x];
   studies.forEach(({ entries, label, colorIndex }) => {
     let variant = 0;
     const add = (name, metric, dash) => {
@@ -91,14 +111,14 @@ export function accuracyData(studies) {
       variant += 1;
       series.push({ label: name, color: colour, dash, band: [base + 1, base + 2] },
         { label: `${name}: 95% CI low`, hidden: true }, { label: `${name}: 95% CI high`, hidden: true });
-      const stat = (v) => nonEmpty(entries[key(v)]?.[metric]);
-      data.push(x.map((v) => stat(v)?.mean ?? null), x.map((v) => stat(v)?.ci95?.[0] ?? null),
-        x.map((v) => stat(v)?.ci95?.[1] ?? null));
+      const stat = (k) => nonEmpty(entries[k]?.[metric]);
+      data.push(axis.keys.map((k) => stat(k)?.mean ?? null), axis.keys.map((k) => stat(k)?.ci95?.[0] ?? null),
+        axis.keys.map((k) => stat(k)?.ci95?.[1] ?? null));
     };
     add(`${label}with transfer`, "target_accuracy");
     if (Object.values(entries).some((e) => e?.witness_accuracy?.n)) add(`${label}witness (no transfer)`, "witness_accuracy", [3, 3]);
   });
-  return { series, data };
+  return { series, data, xValues: axis.tick, numbered: axis.numbered };
 }
 
 function nonEmpty(stat) {
@@ -108,8 +128,6 @@ function nonEmpty(stat) {
 function cssColour(index) {
   return getComputedStyle(document.documentElement).getPropertyValue(`--c${(index || 0) % 8}`).trim();
 }
-
-export const layerTick = (v) => (v === 7 ? "all" : String(v));
 
 /** A study's statistics: the service's summary once it succeeded, else computed live. */
 export async function studyStats(id, { signal } = {}) {
@@ -185,13 +203,13 @@ export function renderStudy(root, id, navigate) {
       const inner = h("div");
       put(curveBox, inner, h("p", { class: "muted small" }, `Mean final λ_s of each measured layer with its 95% confidence interval (whiskers, drawn whole even past 0 or 1), ${note}. Layers are separate measurements: nothing is drawn between them.`));
       charts.push(lineChart(inner, { title: "Transferability: final λ_s per transferred layer",
-        xLabel: "transferred layer (0–5 Conv2D, 6 Dense)", yLabel: "λ_s", yRange: [0, 1], xDiscrete: true,
-        intervals: true, ...curve }));
+        xLabel: curve.numbered ? "transferred layer (0–5 Conv2D, 6 Dense)" : "transferred layer",
+        yLabel: "λ_s", yRange: [0, 1], xDiscrete: true, intervals: true, ...curve }));
       const acc = accuracyData(studies);
       const inner2 = h("div");
       put(accuracyBox, inner2, h("p", { class: "muted small" }, `Test accuracy of the target with transfer and of the witness trained from scratch, ${note}.`));
       charts.push(lineChart(inner2, { title: "Test accuracy per layer", xLabel: "transferred layer",
-        yLabel: "test accuracy", yRange: [0, 1], xDiscrete: true, xValues: layerTick, intervals: true, ...acc }));
+        yLabel: "test accuracy", yRange: [0, 1], xDiscrete: true, intervals: true, ...acc }));
     }
     drawTable(entries);
   };
@@ -256,7 +274,7 @@ export function renderStudy(root, id, navigate) {
 
   const drawGrid = () => {
     const spec = state.study.spec;
-    const entries = studyEntries(spec);
+    const entries = entriesOf(spec, [...children.values()]);
     const runs = Number(spec.nb_of_runs || 1);
     const grid = h("div", { class: "cgrid", style: `grid-template-columns: max-content repeat(${runs}, 14px)` });
     grid.append(h("span", {}), ...Array.from({ length: runs }, (_, r) =>

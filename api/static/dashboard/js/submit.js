@@ -3,7 +3,7 @@
 // API's own 422 field errors are shown beside the fields they name.
 
 import { api, ApiError, openapi } from "./api.js";
-import { bytes, errorText, h, jobHref, shortId, specSummary, put } from "./util.js";
+import { bytes, errorText, h, jobHref, layerValue, shortId, specSummary, put } from "./util.js";
 
 const KINDS = ["source", "transfer", "study"];
 
@@ -62,8 +62,9 @@ function fieldShell(name, schema, required, control, extra = []) {
   const error = h("div", { class: "ferr", id: `err-${name}`, role: "alert" });
   const range = [];
   const variants = (schema.anyOf || [schema]).filter((v) => v.type !== "null");
-  const numeric = variants.find((v) => v.type === "integer" || v.type === "number");
-  if (numeric) range.push(rangeText(numeric));
+  const isNumber = (v) => v.type === "integer" || v.type === "number";
+  // A number's range; not for a layer, which may also be a name.
+  if (variants.length && variants.every(isNumber)) range.push(rangeText(variants[0]));
   if (schema.default !== undefined && schema.default !== null) range.push(`default ${JSON.stringify(schema.default)}`);
   else if (!required) range.push("optional");
   const shell = h("div", { class: "field", dataset: { field: name } },
@@ -115,42 +116,58 @@ function widget(name, schema, required, ctx) {
   const id = `f-${name}`;
   const def = schema.default;
 
-  // A file: a finished job's output, or an upload.
-  if (refs.length && refs.length === real.length) {
+  // A file: a finished job's output, or an upload; a network may also be named
+  // (keras.applications.NAME: a string of a pattern).
+  const named = real.find((v) => v.type === "string" && v.pattern && !v.enum);
+  if (refs.length && refs.length + (named ? 1 : 0) === real.length) {
     const canJob = refs.some((v) => v.properties.job);
     const canUpload = refs.some((v) => v.properties.upload);
     const wantsRun = /"run"/.test(schema.description || "");
+    const hint = named ? named.pattern.replace(/^\^|\$$/g, "").replace(/\\\./g, ".").replace(/\[.*$/, "NAME") : "";
     const choice = h("select", { id, "aria-label": `${name}: what it names` },
       nullable || !required ? h("option", { value: "" }, "none") : null,
       canJob ? h("option", { value: "job", selected: required }, "a finished job") : null,
-      canUpload ? h("option", { value: "upload" }, "an upload") : null);
+      canUpload ? h("option", { value: "upload" }, "an upload") : null,
+      named ? h("option", { value: "name" }, hint) : null);
     const jobId = h("input", { type: "text", id: `${id}-job`, placeholder: "job id", size: "34", list: `${id}-jobs` });
     const jobs = h("datalist", { id: `${id}-jobs` });
     const run = h("input", { type: "number", id: `${id}-run`, min: "0", step: "1", placeholder: "run 0", style: "width:7em" });
-    const uploadId = h("input", { type: "text", id: `${id}-upload`, placeholder: "upload id", size: "34" });
-    let field;
-    const uploader = uploadControl(name, (upload) => { uploadId.value = upload.id; }, (t) => field.setError(t));
+    const uploadId = h("input", { type: "text", id: `${id}-upload`, placeholder: "upload id", size: "34", list: `${id}-uploads` });
+    const uploads = h("datalist", { id: `${id}-uploads` });
+    const nameInput = h("input", { type: "text", id: `${id}-name`, placeholder: hint, size: "40" });
+    let field, read;
+    const picked = () => ctx.picked(name, read().value ?? null);
+    const uploader = uploadControl(name, (upload) => { uploadId.value = upload.id; picked(); }, (t) => field.setError(t));
     const jobRow = h("div", { class: "row" }, jobId, wantsRun ? run : null, jobs);
-    const uploadRow = h("div", { class: "row" }, uploadId, uploader);
-    const sync = () => { jobRow.hidden = choice.value !== "job"; uploadRow.hidden = choice.value !== "upload"; };
-    choice.addEventListener("change", sync);
-    field = fieldShell(name, schema, required, choice, [jobRow, uploadRow]);
+    const uploadRow = h("div", { class: "row" }, uploadId, uploads, uploader);
+    const nameRow = h("div", { class: "row" }, nameInput);
+    const sync = () => {
+      jobRow.hidden = choice.value !== "job";
+      uploadRow.hidden = choice.value !== "upload";
+      nameRow.hidden = choice.value !== "name";
+    };
+    for (const control of [choice, jobId, uploadId, nameInput]) control.addEventListener("change", () => { sync(); picked(); });
+    field = fieldShell(name, schema, required, choice, [jobRow, uploadRow, nameRow]);
     sync();
     ctx.suggestJobs(name, jobs);
-    return { ...field, name,
-      read() {
-        if (choice.value === "job" && jobId.value.trim()) {
-          const value = { job: jobId.value.trim() };
-          if (wantsRun && run.value !== "") value.run = Number(run.value);
-          return { value };
-        }
-        if (choice.value === "upload" && uploadId.value.trim()) return { value: { upload: uploadId.value.trim() } };
-        return required ? { value: null } : { omit: true };
-      },
+    if (canUpload) ctx.suggestUploads(name, uploads);
+    read = () => {
+      if (choice.value === "job" && jobId.value.trim()) {
+        const value = { job: jobId.value.trim() };
+        if (wantsRun && run.value !== "") value.run = Number(run.value);
+        return { value };
+      }
+      if (choice.value === "upload" && uploadId.value.trim()) return { value: { upload: uploadId.value.trim() } };
+      if (choice.value === "name" && nameInput.value.trim()) return { value: nameInput.value.trim() };
+      return required ? { value: null } : { omit: true };
+    };
+    return { ...field, name, read,
       fill(value) {
         if (value && value.job) { choice.value = "job"; jobId.value = value.job; if (value.run !== undefined) run.value = value.run; }
         else if (value && value.upload) { choice.value = "upload"; uploadId.value = value.upload; }
+        else if (typeof value === "string" && named) { choice.value = "name"; nameInput.value = value; }
         sync();
+        picked();
       } };
   }
 
@@ -182,35 +199,84 @@ function widget(name, schema, required, ctx) {
       } };
   }
 
-  // A list of small integers (layers), maybe with named choices ("all").
+  // A layer: a built-in network's number, or a layer's name in a network of the user's:
+  // the network's transferable layers to choose from once known (`network(layers)`), else
+  // typed. A negative number: every layer at once.
+  const integer = real.find((v) => v.type === "integer");
+  if (integer && real.length === 2 && real.some((v) => v.type === "string")) {
+    const number = h("input", { type: "number", id, step: "1", value: def ?? null });
+    const select = h("select", { id: `${id}-name`, hidden: true });
+    const text = h("input", { type: "text", id: `${id}-text`, hidden: true, size: "30",
+      placeholder: "a layer's name, or -1 for all at once" });
+    const field = fieldShell(name, schema, required, h("span", {}, number, select, text));
+    return { ...field, name,
+      read() {
+        const raw = [number, select, text].find((c) => !c.hidden).value.trim();
+        if (raw === "") return required ? { value: null } : { omit: true };
+        return { value: layerValue(raw) };
+      },
+      fill(value) { number.value = value ?? ""; },
+      network(layers) {
+        number.hidden = layers !== null;
+        select.hidden = !layers?.length;
+        text.hidden = layers === null || layers.length > 0;
+        if (layers?.length) {
+          put(select, h("option", { value: "" }, "choose a layer"),
+            layers.map((l) => h("option", { value: l.name }, `${l.name} (${l.class})`)),
+            h("option", { value: "-1" }, "all at once (every transferable layer)"));
+        }
+      } };
+  }
+
+  // A list of layers: the built-in networks' numbers, or a network's layer names (as for
+  // one layer above), maybe with named choices ("all").
   if (arrays.length) {
     const items = resolve(arrays[0].items || {});
+    const numbers = (items.anyOf || [items]).map(resolve).find((v) => v.type === "integer") || items;
     const consts = enums.flatMap((v) => v.enum || [v.const]);
-    const lo = items.minimum ?? 0, hi = items.maximum ?? lo + 9;
+    const lo = numbers.minimum ?? 0, hi = numbers.maximum ?? lo + 9;
     const boxes = [];
+    let names = [];
     const named = consts.map((c) => h("input", { type: "checkbox", value: c, id: `${id}-${c}`, checked: def === c }));
     for (let v = lo; v <= hi; v += 1) {
       boxes.push(h("input", { type: "checkbox", value: String(v), id: `${id}-${v}`,
         checked: Array.isArray(def) && def.includes(v) }));
     }
-    const sync = () => { const on = named.some((n) => n.checked); boxes.forEach((b) => { b.disabled = on; }); };
+    const sync = () => { const on = named.some((n) => n.checked); [...boxes, ...names].forEach((b) => { b.disabled = on; }); };
     named.forEach((n) => n.addEventListener("change", () => { named.forEach((o) => { if (o !== n) o.checked = false; }); sync(); }));
+    // Both sets of boxes flow among the named choices (display: contents), one set shown.
+    const numbered = h("span", { style: "display:contents" }, boxes.map((b) => h("label", {}, b, ` ${b.value}`)));
+    const byName = h("span", { style: "display:contents", id: `${id}-names`, hidden: true });
+    const text = h("input", { type: "text", id: `${id}-text`, hidden: true, size: "40",
+      placeholder: "layer names, comma-separated" });
     const control = h("div", { class: "choices", id },
-      named.map((n) => h("label", {}, n, ` ${n.value}`)),
-      boxes.map((b) => h("label", {}, b, ` ${b.value}`)));
+      named.map((n) => h("label", {}, n, ` ${n.value}`)), numbered, byName, text);
     sync();
     const field = fieldShell(name, schema, required, control);
     return { ...field, name,
       read() {
         const on = named.find((n) => n.checked);
         if (on) return { value: on.value };
-        const values = boxes.filter((b) => b.checked).map((b) => Number(b.value));
+        let values;
+        if (!text.hidden) values = text.value.split(",").map((v) => v.trim()).filter(Boolean).map(layerValue);
+        else if (!byName.hidden) values = names.filter((b) => b.checked).map((b) => b.value);
+        else values = boxes.filter((b) => b.checked).map((b) => Number(b.value));
         if (!values.length) return required ? { value: [] } : { omit: true };
         return { value: values };
       },
       fill(value) {
         named.forEach((n) => { n.checked = n.value === value; });
         boxes.forEach((b) => { b.checked = Array.isArray(value) && value.includes(Number(b.value)); });
+        names.forEach((b) => { b.checked = Array.isArray(value) && value.includes(b.value); });
+        sync();
+      },
+      network(layers) {
+        numbered.hidden = layers !== null;
+        byName.hidden = !layers?.length;
+        text.hidden = layers === null || layers.length > 0;
+        names = (layers || []).map((l) => h("input", { type: "checkbox", value: l.name, id: `${id}-${l.name}` }));
+        put(byName, names.map((b, i) => h("label", { title: `${layers[i].class}, output ${JSON.stringify(layers[i].output_shape)}` },
+          b, ` ${b.value}`)));
         sync();
       } };
   }
@@ -291,7 +357,7 @@ export function renderSubmit(root, kind, params, navigate) {
     const ctx = {
       resolve,
       suggestJobs(name, list) {
-        const wanted = name === "source_weights" || kind === "source" ? "source" : "transfer";
+        const wanted = name.startsWith("source_") || kind === "source" ? "source" : "transfer";
         if (!suggestions.has(wanted)) {
           suggestions.set(wanted, api(`/v1/jobs?status=succeeded&kind=${wanted}&limit=20`, { signal: controller.signal })
             .then((p) => p.items).catch(() => []));
@@ -299,6 +365,34 @@ export function renderSubmit(root, kind, params, navigate) {
         suggestions.get(wanted).then((jobs) => put(list, ...jobs.map((j) =>
           h("option", { value: j.id }, `${shortId(j.id)} ${specSummary(j)}`))));
       },
+      /** The uploads of the kind a field takes (a built-in network's weights, or a model). */
+      suggestUploads(name, list) {
+        const wanted = name === "source_weights" ? "weights" : "model";
+        api(`/v1/uploads?kind=${wanted}&limit=50`, { signal: controller.signal }).then((p) => put(list,
+          ...p.items.map((u) => h("option", { value: u.id }, `${u.filename} (${bytes(u.size)})`)))).catch(() => {});
+      },
+      picked(name, value) { if (name === "source_model") chooseNetwork(value); },
+    };
+    // The source_model's layers for the layer fields: null (none: the built-in networks'
+    // numbers), the transferable layers of an uploaded network, or [] (named, not listed).
+    let asked = 0;
+    const chooseNetwork = async (ref) => {
+      const mine = ++asked;
+      const show = (layers) => {
+        if (mine !== asked) return;  // another network was chosen meanwhile
+        widgets.filter((w) => w.network).forEach((w) => w.network(layers));
+        form.dispatchEvent(new Event("change"));
+      };
+      byName.get("source_model")?.setError("");
+      if (!ref?.upload) { show(ref ? [] : null); return; }
+      try {
+        const network = await api(`/v1/uploads/${encodeURIComponent(ref.upload)}/layers`, { signal: controller.signal });
+        show(network.layers.filter((l) => l.transferable));
+      } catch (error) {
+        if (error.name === "AbortError" || (error instanceof ApiError && error.status === 401)) return;
+        if (mine === asked) byName.get("source_model")?.setError(errorText(error).replace(/^path\.upload_id: /, ""));
+        show([]);
+      }
     };
     const widgets = names.map((n) => widget(n, schema.properties[n], required.has(n), ctx));
     const byName = new Map(widgets.map((w) => [w.name, w]));

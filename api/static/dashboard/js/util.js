@@ -101,19 +101,53 @@ export function taskName(task) {
   return task ?? "?";
 }
 
-export function layerName(layer) {
-  const n = Number(layer);
-  return layer === "all" || n < 0 ? "all" : String(layer);
+/** The built-in networks' transferable layers: the six Conv2D layers, then the Dense one. */
+export const BUILTIN_LAYERS = ["0", "1", "2", "3", "4", "5", "6"];
+
+/** A layer as a spec holds it: a number (negative: all at once) or a layer's name ("3" is 3). */
+export function layerValue(layer) {
+  return typeof layer === "string" && /^-?\d+$/.test(layer) ? Number(layer) : layer;
 }
 
-/** A study's entries in order: the layers, then "all" (every layer at once). */
+/** A layer's key in results and file names: its number or name, "all" for all at once. */
+export function layerName(layer) {
+  const value = layerValue(layer);
+  return value === "all" || (typeof value === "number" && value < 0) ? "all" : String(value);
+}
+
+/** A study's entries in order: its layers (the built-in networks' by number, a network's
+ *  names as the service stores them: in graph order), then "all" (every layer at once). */
 export function studyEntries(spec) {
-  let layers = spec.layers === "all" ? [0, 1, 2, 3, 4, 5, 6] : [...(spec.layers || [])];
-  if (spec.include_all_at_once) layers.push(-1);
-  layers = [...new Set(layers)].sort((a, b) => a - b);
-  const entries = layers.filter((l) => l >= 0).map(String);
-  if (layers.includes(-1)) entries.push("all");
+  const chosen = spec.layers === "all" ? [0, 1, 2, 3, 4, 5, 6] : (spec.layers || []).map(layerValue);
+  const numbers = [...new Set(chosen.filter((l) => typeof l === "number" && l >= 0))].sort((a, b) => a - b);
+  const entries = [...new Set(chosen.filter((l) => typeof l === "string")), ...numbers.map(String)];
+  // With a source_model the service measures all at once for include_all_at_once only.
+  if (spec.include_all_at_once || (!spec.source_model && chosen.includes(-1))) entries.push("all");
   return entries;
+}
+
+/** Lists of layer keys merged into one order that keeps each list's own order (lists of
+ *  one network's layers, each in graph order, merge into graph order): a new key goes
+ *  after the key before it in its list, or, first in its list, before the first of its
+ *  list's keys already placed (else last). */
+export function mergedOrder(lists) {
+  const out = [];
+  for (const list of lists) {
+    list.forEach((key, i) => {
+      if (out.includes(key)) return;
+      const next = list.slice(i + 1).map((k) => out.indexOf(k)).find((at) => at >= 0);
+      out.splice(i ? out.indexOf(list[i - 1]) + 1 : next ?? out.length, 0, key);
+    });
+  }
+  return out;
+}
+
+/** What a spec's source network is called: a network of the user's, if any. */
+export function networkName(spec) {
+  const model = spec.source_model;
+  if (!model) return "";
+  if (typeof model === "string") return model.replace(/^keras\.applications\./, "");
+  return model.upload ? `upload ${shortId(model.upload)}` : `job ${shortId(model.job)}'s model`;
 }
 
 export function specSummary(job) {
@@ -124,7 +158,8 @@ export function specSummary(job) {
   if (job.kind === "source") {
     return `${taskName(s.source_task)} · ${s.nb_of_epochs ?? 1} epochs${n}${width}`;
   }
-  const tasks = `${taskName(s.source_task)} → ${taskName(s.target_task)}`;
+  const network = s.source_model ? ` · network ${networkName(s)}` : "";
+  const tasks = `${taskName(s.source_task)} → ${taskName(s.target_task)}${network}`;
   const runs = `${s.nb_of_runs ?? 1} run${(s.nb_of_runs ?? 1) === 1 ? "" : "s"} × ${s.nb_of_target_epochs ?? 1} epochs`;
   if (job.kind === "study") {
     const layers = s.layers === "all" ? "all" : (s.layers || []).join(",");
