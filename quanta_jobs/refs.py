@@ -233,6 +233,10 @@ def study_with_layers(session: Session, settings: Settings, spec: RemoteStudySpe
         raise Invalid(f"the network has {len(names)} transferable layers; a study measures "
                       f"at most {MAX_LAYERS_AT_ONCE}: name them", loc=(*LOC, "layers"))
     at_once = [-1] if spec.layers != "all" and -1 in spec.layers else []
+    if (at_once or spec.include_all_at_once) and len(graph.transferable) > MAX_LAYERS_AT_ONCE:
+        raise Invalid(f"all at once (-1) mixes every transferable layer: the network has "
+                      f"{len(graph.transferable)}, more than {MAX_LAYERS_AT_ONCE}",
+                      loc=(*LOC, "layers"))
     values = {**spec.model_dump(mode="json"), "layers": [*names, *at_once]}
     try:
         return RemoteStudySpec.model_validate(values)

@@ -606,7 +606,9 @@ class RemoteStudySpec(RemoteTransferSpec):
         "every transferable layer of an uploaded model (at most MAX_LAYERS_AT_ONCE).",
     )
     include_all_at_once: bool = Field(
-        default=False, description="Also measure the seven layers transferred at once (-1)."
+        default=False, description="Also measure every layer transferred at once (-1): the "
+        "seven of a built-in network, every transferable layer of a source_model (at most "
+        "64)."
     )
     baselines: bool = Field(
         default=False,
@@ -696,10 +698,10 @@ class RemoteStudySpec(RemoteTransferSpec):
     def study_layers(self) -> tuple[int | str, ...]:
         """The layers measured, in order; -1 (all at once) last. A source_model's layers
         by name, in the order given (the service puts them in graph order)."""
-        at_once = (-1,) if self.include_all_at_once else ()
+        listed = () if self.layers == "all" else tuple(self.layers)
+        at_once = (-1,) if self.include_all_at_once or -1 in listed else ()
         if self.own_network:
-            named = () if self.layers == "all" else tuple(self.layers)
-            return (*[k for k in named if not isinstance(k, int)], *at_once)
+            return (*[k for k in listed if not isinstance(k, int)], *at_once)
         chosen = range(NB_TRANSFERABLE_LAYERS) if self.layers == "all" else self.layers
         layers = sorted(set(chosen) | set(at_once))
         return (*[k for k in layers if k >= 0], *[k for k in layers if k < 0])
