@@ -86,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
          "preprocess", "resize_method", "init_from_source"],
         types={"source_weights": existing_file(".h5"), "source_model": source_model_arg})
     parser.add_argument(
+        "--mlflow", metavar="URI", default=None,
+        help="also log the experiment as an MLflow run on this tracking server (its "
+        "options as params, every epoch's metrics and λ_s, the JSONL files and plots); a "
+        "server that does not answer costs at most --mlflow_timeout seconds and a warning "
+        "(needs the mlflow extra)",
+    )
+    parser.add_argument("--mlflow_timeout", type=float, default=20.0, metavar="S",
+                        help="longest wait for the MLflow export (default: %(default)s)")
+    parser.add_argument(
         "--baselines", action="store_true",
         help="also write baseline_scores.json: LogME, H-score, TransRate and GBC of the frozen "
         "source's transferred layers, LEEP and NCE of the source, on the target training "
@@ -161,6 +170,22 @@ def _baselines(args: argparse.Namespace, spec: Any, folder: Path,
                                  if v is not None))
 
 
+def _mlflow(args: argparse.Namespace, spec: Any, folder: Path) -> None:
+    """The experiment as an MLflow run (`quanta.mlflow_export`), bounded in time."""
+    import logging
+
+    from quanta import mlflow_export
+
+    logging.basicConfig(format=f"{Path(sys.argv[0]).name}: %(message)s")
+    run_id = mlflow_export.export_bounded(
+        lambda: mlflow_export.export_run(
+            args.mlflow, folder, spec.model_dump(mode="json"),
+            run_name=f"{folder.name} layer {spec.layer_label}"),
+        args.mlflow_timeout, "this experiment")
+    if run_id:
+        print(f"MLflow run {run_id} on {args.mlflow}")
+
+
 def _transfer(args: argparse.Namespace, spec: Any) -> None:
     from quanta.progress import EpochProgressBar
     from quanta.transfer import run_transfer
@@ -188,6 +213,8 @@ def _transfer(args: argparse.Namespace, spec: Any) -> None:
                 f"       witness accuracy {run.witness_metrics['categorical_accuracy']:.4f}, "
                 f"transfer gain {run.transfer_gain:+.4f}"
             )
+    if args.mlflow:
+        _mlflow(args, spec, result.experiment_dir)
     if args.baselines:
         finals: dict[str, list[float]] = {}
         for run in result.runs:
@@ -251,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def go(args: argparse.Namespace) -> None:
         _transfer(args, make_spec(parser, TransferSpec, args,
-                                  exclude=("output_dir", "data_dir", "baselines")))
+                                  exclude=("output_dir", "data_dir", "baselines", "mlflow",
+                                           "mlflow_timeout")))
 
     return run_cli(parser, go, argv)
 

@@ -93,6 +93,23 @@ class Settings(BaseSettings):
         description="Workers send Celery's task events (as `celery worker -E`), for Flower "
         "and `celery events`; they need a broker with broadcast, such as Redis.",
     )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="An MLflow tracking server (e.g. http://mlflow:5000): each job that "
+        "succeeds becomes an MLflow run (its spec as params, per-epoch metrics and λ_s, its "
+        "JSONL files and plots), a study a parent run with its jobs nested. Needs the "
+        "mlflow extra on the workers. Unset: no export.",
+    )
+    mlflow_experiment: str = Field(
+        default="quanta", min_length=1, max_length=200,
+        description="The MLflow experiment the runs go to.",
+    )
+    mlflow_timeout_s: float = Field(
+        default=20.0, gt=0, le=600,
+        description="Longest a job waits for its MLflow export; a server down or slower "
+        "costs the job this much at most and a warning in the worker's log (the export is "
+        "dropped, the job succeeds).",
+    )
     traced_models: int = Field(
         default=10,
         ge=0,

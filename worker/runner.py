@@ -44,7 +44,7 @@ from quanta_jobs.queue import enqueue
 from quanta_jobs.recovery import is_stale, recover
 from quanta_jobs.refs import remote_spec, resolve_spec
 from quanta_jobs.settings import Settings
-from worker import checkpoints, datasets, hooks, job_plots, scores_job
+from worker import checkpoints, datasets, hooks, job_plots, scores_job, tracking
 from worker.context import JobContext
 from worker.db_retry import RETRYABLE, DatabaseUnavailable, retry_db
 from worker.results import write_model_summaries
@@ -244,6 +244,7 @@ class JobRunner:
                      worker)
             hooks.job_started(self.context, job.id)
             attempt, failed_attempts = job.attempts, job.failed_attempts
+            stored_spec, study_id = dict(job.spec), job.parent_id  # for the tracker
             try:
                 local = resolve_spec(session, self.settings, remote_spec(job.kind, job.spec))
                 # the files again, just before the library loads them (Invalid: failed)
@@ -278,7 +279,18 @@ class JobRunner:
                     checkpoint_dir=files.checkpoints, heartbeat=heartbeat, attempt=attempt,
                     files=files)
                 self._log_datasets_kept(job_id)
+                if status is JobStatus.SUCCEEDED:
+                    self._track(job_id, job.kind, stored_spec, files.output, fields, study_id)
         return self._end(job_id, worker, attempt, status, fields, files)
+
+    def _track(self, job_id: str, kind: str, spec: dict[str, Any], output: Path,
+               fields: dict[str, Any], study_id: str | None) -> None:
+        """The succeeded job's files to the tracker, if one is set (bounded; never fails
+        the job: `worker.tracking`)."""
+        result = fields.get("result") or {}
+        folder = result.get("experiment_dir") or result.get("training_dir")
+        if folder is not None:
+            tracking.export_job(self.settings, job_id, kind, spec, output / folder, study_id)
 
     def _log_datasets_kept(self, job_id: str) -> None:
         """What the decoded datasets this process keeps between jobs weigh, against their

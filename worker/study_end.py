@@ -41,7 +41,7 @@ from quanta_spec import layer_label
 from quanta_spec.file_names import STUDY_PLOTS, SUMMARY_CSV, SUMMARY_JSON, study_plot
 from quanta_spec.files import atomic_write
 from quanta_spec.scores import BASELINE_SCORES_JSON, study_scores_spec
-from worker import datasets
+from worker import datasets, tracking
 from worker.context import JobContext
 from worker.job_plots import write_study_plots
 from worker.results import read_record
@@ -156,6 +156,8 @@ def aggregate(context: JobContext, session: Session, study: Job
     baselines = study_baselines(context, session, study, summary) if spec.baselines else None
     write_summary(output, study, summary, children, stopping=stopping, baselines=baselines)
     write_study_plots(output, study, summary, baselines)
+    tracking.export_study(context.settings, study.id, dict(study.spec), output,
+                          json.loads((output / SUMMARY_JSON).read_text()))
     return JobStatus.SUCCEEDED, {"result": {
         "children": len(children),
         "succeeded": len(records),
