@@ -110,6 +110,12 @@ class Settings(BaseSettings):
         "costs the job this much at most and a warning in the worker's log (the export is "
         "dropped, the job succeeds).",
     )
+    tensorboard: bool = Field(
+        default=False,
+        description="Jobs write TensorBoard event files unless their spec says "
+        "\"tensorboard\": false (the spec's default otherwise: off). Needs the tensorboard "
+        "extra on the workers.",
+    )
     traced_models: int = Field(
         default=10,
         ge=0,

@@ -49,6 +49,10 @@ def submit(session: Session, settings: Settings, celery: Celery, kind: str, spec
            owner: str, owner_filter: str | None, key: str | None = None) -> Submitted:
     """Check and queue a job of `kind` (`spec_model`: its validated spec) for `owner`;
     `owner_filter` is whose files its references may name (None: anyone's, an admin)."""
+    if (settings.tensorboard and "tensorboard" in type(spec_model).model_fields
+            and "tensorboard" not in spec_model.model_fields_set):
+        # The service's default for a request that does not say (QUANTA_TENSORBOARD).
+        spec_model = spec_model.model_copy(update={"tensorboard": True})
     spec = spec_model.model_dump(mode="json")
     if key is not None and (first := crud.job_by_idempotency_key(session, owner, key)):
         return _replay(first, kind, spec, key)

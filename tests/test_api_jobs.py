@@ -287,3 +287,22 @@ def test_broker_down_still_201_and_resent_later(settings: Any, tmp_path: Any) ->
         assert resend_pending(app) == 0
         with app.state.sessionmaker() as session:
             assert session.get(Job, job_id).enqueued_at is not None
+
+
+@pytest.mark.parametrize("tensorboard", [True, False])
+def test_the_service_default_turns_tensorboard_on_unless_the_spec_says(
+        settings: Any, source_job: Any, tensorboard: bool) -> None:
+    """QUANTA_TENSORBOARD=true: a spec that does not say gets `"tensorboard": true` stored;
+    one that says false keeps false."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    with TestClient(create_app(settings.model_copy(update={"tensorboard": tensorboard}))) as c:
+        unsaid = c.post("/v1/jobs", json={"kind": "transfer",
+                                          "spec": transfer_spec({"job": source_job.id})})
+        said = c.post("/v1/jobs", json={"kind": "transfer", "spec": {
+            **transfer_spec({"job": source_job.id}), "tensorboard": False}})
+    assert unsaid.status_code == 201 and said.status_code == 201
+    assert unsaid.json()["spec"]["tensorboard"] is tensorboard
+    assert said.json()["spec"]["tensorboard"] is False
