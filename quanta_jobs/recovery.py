@@ -18,6 +18,8 @@ end the studies nobody ended.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from datetime import timedelta
 
 from celery import Celery
@@ -90,6 +92,62 @@ def recover_stale_jobs(session: Session, settings: Settings, limit: int = 100) -
         except ConcurrentChange:
             continue
     return requeued
+
+
+#: Heartbeat periods a job of this worker's name must have gone unstamped before a worker
+#: starting under that name takes it back: a live worker stamps its job every period, so a
+#: job this quiet has no live worker, even if another host wrongly runs under our name.
+RECLAIM_AFTER_BEATS = 2
+
+
+def reclaim_own(sessions: sessionmaker[Session], celery: Celery | None, settings: Settings,
+                worker: str, stop: threading.Event | None = None) -> list[str]:
+    """At a worker's start: take back the jobs still `running` under its name, which its
+    previous life was running when it died (SIGKILL, out of memory, a container killed),
+    rather than leaving them to the sweeper's `stale_after_s`. Each is recovered (its saved
+    outcome recorded, or back in the queue to resume from its checkpoint) once its
+    heartbeat is `RECLAIM_AFTER_BEATS` periods old, and sent to the broker; returns the ids
+    put back in the queue. A job whose heartbeat keeps moving has a live worker under the
+    same name (a misconfiguration): it is left alone, with an error in the log."""
+    quiet_s = RECLAIM_AFTER_BEATS * settings.heartbeat_s
+    stop = stop or threading.Event()
+    deadline = time.monotonic() + quiet_s + 2 * settings.heartbeat_s + 5.0
+    reclaimed: list[str] = []
+    while True:
+        with sessions() as session:
+            own = session.scalars(
+                select(Job).where(Job.status == JobStatus.RUNNING.value, Job.worker == worker,
+                                  Job.kind != JobKind.STUDY.value)).all()
+            waiting, queued = [], []
+            for job in own:
+                quiet = session.scalar(
+                    select(func.count()).select_from(Job)
+                    .where(Job.id == job.id,
+                           func.coalesce(Job.heartbeat_at, Job.updated_at) < db_now(quiet_s)))
+                if not quiet:
+                    waiting.append(job.id)
+                    continue
+                try:
+                    status = recover(session, job, settings)
+                    session.commit()
+                except ConcurrentChange:
+                    session.rollback()
+                    continue
+                log.warning("job %s: %s was running it when it stopped; taken back (%s)",
+                            job.id, worker, status.value)
+                if status is JobStatus.QUEUED:
+                    queued.append(job.id)
+            if queued and celery is not None:
+                queue.enqueue(celery, session, queued)
+            reclaimed += queued
+        if not waiting:
+            return reclaimed
+        if time.monotonic() > deadline:
+            log.error("jobs %s: still stamped by another worker named %s; left to it (give "
+                      "each worker its own name)", ", ".join(waiting), worker)
+            return reclaimed
+        if stop.wait(min(settings.heartbeat_s / 2, 1.0)):
+            return reclaimed
 
 
 def sweep(sessions: sessionmaker[Session], celery: Celery, settings: Settings) -> int:

@@ -88,6 +88,21 @@ class Settings(BaseSettings):
         description="Least time between two checkpoints of a running job (0: after every "
         "epoch). A worker that dies loses at most this much training.",
     )
+    shutdown_wait_s: float = Field(
+        default=45.0, ge=0,
+        description="A worker asked to stop (SIGTERM, Ctrl-C, a deploy) lets the epoch in "
+        "progress run for up to this long, so that it ends and is saved before the job is "
+        "handed back: a planned restart then loses no finished training (0: stop at the next "
+        "batch, losing the epoch in progress). Keep it below the stop timeout the worker "
+        "gets (compose's stop_grace_period, quanta-serve --stop-timeout).",
+    )
+    worker_name: str = Field(
+        default="", max_length=200,
+        description="The worker's name, NAME or NAME@HOST (@ and this machine's host name "
+        "are added when missing); `quanta-worker --name` wins. Default: gpuN with --gpu, "
+        "else worker-PID. A worker restarted under its name takes back the jobs it was "
+        "running; `quanta-worker --check` reads the same name.",
+    )
     task_events: bool = Field(
         default=False,
         description="Workers send Celery's task events (as `celery worker -E`), for Flower "

@@ -49,6 +49,16 @@ def alive(session: Session, heartbeat_s: float) -> int:
                               .where(WorkerBeat.seen_at >= since)) or 0)
 
 
+def last_seen(session: Session, name: str) -> float | None:
+    """Seconds since `name`'s row was last stamped, by the database's clock (None: no
+    row, the worker never started or stopped cleanly); `quanta-worker --check` reads it."""
+    row = session.execute(select(WorkerBeat.seen_at, db_now())
+                          .where(WorkerBeat.name == name)).one_or_none()
+    if row is None:
+        return None
+    return max(0.0, (row[1] - row[0]).total_seconds())
+
+
 class WorkerHeartbeat:
     """A daemon thread that beats for worker `name` every `period` seconds."""
 

@@ -248,15 +248,16 @@ def test_shutdown_hands_back_and_the_next_attempt_resumes(make_runner: Callable[
                                                           caplog: pytest.LogCaptureFixture,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
-    """SIGTERM's path (shutting_down) during epoch 2 of 3: the job goes back to the queue
-    with its checkpoint; the next attempt resumes after epoch 1 and ends with every epoch."""
+    """SIGTERM's path (shutting_down) during epoch 2 of 3, told to stop at the next batch
+    (QUANTA_SHUTDOWN_WAIT_S=0): the job goes back to the queue with its checkpoint; the
+    next attempt resumes after epoch 1 and ends with every epoch."""
     import json
 
     from quanta import training
 
     # Ask before every batch: these epochs are shorter than the usual 0.25 s between asks.
     monkeypatch.setattr(training, "CANCEL_CHECK_S", 0.0)
-    runner = make_runner()
+    runner = make_runner(shutdown_wait_s=0)
     job_id = new_job(runner, "source", {**TINY_SOURCE, "nb_of_epochs": 3})
     after_epoch(runner, 1, runner.shutting_down.set)
     assert runner.run(job_id, WORKER).status == "queued"
@@ -276,6 +277,53 @@ def test_shutdown_hands_back_and_the_next_attempt_resumes(make_runner: Callable[
     assert set(json.loads(metrics.read_text())) == {"0", "1", "2"}
 
 
+def test_a_warm_shutdown_saves_the_epoch_in_progress(make_runner: Callable[..., Any],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A planned restart loses nothing: with checkpoints far apart (an hour), a shutdown
+    during epoch 2 of 4 lets epoch 2 end, saves it although the interval has not passed,
+    and hands the job back; the next attempt trains epochs 3 and 4 only."""
+    import json
+
+    from quanta import training
+
+    monkeypatch.setattr(training, "CANCEL_CHECK_S", 0.0)
+    runner = make_runner(checkpoint_interval_s=3600, shutdown_wait_s=60)
+    job_id = new_job(runner, "source", {**TINY_SOURCE, "nb_of_epochs": 4})
+    after_epoch(runner, 1, runner.shutting_down.set)
+    assert runner.run(job_id, WORKER).status == "queued"
+    state = runner.settings.checkpoints_path / job_id / "1" / "source" / "state.json"
+    assert len(json.loads(state.read_text())["history"]) == 2  # epoch 2 ended and was saved
+    assert row(runner, job_id).handbacks == 1
+    runner.shutting_down.clear()
+    epochs = watch_epochs(runner)
+    assert runner.run(job_id, WORKER).status == "succeeded"
+    assert epochs == [3, 4]
+
+
+def test_a_shutdown_stops_at_its_wait_when_the_epoch_is_long(make_runner: Callable[..., Any],
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """An epoch that would not end within QUANTA_SHUTDOWN_WAIT_S is cut at the batch after
+    the wait: the worker never outstays its stop timeout."""
+    from quanta import training
+
+    monkeypatch.setattr(training, "CANCEL_CHECK_S", 0.0)
+    runner = make_runner(shutdown_wait_s=0.05)
+    job_id = new_job(runner, "source", {**TINY_SOURCE, "nb_of_epochs": 2,
+                                        "nb_of_samples": 1024})
+    original = runner._progress_hook
+
+    def slow(job_id: str, *owner: Any) -> Callable[[Any], None]:
+        runner.shutting_down.set()  # stopping from the first batch on
+        return original(job_id, *owner)
+
+    runner._progress_hook = slow
+    began = time.monotonic()
+    assert runner.run(job_id, WORKER).status == "queued"
+    assert time.monotonic() - began < 30
+    assert row(runner, job_id).progress in (None, {})  # no epoch ended: cut within epoch 1
+
+
 def test_workers_stopped_on_purpose_spend_no_attempts(make_runner: Callable[..., Any],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Three deliberate stops (restarts, deploys) of a job allowed one attempt: each hands it
@@ -287,7 +335,7 @@ def test_workers_stopped_on_purpose_spend_no_attempts(make_runner: Callable[...,
     from quanta_jobs.recovery import recover
 
     monkeypatch.setattr(training, "CANCEL_CHECK_S", 0.0)
-    runner = make_runner(max_attempts=1)
+    runner = make_runner(max_attempts=1, shutdown_wait_s=0)
     job_id = new_job(runner, "source", {**TINY_SOURCE, "nb_of_epochs": 4})
     for epoch in (1, 2, 3):  # each attempt resumes, trains one epoch and is stopped
         after_epoch(runner, epoch, runner.shutting_down.set)

@@ -130,6 +130,31 @@ class Heartbeat:
             self.lost = True
 
 
+class ShutdownAwareInterval(float):
+    """`checkpoint_interval_s` as the library gets it: the usual least time between two
+    checkpoints, but none once the worker is shutting down, so that the epoch that ends
+    during a warm shutdown is saved whatever the interval (the library's `RunCheckpoint`
+    asks `elapsed < interval`; as a subclass of float this object answers that
+    comparison first). The library needs no knowledge of workers or signals for it."""
+
+    stopping: threading.Event
+
+    def __new__(cls, seconds: float, stopping: threading.Event) -> ShutdownAwareInterval:
+        interval = super().__new__(cls, seconds)
+        interval.stopping = stopping
+        return interval
+
+    def __gt__(self, other: object) -> bool:  # `elapsed < interval`, reflected
+        if self.stopping.is_set():
+            return False
+        return float(self) > other  # type: ignore[operator]
+
+    def __le__(self, other: object) -> bool:  # `elapsed >= interval`, reflected
+        if self.stopping.is_set():
+            return True
+        return float(self) <= other  # type: ignore[operator]
+
+
 class CancelCheck:
     """The library's `should_cancel`: reads the job at most every `poll_s` seconds.
 
@@ -152,11 +177,31 @@ class CancelCheck:
         self.over_time = False
         self._began = time.monotonic()
         self._last_read = 0.0
+        self._epochs_ended = 0
+        self._shutdown_seen: tuple[float, int] | None = None
+
+    def epoch_ended(self) -> None:
+        """Called after each epoch's checkpoint and progress (see `_stopping`)."""
+        self._epochs_ended += 1
+
+    def _stopping(self, now: float) -> bool:
+        """Whether a worker that is shutting down stops the job now. It lets the epoch in
+        progress end first (it is then saved: `ShutdownAwareInterval`), for at most
+        `shutdown_wait_s`, so that a planned restart loses no training; past that, or
+        once an epoch has ended since the shutdown began, it stops at this batch."""
+        if self._shutdown_seen is None:
+            self._shutdown_seen = (now, self._epochs_ended)
+            log.warning("job %s: worker stopping; the epoch in progress may run for up to "
+                        "%g s (QUANTA_SHUTDOWN_WAIT_S) to be saved", self.job_id,
+                        self.runner.settings.shutdown_wait_s)
+        began, epochs = self._shutdown_seen
+        return (self._epochs_ended > epochs
+                or now - began >= self.runner.settings.shutdown_wait_s)
 
     def __call__(self) -> bool:
-        if self.runner.shutting_down.is_set():
-            return True
         now = time.monotonic()
+        if self.runner.shutting_down.is_set() and self._stopping(now):
+            return True
         limit = self.runner.settings.max_job_seconds
         if limit and now - self._began > limit:
             self.over_time = True
@@ -490,12 +535,21 @@ class JobRunner:
         quanta_datasets.limit_cache(self.settings.dataset_cache_bytes)
 
         cancel_check = CancelCheck(self, job_id, worker, heartbeat, attempt)
+        progress = self._progress_hook(job_id, worker, attempt, files)
+
+        def on_epoch(event: Any) -> None:
+            try:
+                progress(event)
+            finally:
+                cancel_check.epoch_ended()
+
         hooks: dict[str, Any] = {
             "data_dir": datasets.fetch_for(self.settings, spec),
-            "on_epoch": self._progress_hook(job_id, worker, attempt, files),
+            "on_epoch": on_epoch,
             "should_cancel": cancel_check,
             "checkpoint_dir": checkpoint_dir,
-            "checkpoint_interval_s": self.settings.checkpoint_interval_s,
+            "checkpoint_interval_s": ShutdownAwareInterval(
+                self.settings.checkpoint_interval_s, self.shutting_down),
         }
         try:
             if kind == JobKind.SOURCE:

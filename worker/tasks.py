@@ -34,7 +34,8 @@ def runner() -> JobRunner:
 
 @worker_shutting_down.connect
 def _on_shutdown(**_kwargs: Any) -> None:
-    """Warm shutdown: a running job stops at its next batch and goes back to the queue."""
+    """Warm shutdown: a running job lets its epoch in progress end and be saved (for up to
+    QUANTA_SHUTDOWN_WAIT_S), then stops and goes back to the queue."""
     runner().shutting_down.set()
 
 
