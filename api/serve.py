@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from api.origin_guard import WILDCARD_BINDS
-from quanta_jobs.migrate import upgrade
+from quanta_jobs.migrate import UnsupportedDatabase, upgrade
 from quanta_jobs.settings import Settings, get_settings
 
 log = logging.getLogger("quanta.serve")
@@ -327,6 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except UnsupportedDatabase as exc:  # one line, not a traceback at every restart
+        log.error("%s", exc)
+        print(f"quanta-serve: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "migrate":
         upgrade(revision=args.revision)
         return 0

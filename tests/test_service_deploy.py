@@ -87,19 +87,174 @@ def test_compose_services_and_healthchecks(compose: dict[str, Any]) -> None:
 
 
 def test_compose_worker_reserves_a_gpu(compose: dict[str, Any]) -> None:
-    devices = compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    worker = compose["services"]["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
-    assert "quanta-worker" in compose["services"]["worker"]["command"]
-    assert "--gpu" in compose["services"]["worker"]["command"]
-    # Several workers may share the GPU, each with a memory cap (read by quanta-worker).
-    assert compose["services"]["worker"]["deploy"]["replicas"] == "${QUANTA_WORKERS_PER_GPU:-1}"
+    assert devices[0]["device_ids"] == ["0"]
+    assert worker["command"][:3] == ["quanta-worker", "--gpu", "0"]
+    # No replicas: each worker has a name of its own (deploy/compose_gpus.py adds more).
+    assert "replicas" not in worker["deploy"]
+    # Several workers may share a GPU, each with a memory cap (read by quanta-worker).
     assert {"QUANTA_WORKERS_PER_GPU", "QUANTA_GPU_MEMORY_MB"} <= set(env_example())
 
 
-def test_compose_shares_volumes_and_env_file(compose: dict[str, Any]) -> None:
+def test_the_worker_and_its_healthcheck_read_one_name(compose: dict[str, Any]) -> None:
+    """The healthcheck is the worker's own heartbeat (`quanta-worker --check`), which holds
+    while the solo pool trains, and names the worker from the variable the worker reads:
+    a name per GPU slot, not per container, and none given on the command line."""
+    worker = compose["services"]["worker"]
+    assert worker["healthcheck"]["test"] == ["CMD", "quanta-worker", "--check"]
+    assert "--name" not in worker["command"]
+    env = container_env(worker["environment"], {"POSTGRES_PASSWORD": "pw"})
+    assert env["QUANTA_WORKER_NAME"] == "gpu0@quanta"
+    assert container_env(worker["environment"], {"POSTGRES_PASSWORD": "pw",
+                                                 "QUANTA_HOST_NAME": "lab7"}
+                         )["QUANTA_WORKER_NAME"] == "gpu0@lab7"
+    interval = int(worker["healthcheck"]["interval"].rstrip("s"))
+    assert interval >= 2 * 15  # two default heartbeats: a busy worker is never late
+    assert worker["stop_grace_period"] == "2m"  # > QUANTA_SHUTDOWN_WAIT_S's 45 s default
+
+
+def test_compose_gpus_writes_one_worker_per_gpu_slot(compose: dict[str, Any]) -> None:
+    """deploy/compose_gpus.py: copies of the base worker, each with its own GPU and name."""
+    script = str(REPO / "deploy" / "compose_gpus.py")
+    done = subprocess.run([sys.executable, script, "--gpus", "4", "--per-gpu", "2"],
+                          capture_output=True, text=True, check=True)
+    services = yaml.safe_load(done.stdout)["services"]
+    expected = {f"worker-gpu{g}" for g in range(1, 4)} | {f"worker-gpu{g}-2" for g in range(4)}
+    assert set(services) == expected
+    base = compose["services"]["worker"]
+    seen = {"gpu0@quanta": "0"}
+    for name, service in services.items():
+        gpu = name.removeprefix("worker-gpu").split("-")[0]
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert [d["device_ids"] for d in devices] == [[gpu]], name
+        env = container_env(service["environment"], {"POSTGRES_PASSWORD": "pw"})
+        seen[env["QUANTA_WORKER_NAME"]] = gpu
+        # everything else is the base worker's, healthcheck and volumes included
+        rest = {k: v for k, v in service.items() if k not in ("environment", "deploy")}
+        assert rest == {k: v for k, v in base.items() if k not in ("environment", "deploy")}
+        assert {k: v for k, v in service["environment"].items()
+                if k != "QUANTA_WORKER_NAME"} == {
+            k: v for k, v in base["environment"].items() if k != "QUANTA_WORKER_NAME"}
+    assert len(seen) == 8  # distinct names, stable per slot
+    assert seen["gpu3-2@quanta"] == "3"
+    one = subprocess.run([sys.executable, script, "--gpus", "1"], capture_output=True,
+                         text=True, check=True)
+    assert yaml.safe_load(one.stdout) == {"services": {}}
+    bad = subprocess.run([sys.executable, script, "--gpus", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--gpus" in bad.stderr
+
+
+def test_each_container_gets_only_what_it_needs(compose: dict[str, Any]) -> None:
+    """No container gets .env whole: the API tokens reach the API alone, and the database
+    password is set once (POSTGRES_PASSWORD) for PostgreSQL, the API and the workers."""
+    services = compose["services"]
+    shell = {"POSTGRES_PASSWORD": "s3cret-pw", "QUANTA_API_TOKENS": "ops:" + "x" * 32,
+             "QUANTA_MAX_JOB_SECONDS": "7"}
+    for name, service in services.items():
+        assert "env_file" not in service, name
+    envs = {name: container_env(services[name].get("environment") or {}, shell)
+            for name in ("postgres", "api", "worker")}
+    assert "QUANTA_API_TOKENS" in envs["api"]
+    assert "QUANTA_API_TOKENS" not in envs["worker"]
+    assert "QUANTA_API_TOKENS" not in envs["postgres"]
+    url = "postgresql+psycopg://quanta:s3cret-pw@postgres:5432/quanta"
+    assert envs["api"]["QUANTA_DATABASE_URL"] == envs["worker"]["QUANTA_DATABASE_URL"] == url
+    assert envs["postgres"]["POSTGRES_PASSWORD"] == "s3cret-pw"
+    assert not any(k.startswith("QUANTA_") for k in envs["postgres"])
+    # any setting set in .env reaches both, and only those set are passed
+    assert envs["api"]["QUANTA_MAX_JOB_SECONDS"] == envs["worker"]["QUANTA_MAX_JOB_SECONDS"]
+    assert "QUANTA_TRACED_MODELS" not in envs["worker"]
+    text = (REPO / "docker-compose.yml").read_text()
+    assert text.count("${POSTGRES_PASSWORD") == 2  # postgres's own, and the URL's
+    with pytest.raises(AssertionError, match="POSTGRES_PASSWORD"):
+        container_env(services["worker"]["environment"], {})
+
+
+def test_every_setting_reaches_the_api_and_the_workers(compose: dict[str, Any]) -> None:
+    from quanta_jobs.settings import Settings
+
+    fixed = {"QUANTA_ARTIFACTS_DIR", "QUANTA_UPLOADS_DIR", "QUANTA_DATA_DIR",
+             "QUANTA_CHECKPOINTS_DIR", "QUANTA_STORE_CACHE_DIR"}  # the image's, the volumes
+    for service, own in (("api", {"QUANTA_API_TOKENS", "QUANTA_WORKER_NAME"}),
+                         ("worker", {"QUANTA_API_TOKENS"})):
+        environment = set(compose["services"][service]["environment"])
+        missing = ({f"QUANTA_{name.upper()}" for name in Settings.model_fields}
+                   - fixed - own - environment)
+        assert not missing, f"{service} never gets {sorted(missing)}"
+    assert "QUANTA_WORKER_NAME" not in compose["services"]["api"]["environment"]
+
+
+def test_the_api_is_published_on_this_host_only(compose: dict[str, Any]) -> None:
+    ports = compose["services"]["api"]["ports"]
+    assert ports == ["127.0.0.1:${QUANTA_API_PORT:-8000}:8000"]
+    for service in compose["services"].values():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), port
+
+
+def test_compose_v2_is_required_and_said_so(compose: dict[str, Any]) -> None:
+    """`name:` is Compose v2's (1.x refuses it): the file and the docs say v2 is needed."""
+    assert compose["name"] == "quanta"
+    assert "Compose v2" in (REPO / "docker-compose.yml").read_text().split("\nname:")[0]
+    assert "Compose v2" in (REPO / "docs" / "service.md").read_text()
+
+
+def test_dockerignore_keeps_secrets_and_history_out_of_the_image() -> None:
+    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    for needed in (".env", ".git", ".venv", "**/__pycache__", ".pytest_cache", "var"):
+        assert needed in patterns, needed
+    copied = {shlex.split(args)[0] for instruction, args in dockerfile_instructions()
+              if instruction == "COPY"}
+    assert not copied & set(patterns)  # what the Dockerfile copies stays in
+
+
+def test_the_keras_floor_is_in_every_install() -> None:
+    import tomllib
+
+    core = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(re.fullmatch(r"keras>=3\.15\.1(,<4)?", d) for d in core), core
+
+
+@pytest.mark.postgres
+def test_a_database_not_in_utf8_is_refused_at_start(postgres_url: str, tmp_path: Path) -> None:
+    """An SQL_ASCII database made the API crash-loop on a TypeError: quanta-serve now
+    stops at once, with one line saying why and what to do."""
+    from sqlalchemy import text
+
+    from quanta_jobs.db import make_engine
+
+    server = postgres_url.split("?")[0]
+    name = f"quanta_ascii_{os.getpid()}"
+    admin = make_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            conn.execute(text(f"CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' "
+                              "LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"))
+        url = server.rsplit("/", 1)[0] + "/" + name
+        env = service_env(database_url=url, artifacts_dir=tmp_path / "artifacts")
+        for command in (["--workers", "0", "--port", str(free_port())], ["migrate"]):
+            done = subprocess.run([sys.executable, "-m", "api.serve", *command], env=env,
+                                  cwd=tmp_path, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 2, done.stderr
+            assert "Traceback" not in done.stderr
+            line = [x for x in done.stderr.splitlines() if x.startswith("quanta-serve:")]
+            assert len(line) == 1 and "SQL_ASCII" in line[0] and "UTF8" in line[0], done.stderr
+        done = subprocess.run([sys.executable, "-m", "quanta_jobs.migrate"], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "SQL_ASCII" in done.stderr
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_compose_shares_volumes(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for name in ("api", "worker"):
-        assert ".env" in services[name]["env_file"], name
         mounts = {v.split(":")[1] for v in services[name]["volumes"]}
         assert {"/var/lib/quanta/artifacts", "/var/lib/quanta/uploads",
                 "/var/lib/quanta/datasets", "/var/lib/quanta/checkpoints",
@@ -199,14 +354,16 @@ def test_compose_passes_the_store_settings(compose: dict[str, Any], service: str
     if service == "api":
         assert "QUANTA_API_TOKENS" in environment
 
-    env = container_env(environment, {"QUANTA_API_TOKENS": "ops:" + "x" * 32})
+    env = container_env(environment, {"QUANTA_API_TOKENS": "ops:" + "x" * 32,
+                                      "POSTGRES_PASSWORD": "pw"})
     assert env.get("QUANTA_STORE_URL", "") == ""
     settings = settings_from(env, tmp_path, monkeypatch)
     assert settings.store_url is None
     assert isinstance(store_from_settings(settings, "artifacts"), LocalStore)
 
     aws = {"QUANTA_STORE_URL": "s3://quanta/runs", "AWS_ACCESS_KEY_ID": "k",
-           "AWS_SECRET_ACCESS_KEY": "s", "QUANTA_API_TOKENS": "ops:" + "x" * 32}
+           "AWS_SECRET_ACCESS_KEY": "s", "QUANTA_API_TOKENS": "ops:" + "x" * 32,
+           "POSTGRES_PASSWORD": "pw"}
     env = container_env(environment, aws)
     assert {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")} == {
         "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
@@ -241,11 +398,12 @@ def test_env_example_configures_the_service() -> None:
     from quanta_jobs.settings import Settings
 
     values = env_example()
-    assert "QUANTA_API_TOKENS" in values
-    assert values["QUANTA_DATABASE_URL"].startswith("postgresql+psycopg://")
-    assert values["QUANTA_BROKER_URL"].startswith("redis://redis:")
-    compose_only = {"QUANTA_API_PORT", "QUANTA_GPU_ID", "QUANTA_WORKERS_PER_GPU",
-                    "QUANTA_GPU_MEMORY_MB", "QUANTA_S3_PORT"}
+    assert "QUANTA_API_TOKENS" in values and "POSTGRES_PASSWORD" in values
+    # made by docker-compose.yml from POSTGRES_*: the password is set in one place
+    assert "QUANTA_DATABASE_URL" not in values and "QUANTA_BROKER_URL" not in values
+    compose_only = {"QUANTA_API_PORT", "QUANTA_GPUS", "QUANTA_WORKERS_PER_GPU",
+                    "QUANTA_GPU_MEMORY_MB", "QUANTA_S3_PORT", "QUANTA_HOST_NAME",
+                    "QUANTA_BASE_IMAGE"}
     fields = {f"QUANTA_{name.upper()}" for name in Settings.model_fields}
     commented = {m.group(1) for line in (REPO / ".env.example").read_text().splitlines()
                  if (m := re.match(r"#\s*(QUANTA_[A-Z0-9_]*)=", line))}
@@ -257,7 +415,9 @@ def test_env_example_configures_the_service() -> None:
 
 def test_dockerfile_builds_on_tensorflow_gpu() -> None:
     text = (REPO / "Dockerfile.gpu").read_text()
-    assert re.search(r"^FROM tensorflow/tensorflow:2\.21\.0-gpu\s*$", text, re.M)
+    # the official image by default; another (a mirror, a local stand-in) by build argument
+    assert re.search(r"^ARG BASE_IMAGE=tensorflow/tensorflow:2\.21\.0-gpu\s*$", text, re.M)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}\s*$", text, re.M)
     install = re.search(r"pip install (\S+)", text)
     # the service's extras, not [cpu]/[gpu]: the base image has TensorFlow
     assert install is not None and install.group(1) == '".[service,client]"'
