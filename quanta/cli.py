@@ -180,7 +180,7 @@ def _mlflow(args: argparse.Namespace, spec: Any, folder: Path) -> None:
     run_id = mlflow_export.export_bounded(
         lambda: mlflow_export.export_run(
             args.mlflow, folder, spec.model_dump(mode="json"),
-            run_name=f"{folder.name} layer {spec.layer_label}"),
+            run_name=f"{folder.name} layer {spec.layer_label}", layer=spec.layer_label),
         args.mlflow_timeout, "this experiment")
     if run_id:
         print(f"MLflow run {run_id} on {args.mlflow}")

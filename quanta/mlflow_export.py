@@ -62,14 +62,25 @@ def params_of(spec: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def metrics_of(folder: Path) -> list[tuple[str, float, int]]:
+def _files(folder: Path, layer: str | None) -> list[Path]:
+    """The experiment's JSONL files: with `layer`, only that layer's (several layers'
+    experiments share a folder, `{source}_to_{target}`)."""
+    found = []
+    for path in sorted(folder.glob("*.jsonl")):
+        match = _FILE.match(path.name)
+        if match and (layer is None or match["layer"] == layer):
+            found.append(path)
+    return found
+
+
+def metrics_of(folder: Path, layer: str | None = None) -> list[tuple[str, float, int]]:
     """(key, value, step) of every epoch in an experiment folder's JSONL files: λ_s per
     layer (`lambda_s/LAYER`, step 0 the start), training metrics (`target/NAME`,
     `witness/NAME`, step = epoch from 1), test metrics per epoch (`test/NAME`) and at the
     end (`final_test/NAME`, `final_witness_test/NAME`). Several runs in one job: each key
     gets `run_R/` in front."""
     found: list[tuple[str, float, int]] = []
-    files = sorted(p for p in folder.glob("*.jsonl") if _FILE.match(p.name))
+    files = _files(folder, layer)
     runs = {int(_FILE.match(p.name).group("run")) for p in files}  # type: ignore[union-attr]
     for path in files:
         match = _FILE.match(path.name)
@@ -145,8 +156,9 @@ def export_run(tracking_uri: str, folder: str | Path, spec: Mapping[str, Any], *
                run_name: str, experiment: str = DEFAULT_EXPERIMENT,
                tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
                extra_metrics: Iterable[tuple[str, float, int]] = (),
-               artifacts: Iterable[Path] = ()) -> str:
-    """One finished experiment folder as one MLflow run; returns its id."""
+               artifacts: Iterable[Path] = (), layer: str | None = None) -> str:
+    """One finished experiment folder as one MLflow run (with `layer`, only that layer's
+    files: the label `{l}` of the file names); returns its id."""
     client = _client(tracking_uri)
     folder = Path(folder)
     all_tags = {"quanta.kind": "transfer", **(tags or {})}
@@ -156,11 +168,13 @@ def export_run(tracking_uri: str, folder: str | Path, spec: Mapping[str, Any], *
                             tags=all_tags)
     run_id = str(run.info.run_id)
     try:
-        metrics = [*metrics_of(folder), *extra_metrics] if folder.is_dir() \
+        metrics = [*metrics_of(folder, layer), *extra_metrics] if folder.is_dir() \
             else list(extra_metrics)
         _log(client, run_id, metrics, params_of(spec), {})
         files = [p for p in sorted(folder.rglob("*")) if p.is_file()
-                 and p.suffix in ARTIFACT_SUFFIXES] if folder.is_dir() else []
+                 and p.suffix in ARTIFACT_SUFFIXES
+                 and (layer is None or p.suffix != ".jsonl" or p in _files(p.parent, layer))
+                 ] if folder.is_dir() else []
         for path in [*files, *artifacts]:
             relative = path.parent.relative_to(folder) if path.is_relative_to(folder) \
                 else Path()

@@ -89,6 +89,9 @@ TRANSFER = ["-s", "digits", "-t", "digits", "-l", "0", "--nb_of_target_samples",
 
 
 def test_the_command_line_logs_params_epochs_and_files(server, weights, tmp_path, capsys):
+    # Another layer's experiment first, in the same folder: it is not this run's.
+    assert cli.main([*TRANSFER[:5], "6", *TRANSFER[6:], "-sw", str(weights), "-o",
+                     str(tmp_path)]) == 0
     assert cli.main([*TRANSFER, "-sw", str(weights), "-o", str(tmp_path), "--witness",
                      "--mlflow", server]) == 0
     assert "MLflow run" in capsys.readouterr().out
@@ -105,6 +108,8 @@ def test_the_command_line_logs_params_epochs_and_files(server, weights, tmp_path
     assert "quantas_r_0_l_0.jsonl" in files and "training_metrics_of_target_r_0_l_0.jsonl" \
         in files
     assert not any(path.endswith(".keras") for path in files)  # models stay with the job
+    assert not any(path.endswith("_l_6.jsonl") for path in files)
+    assert not any(key.startswith("lambda_s/6") for key in run.data.metrics)
 
 
 def test_a_server_that_does_not_answer_costs_a_bounded_wait(weights, tmp_path, caplog):
