@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: The extras each package's imports may come from, besides the core dependencies.
 PARTS: dict[str, tuple[str, ...]] = {
     "quanta_spec": (),
-    "quanta": ("cpu", "tensorboard"),
+    "quanta": ("cpu", "tensorboard", "mlflow"),
     "quanta_client": ("client",),
     "quanta_jobs": ("service",),
     "api": ("service",),
