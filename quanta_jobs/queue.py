@@ -40,7 +40,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
     install_sqla_transport()
     app = Celery("quanta", broker=settings.broker_url, set_as_current=False)
     transport_options: dict[str, object] = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
-    if settings.broker_url.startswith(("sqla+", "sqlalchemy+")):
+    if not broadcasts(settings):
         transport_options = {"polling_interval": SQLA_POLLING_INTERVAL_S}
     app.conf.update(
         task_default_queue=settings.queue,
@@ -56,12 +56,23 @@ def make_celery(settings: Settings | None = None) -> Celery:
         broker_connection_timeout=3,
         broker_transport_options=transport_options,
         worker_hijack_root_logger=False,
-        # Celery's task events for Flower and `celery events`, when asked for (-E).
-        worker_send_task_events=settings.task_events,
-        task_send_sent_event=settings.task_events,
+        # Celery's task events for Flower and `celery events` (-E), where they can go.
+        worker_send_task_events=sends_events(settings),
+        task_send_sent_event=sends_events(settings),
         enable_utc=True,
     )
     return app
+
+
+def broadcasts(settings: Settings) -> bool:
+    """Whether the broker carries Celery's broadcast messages (events, heartbeats,
+    `inspect`): Redis and RabbitMQ do; the embedded SQL transport does not."""
+    return not settings.broker_url.startswith(("sqla+", "sqlalchemy+"))
+
+
+def sends_events(settings: Settings) -> bool:
+    """QUANTA_TASK_EVENTS, or by default: on where the broker broadcasts."""
+    return broadcasts(settings) if settings.task_events is None else settings.task_events
 
 
 def send_run_job(app: Celery, job_id: str) -> None:

@@ -103,10 +103,11 @@ class Settings(BaseSettings):
         "else worker-PID. A worker restarted under its name takes back the jobs it was "
         "running; `quanta-worker --check` reads the same name.",
     )
-    task_events: bool = Field(
-        default=False,
+    task_events: bool | None = Field(
+        default=None,
         description="Workers send Celery's task events (as `celery worker -E`), for Flower "
-        "and `celery events`; they need a broker with broadcast, such as Redis.",
+        "and `celery events`. Unset: on where the broker broadcasts them (Redis, RabbitMQ), "
+        "off on the embedded SQL broker, which cannot. A few small messages per job.",
     )
     mlflow_tracking_uri: str | None = Field(
         default=None,

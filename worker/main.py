@@ -124,17 +124,21 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s")
     if not args.no_preload:
         configure_tensorflow(args.gpu_memory_mb)
+    from quanta_jobs.queue import broadcasts
     from quanta_jobs.settings import get_settings
     from worker.tasks import app
 
     name = worker_name(args.name, args.gpu, get_settings().worker_name)
     heartbeat = _heartbeat(name)  # /readyz and --check read these rows
     _reclaim_in_background(name, app)
+    # Celery's own heartbeat (what Flower's "Online" reads) where the broker broadcasts
+    # it; the service's liveness is its own row (`_heartbeat`) either way.
+    celery_heartbeat = [] if broadcasts(get_settings()) else ["--without-heartbeat"]
     try:
         app.worker_main(argv=[
             "worker", "--pool=solo", "--concurrency=1", f"--hostname={name}",
             f"--loglevel={args.loglevel}", "--without-gossip", "--without-mingle",
-            "--without-heartbeat", "-Q", app.conf.task_default_queue,
+            *celery_heartbeat, "-Q", app.conf.task_default_queue,
         ])
     finally:
         heartbeat.stop()
