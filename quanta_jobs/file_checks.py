@@ -327,7 +327,8 @@ def check_network_config(config: dict[str, Any]) -> None:
     """A user's network: Keras's own classes only (`NETWORK_MODULES`), no code, no custom
     object, no layer that reads files (`NETWORK_REFUSED`); this project's classes too (a
     saved target may be the source of another study)."""
-    for item in _objects(config):
+    items = list(_objects(config))
+    for item in items:  # what is never loaded, said first wherever it sits
         name = str(item.get("class_name"))
         if name in CODE_CLASSES:
             raise ValueError("it holds Python code (a Lambda layer or a lambda function), "
@@ -336,6 +337,8 @@ def check_network_config(config: dict[str, Any]) -> None:
         if name in NETWORK_REFUSED:
             raise ValueError(f"it uses {name}, a layer that reads files or runs another "
                              "framework's code; the service refuses it")
+    for item in items:
+        name = str(item.get("class_name"))
         module = item.get("module")
         registered = item.get("registered_name")
         ours = registered in QUANTA_REGISTERED and module in ALLOWED_CLASSES.get(name, ())

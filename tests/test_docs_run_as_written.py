@@ -76,7 +76,7 @@ def service(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # every README example trains: minutes, more on a busy machine
 def test_the_readme_runs_as_written(service: LiveService, tmp_path: Path) -> None:
-    done = _run(README, service, tmp_path, timeout=1500)
+    done = _run(README, service, tmp_path, timeout=2100)
     out = done.stdout
     # quanta-serve said where to go first.
     assert f"API documentation: {service.url}/docs" in service.text()
