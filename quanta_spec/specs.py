@@ -361,7 +361,9 @@ class TransferSpec(_CommonSpec):
         "its activations at the transferred layers once per training sample, reused by "
         "every epoch and run (within the worker's memory budget for them; beyond it they "
         "are computed on the fly, still in inference mode). Faster, but not the reference's "
-        "behaviour: there the source's Dropout layers stay active while the target trains.",
+        "behaviour: there the source's Dropout layers stay active while the target trains. "
+        "With a source_model, the cut is run in inference mode on the fly (its activations "
+        "are not precomputed).",
     )
     quanta_learning_rate_multiplier: Annotated[float, Option(
         "--quanta_lr_multiplier", "--quanta_learning_rate_multiplier",
