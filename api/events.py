@@ -74,6 +74,7 @@ class _Poll:
     error: str | None
     events: list[job_events.Event]
     recorded_status: str | None  # the last status event recorded for the job itself
+    recorded_seq: int | None = None  # and its place in the stream
 
 
 def _poll(sessions: sessionmaker[Session], job_id: str, after: int) -> _Poll | None:
@@ -85,13 +86,15 @@ def _poll(sessions: sessionmaker[Session], job_id: str, after: int) -> _Poll | N
             return None
         status = job.status
         events = job_events.fetch(session, job, after, limit=BATCH)
-        recorded = None
+        recorded = recorded_seq = None
         if status in TERMINAL:
-            recorded = session.scalar(
-                select(JobEvent.data["status"].as_string())
+            row = session.execute(
+                select(JobEvent.data["status"].as_string(), JobEvent.seq)
                 .where(JobEvent.job_id == job_id, JobEvent.kind == job_events.STATUS)
-                .order_by(JobEvent.seq.desc()).limit(1))
-        return _Poll(status, job.kind, job.error, events, recorded)
+                .order_by(JobEvent.seq.desc()).limit(1)).first()
+            if row is not None:
+                recorded, recorded_seq = row
+        return _Poll(status, job.kind, job.error, events, recorded, recorded_seq)
 
 
 _limiter: anyio.CapacityLimiter | None = None
@@ -183,11 +186,15 @@ async def stream(
         if poll.status in TERMINAL:
             now = time.monotonic()
             ended_since = ended_since or now
-            if poll.recorded_status == poll.status or now - ended_since >= END_GRACE_S:
+            # Its final status event, if recorded, is sent before `end`: one committed
+            # after this poll's events were read comes with the next poll.
+            sent = poll.recorded_seq is not None and poll.recorded_seq <= cursor
+            if (poll.recorded_status == poll.status and sent) \
+                    or now - ended_since >= END_GRACE_S:
                 final = {"job": job_id, "kind": poll.kind, "status": poll.status}
                 if poll.error:
                     final["error"] = poll.error
-                if poll.recorded_status != poll.status:  # its event never came: say it
+                if poll.recorded_status != poll.status or not sent:  # never came: say it
                     yield event(job_events.STATUS, final)
                 yield event("end", final)
                 return
