@@ -70,6 +70,10 @@ def add_common_options(parser: argparse.ArgumentParser, model: type[BaseModel],
     )
 
 
+#: `quanta`'s options that are not the spec's: where files go and what else is done.
+LOCAL_OPTIONS = ("output_dir", "data_dir", "baselines", "mlflow", "mlflow_timeout")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from quanta_spec import TransferSpec
 
@@ -277,9 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from quanta_spec import TransferSpec
 
     def go(args: argparse.Namespace) -> None:
-        _transfer(args, make_spec(parser, TransferSpec, args,
-                                  exclude=("output_dir", "data_dir", "baselines", "mlflow",
-                                           "mlflow_timeout")))
+        _transfer(args, make_spec(parser, TransferSpec, args, exclude=LOCAL_OPTIONS))
 
     return run_cli(parser, go, argv)
 

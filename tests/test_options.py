@@ -59,8 +59,7 @@ def test_a_new_spec_field_appears_everywhere_with_no_other_edit(
     weights.write_bytes(b"")
     args = local.parse_args(["-s", "digits", "-sw", str(weights), "-t", "digits", "-l", "0",
                              "--warmup_epochs", "5"])
-    spec = quanta_cli.make_spec(local, Extended, args,
-                                exclude=("output_dir", "data_dir", "baselines"))
+    spec = quanta_cli.make_spec(local, Extended, args, exclude=quanta_cli.LOCAL_OPTIONS)
     assert spec.warmup_epochs == 5
     assert "(default: 2)" in local.format_help()
     client = client_cli.build_parser()
