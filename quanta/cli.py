@@ -268,9 +268,19 @@ def layers_main(argv: Sequence[str]) -> int:
                 from quanta.errors import QuantaError
 
                 raise QuantaError(f"{Path(args.model).name}: {exc}") from None
-        print(format_layers(graph, every=args.all))
+        _print_piped(format_layers(graph, every=args.all))
 
     return run_cli(parser, go, argv)
+
+
+def _print_piped(text: str) -> None:
+    """`text` on stdout; a reader that stops early (`quanta layers MODEL | head`) is not an
+    error, as for any Unix tool: the rest goes nowhere, and the exit status stays 0."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's exit flush is quiet
 
 
 def main(argv: Sequence[str] | None = None) -> int:

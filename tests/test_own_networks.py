@@ -237,3 +237,14 @@ def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(nets, tm
     run_transfer(spec, tmp_path / "cut", checkpoint_dir=tmp_path / "ckpt")
     name = "digits_to_digits/quantas_r_0_l_c1.jsonl"
     assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
+def test_quanta_layers_piped_into_head_exits_0():
+    """`quanta layers MODEL | head` under `set -o pipefail` (as the README runs it): a
+    reader gone early is no error. Made certain here: stdout is a pipe whose reader has
+    already closed it."""
+    code = ("import os; r, w = os.pipe(); os.close(r); os.dup2(w, 1); "
+            "from quanta.cli import _print_piped; _print_piped('layer\\n' * 50000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
