@@ -97,7 +97,7 @@ def tail_sha256(path: Path, size: int, length: int) -> str:
 @contextmanager
 def s3_server(tmp: Path) -> Iterator[tuple[str, str]]:
     """moto's standalone server (its own process) with a fresh bucket: (endpoint, bucket)."""
-    from tests.s3server import make_bucket, moto_missing, moto_server
+    from tests.support.s3server import make_bucket, moto_missing, moto_server
 
     missing = moto_missing()
     if missing:
@@ -192,7 +192,7 @@ def one_backend(backend: str, data: Path, size: int, sha256: str, tail: str) -> 
     """Every figure of one backend, each process and folder its own and removed after."""
     from quanta_jobs.settings import Settings
     from quanta_jobs.store import StoreCache, store_from_settings
-    from tests.s3server import S3_ENV
+    from tests.support.s3server import S3_ENV
 
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix=f"quanta-store-bench-{backend}-") as folder:
@@ -299,7 +299,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2, help="local+s3 rounds, alternated")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))  # quanta_jobs, and tests.s3server for moto
+    sys.path.insert(0, str(REPO))  # quanta_jobs, and tests.support.s3server for moto
 
     began = time.perf_counter()
     runs: dict[str, list[dict[str, Any]]] = {backend: [] for backend in BACKENDS}
