@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from tests.support import host_guard
 from tests.support.databases import PG_SERVER, empty_tables
 from tests.support.files import keras_zip_bytes
 from tests.support.jobs import TINY_SOURCE, scan
@@ -29,6 +30,37 @@ os.environ["QUANTA_ALLOWED_HOSTS"] = "127.0.0.1,localhost,::1,testserver"
 
 
 # --- the host as the suite found it ------------------------------------------------------
+_HOST_BEFORE = pytest.StashKey[host_guard.HostState]()
+_HOST_LEFT = pytest.StashKey[list[str]]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # once, in the process that runs the rest
+        session.config.stash[_HOST_BEFORE] = host_guard.snapshot()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fail the run if it left processes, namespaces, links or mounts on the host (they are
+    removed, so the next run and the host's own services start from a clean host)."""
+    before = session.config.stash.get(_HOST_BEFORE, None)
+    if before is None:
+        return
+    extra = host_guard.leftovers(before)
+    lines = host_guard.describe(extra)
+    if lines:
+        host_guard.clean(extra)
+        session.config.stash[_HOST_LEFT] = lines
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    lines = config.stash.get(_HOST_LEFT, None)
+    if lines:
+        terminalreporter.section("the suite did not leave the host as it found it", red=True)
+        for line in lines:
+            terminalreporter.line(f"left (now removed): {line}")
+
+
 @pytest.fixture(autouse=True)
 def _dev_null_stays_a_device(request: pytest.FixtureRequest) -> Iterator[None]:
     """A test that wrote a file over /dev/null (an atomic rename onto it) once left the

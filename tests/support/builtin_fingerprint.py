@@ -1,19 +1,25 @@
 """The seeded files of the built-in networks, reduced to fingerprints that a later version
 of the code must reproduce byte for byte (`tests/quanta/test_builtin_unchanged.py`).
 
-Run as a script with another version of `quanta` first on the path, it prints the
-fingerprints that version writes: `tests/quanta/data/builtin_fingerprints.json` was made so by the
-code before user networks were added (`python tests/support/builtin_fingerprint.py OUT`).
+The earlier code is run on the same machine, from the repository's history: oneDNN picks
+its kernels by CPU, so the same code writes other float bytes on another processor, and
+fingerprints stored from one machine would not hold on the next. Run as a script with
+another version of `quanta` first on the path, this module writes the fingerprints that
+version makes (`python tests/support/builtin_fingerprint.py OUT`); `of_commit` does so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+#: The last commit before user networks were added (the built-in networks' code then).
+BEFORE_OWN_NETWORKS = "1fd54d1effef4853f6815bbfa6fa6add56dbcec9"
 #: Every case: a source trained, then transfers that touch each path of the built-in
 #: networks (one layer with a witness, all at once tested every epoch, the source in
 #: inference mode with shuffled batches).
@@ -62,8 +68,29 @@ def fingerprints(root: Path) -> dict[str, Any]:
     return out
 
 
+def of_commit(commit: str, repo: Path, folder: Path) -> dict[str, Any]:
+    """The fingerprints the library of `commit` (its `quanta` and `quanta_spec`, taken from
+    the repository's history) writes on this machine, in a fresh process."""
+    code = folder / "code"
+    code.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "quanta", "quanta_spec"],
+                             capture_output=True, check=True, timeout=120).stdout
+    subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True, timeout=120)
+    out = folder / "fingerprints.json"
+    env = {**os.environ, "PYTHONPATH": str(code), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    subprocess.run([sys.executable, __file__, str(out)], cwd=folder, env=env, check=True,
+                   capture_output=True, timeout=1200)
+    made = json.loads(out.read_text())
+    # the earlier library was the one imported, not today's (which would compare to itself)
+    assert Path(made["library"]).resolve().is_relative_to(code.resolve()), made["library"]
+    return made["fingerprints"]
+
+
 if __name__ == "__main__":
     import tempfile
 
+    import quanta
+
     with tempfile.TemporaryDirectory() as folder:
-        Path(sys.argv[1]).write_text(json.dumps(fingerprints(Path(folder)), indent=1) + "\n")
+        made = {"library": quanta.__file__, "fingerprints": fingerprints(Path(folder))}
+        Path(sys.argv[1]).write_text(json.dumps(made, indent=1) + "\n")

@@ -1,28 +1,21 @@
 """A real `quanta-serve` in a subprocess, and a client that behaves like an attacker.
 
-The hostile-client tests (`test_hostile_*.py`) measure what the server process does
+The hostile-client tests (tests/api/test_body_limits.py, test_stream_limits.py, and
+tests/worker/test_serve_workers.py) measure what the server process does
 (its resident memory, its answers, how soon) while raw sockets stream bodies at it, so
 they need a real uvicorn with real framing, not the in-process TestClient.
 """
 
 from __future__ import annotations
 
-import os
 import select
-import signal
 import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from tests.support import REPO
-from tests.support.net import free_port
-from tests.support.processes import service_env
+from tests.support.live_service import LiveService
 
 TOKEN = "alice-secret-token-0123456789"
 ADMIN_TOKEN = "admin-secret-token-0123456789"
@@ -37,55 +30,18 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
-class Server:
-    """`python -m api.serve` on a free port with SQLite, tokens, and `workers` workers."""
+class Server(LiveService):
+    """`quanta-serve` with SQLite, two tokens (alice's and an admin's) and `workers` workers
+    (none by default: queued jobs stay queued)."""
 
     def __init__(self, tmp: Path, workers: int = 0, **settings: Any) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        values: dict[str, Any] = {
-            "database_url": f"sqlite:///{tmp / 'q.db'}",
-            "broker_url": f"sqla+sqlite:///{tmp / 'b.db'}",
-            "artifacts_dir": tmp / "artifacts",
-            "api_tokens": f"alice:{TOKEN},root:{ADMIN_TOKEN}:admin",
-            "requeue_interval_s": 1,
-        }
-        values.update(settings)
-        self.env = service_env(**values)
-        self.log_path = tmp / "serve.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "api.serve", "--port", str(self.port), "--workers",
-             str(workers), "--stop-timeout", "20", "--log-level", "WARNING"],
-            env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-
-    def __enter__(self) -> Server:
-        deadline = time.monotonic() + 180  # a loaded test machine starts Python slowly
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log()
-            try:
-                httpx.get(f"{self.base}/healthz", timeout=2)
-                return self
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise AssertionError(f"quanta-serve did not answer:\n{self.log()}")
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
+        values: dict[str, Any] = {"api_tokens": f"alice:{TOKEN},root:{ADMIN_TOKEN}:admin",
+                                  "requeue_interval_s": 1, **settings}
+        super().__init__(tmp, workers, args=("--log-level", "WARNING"), stop_timeout=20,
+                         **values)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return self.text()
 
     def rss(self) -> int:
         return rss_bytes(self.process.pid)

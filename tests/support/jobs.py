@@ -3,29 +3,37 @@ worker records, and hooks into an in-process worker (`JobRunner` with a `direct`
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
+from tests.support.waiting import wait_until
+
 TINY_SOURCE = {"source_task": "digits", "nb_of_epochs": 2, "nb_of_samples": 64,
                "width_multiplier": 0.0625, "seed": 1}
 
 
 
-def wait_for(client: Any, job_id: str, statuses: tuple[str, ...] = ("succeeded", "failed",
-             "cancelled"), timeout: float = 180) -> dict[str, Any]:
-    """Poll GET /v1/jobs/{id} until its status is one of `statuses`."""
-    deadline = time.monotonic() + timeout
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        body = client.get(f"/v1/jobs/{job_id}").json()
-        if body["status"] in statuses:
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still {body.get('status')} after {timeout}s: {body}")
+#: The states a job ends in.
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def wait_job(client: Any, job_id: str, statuses: tuple[str, ...] = TERMINAL,
+             timeout: float = 300) -> dict[str, Any]:
+    """GET /v1/jobs/{id} until its status is one of `statuses` (the job's JSON). `client` is
+    anything with `.get(path)` on the API: a TestClient, an httpx.Client with a base_url."""
+    seen: dict[str, Any] = {}
+
+    def ended() -> dict[str, Any] | None:
+        seen.update(client.get(f"/v1/jobs/{job_id}").json())
+        return dict(seen) if seen.get("status") in statuses else None
+
+    try:
+        return wait_until(ended, timeout, f"job {job_id} reaching {'/'.join(statuses)}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen {seen.get('status')}: {seen}") from None
 
 
 def scan(root: Path) -> list[Any]:

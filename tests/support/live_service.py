@@ -1,11 +1,19 @@
-"""A real `quanta-serve` (API and workers) in a folder of its own, on a free port."""
+"""A real `quanta-serve` (API and workers) for the tests: one way to start it, wait for it,
+and stop it with everything it started.
+
+Every test that needs a live service goes through `LiveService` (or `running_service`):
+the process runs in a session of its own, so that `stop` ends its workers too, even when
+the test failed half-way, and the host is left as the suite found it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,13 +22,51 @@ import httpx
 
 from tests.support.net import free_port
 from tests.support.processes import service_env
+from tests.support.waiting import wait_until
+
+
+def stop_process(process: subprocess.Popen[Any], grace: float = 30.0) -> int:
+    """SIGTERM to a process the suite started in a session of its own, then, past `grace`
+    seconds, SIGKILL to its whole process group (never anything else); its exit status."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)  # workers its supervisor left behind
+    return int(process.returncode)
+
+
+def wait_http(url: str, process: subprocess.Popen[Any] | None, timeout: float, what: str,
+              log: Path | None = None) -> httpx.Response:
+    """Until GET `url` answers 200 (the response); fails at once, with the log's end, if
+    `process` exits first."""
+
+    def answered() -> httpx.Response | None:
+        if process is not None and process.poll() is not None:
+            tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
+            raise AssertionError(f"{what}: the process exited ({process.returncode})\n{tail}")
+        try:
+            response = httpx.get(url, timeout=5)
+        except httpx.TransportError:
+            return None
+        return response if response.status_code == 200 else None
+
+    return wait_until(answered, timeout, what, interval=0.2)
 
 
 class LiveService:
     """`python -m api.serve --port P --workers N` on the embedded SQLite database and broker
-    under `root` (or the `database_url` given); its output goes to `root/serve.log`."""
+    under `root` (or the `database_url`, `broker_url` given in `settings`), its output in
+    `root/serve.log`; `args` are more command-line options (`--host`, `--log-level`)."""
 
-    def __init__(self, root: Path, workers: int = 1, **settings: Any) -> None:
+    def __init__(self, root: Path, workers: int = 1, *, args: Sequence[str] = (),
+                 stop_timeout: float = 10, **settings: Any) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -30,37 +76,38 @@ class LiveService:
             "broker_url": f"sqla+sqlite:///{root / 'broker.db'}",
             "artifacts_dir": root / "artifacts", "uploads_dir": root / "uploads",
             "requeue_interval_s": 2, **settings})
-        self.log = root / "serve.log"
-        self._handle = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        self.log_path = root / "serve.log"
+        self._handle = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "api.serve", "--port", str(self.port),
-             "--workers", str(workers), "--stop-timeout", "10"],
-            env=self.env, cwd=root, stdout=self._handle, stderr=subprocess.STDOUT)
+             "--workers", str(workers), "--stop-timeout", str(stop_timeout), *args],
+            env=self.env, cwd=root, stdout=self._handle, stderr=subprocess.STDOUT,
+            start_new_session=True)
 
-    def wait_ready(self, timeout: float = 300) -> None:
-        """Until the API answers (jobs wait in the queue for the workers to start)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"quanta-serve did not start:\n{self.text()[-4000:]}")
+    @property
+    def base(self) -> str:
+        return self.url
+
+    def wait_ready(self, timeout: float = 300, path: str = "/healthz") -> LiveService:
+        """Until the API answers `path` (jobs wait in the queue for the workers to start;
+        `/readyz` waits for them too)."""
+        wait_http(self.url + path, self.process, timeout, f"quanta-serve answering {path}",
+                  self.log_path)
+        return self
 
     def text(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def stop(self, grace: float = 60) -> int:
+        code = stop_process(self.process, grace)
         self._handle.close()
+        return code
+
+    def __enter__(self) -> LiveService:
+        return self.wait_ready()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
 
 
 @contextmanager

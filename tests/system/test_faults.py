@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.jobs import TINY_SOURCE, wait_for
+from tests.support.jobs import TINY_SOURCE, wait_job
 from tests.support.net import free_port
 from tests.support.processes import WorkerProcess, service_env
 
@@ -131,7 +131,7 @@ def submit(service: SimpleNamespace, kind: str, spec: dict[str, Any]) -> str:
 
 
 def succeeded(service: SimpleNamespace, job_id: str, timeout: float = 180) -> dict[str, Any]:
-    job = wait_for(service.client, job_id, timeout=timeout)
+    job = wait_job(service.client, job_id, timeout=timeout)
     assert job["status"] == "succeeded", f"{job}\n{logs(service)}"
     return job
 
@@ -213,7 +213,7 @@ def test_sigkill_during_epoch_2_resumes_on_another_worker(faults: SimpleNamespac
     assert len(state["history"]) == 1  # what the next attempt resumes from
 
     survivor = next(name for name in faults.workers if name != victim)
-    taken = wait_for(faults.client, job_id, ("running",), timeout=60)
+    taken = wait_job(faults.client, job_id, ("running",), timeout=60)
     deadline = time.monotonic() + 60
     while not taken["worker"] or not taken["worker"].startswith(survivor):
         assert time.monotonic() < deadline, logs(faults)

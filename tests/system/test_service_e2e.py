@@ -24,7 +24,7 @@ import pytest
 
 from tests.support.databases import REDIS_SERVER
 from tests.support.files import hdf5_bytes
-from tests.support.jobs import TINY_SOURCE, wait_for
+from tests.support.jobs import TINY_SOURCE, wait_job
 from tests.support.net import port_open
 from tests.support.processes import WorkerProcess, service_env
 from tests.support.reference_files import reference_weights_bytes
@@ -104,7 +104,7 @@ def transfer_spec(weights: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 def finished(service: SimpleNamespace, job_id: str, expected: str = "succeeded") -> dict[str, Any]:
-    job = wait_for(service.client, job_id)
+    job = wait_job(service.client, job_id)
     assert job["status"] == expected, f"{job}\n--- worker log ---\n{service.worker.text()[-3000:]}"
     return job
 
@@ -235,7 +235,7 @@ def test_cancel_a_running_job(service: SimpleNamespace) -> None:
         pytest.skip("cancellation is broker-independent; run once")
     job_id = submit(service.client, "source", {**TINY_SOURCE, "nb_of_samples": None,
                                                "nb_of_epochs": 500})
-    running = wait_for(service.client, job_id, ("running",), timeout=60)
+    running = wait_job(service.client, job_id, ("running",), timeout=60)
     assert running["status"] == "running"
     deadline = time.monotonic() + 60
     while running["progress"] is None:  # at least one epoch done: progress is reported
@@ -265,7 +265,7 @@ def test_worker_stops_a_job_taken_from_it(service: SimpleNamespace) -> None:
 
     job_id = submit(service.client, "source", {**TINY_SOURCE, "nb_of_samples": None,
                                                "nb_of_epochs": 500})
-    assert wait_for(service.client, job_id, ("running",), timeout=60)["status"] == "running"
+    assert wait_job(service.client, job_id, ("running",), timeout=60)["status"] == "running"
     engine = make_engine(service.settings.database_url)
     with make_sessionmaker(engine)() as session:
         job = session.get(Job, job_id)
@@ -309,7 +309,7 @@ def test_worker_shutdown_hands_a_running_job_back(tmp_path: Path) -> None:
     try:
         job_id = submit(service.client, "source", {**TINY_SOURCE, "nb_of_samples": None,
                                                    "nb_of_epochs": 500})
-        job = wait_for(service.client, job_id, ("running",), timeout=60)
+        job = wait_job(service.client, job_id, ("running",), timeout=60)
         assert job["status"] == "running"
         time.sleep(0.5)
         began = time.monotonic()

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.support.jobs import TINY_SOURCE, wait_for
+from tests.support.jobs import TINY_SOURCE, wait_job
 from tests.support.live_service import running_service
 
 MB = 1_000_000
@@ -39,7 +39,7 @@ def test_a_worker_keeps_datasets_within_its_bound(tmp_path: Path) -> None:
             assert upload.status_code == 201, upload.text
             job = client.post("/v1/jobs", json={"kind": "source", "spec": {
                 **TINY_SOURCE, "source_task": {"upload": upload.json()["id"]}}}).json()
-            assert wait_for(client, job["id"], timeout=600)["status"] == "succeeded"
+            assert wait_job(client, job["id"], timeout=600)["status"] == "succeeded"
         kept = [(int(n), int(b)) for n, b in re.findall(
             r"decoded datasets kept: (\d+), (\d+) bytes", live.text())]
     assert len(kept) == 3, live.text()[-3000:]

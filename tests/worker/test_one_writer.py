@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.support.databases import REDIS_SERVER
-from tests.support.jobs import TINY_SOURCE, wait_for
+from tests.support.jobs import TINY_SOURCE, wait_job
 from tests.support.net import TcpRelay, port_open
 from tests.support.processes import WorkerProcess, service_env
 
@@ -97,7 +97,7 @@ def submit(service: SimpleNamespace, kind: str, spec: dict[str, Any]) -> str:
 
 
 def succeeded(service: SimpleNamespace, job_id: str, timeout: float = 600) -> dict[str, Any]:
-    job = wait_for(service.client, job_id, timeout=timeout)
+    job = wait_job(service.client, job_id, timeout=timeout)
     assert job["status"] == "succeeded", f"{job}\n{logs(service)}"
     return job
 
