@@ -4,20 +4,14 @@ raw sockets (413 without the server reading, or holding, what the client sends).
 
 from __future__ import annotations
 
-import os
 import select
-import signal
 import socket
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -25,9 +19,10 @@ import pytest
 from sqlalchemy import text
 
 from tests.support.databases import REDIS_SERVER
+from tests.support.hostile import MiB, rss_bytes
 from tests.support.jobs import TINY_SOURCE
-from tests.support.net import free_port, port_open
-from tests.support.processes import service_env
+from tests.support.live_service import LiveService
+from tests.support.net import port_open
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 TOKEN = "load-test-token-0123456789"
@@ -37,50 +32,29 @@ MAX_UPLOAD = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[SimpleNamespace]:
+           ) -> Iterator[LiveService]:
+    """One API (no workers) on PostgreSQL and Redis for the module: its tests only send it
+    requests, and each keeps to jobs and keys of its own."""
     if not port_open("127.0.0.1", 6379):
         pytest.skip("Redis is not reachable on 127.0.0.1:6379")
-    tmp = tmp_path_factory.mktemp("server")
-    port = free_port()
     queue = f"quanta-load-{uuid.uuid4().hex[:8]}"
-    env = service_env(database_url=postgres_url, broker_url=REDIS_SERVER, queue=queue,
-                      artifacts_dir=tmp / "artifacts", api_tokens=f"load:{TOKEN}",
-                      max_queued_per_owner=1000, max_upload_bytes=MAX_UPLOAD,
-                      requeue_interval_s=0)
-    log = open(tmp / "serve.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [sys.executable, "-m", "api.serve", "--port", str(port), "--workers", "0",
-         "--log-level", "INFO"],
-        env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, (tmp / "serve.log").read_text()
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.2)
+    live = LiveService(tmp_path_factory.mktemp("server"), workers=0,
+                       args=("--log-level", "INFO"), database_url=postgres_url,
+                       broker_url=REDIS_SERVER, queue=queue, api_tokens=f"load:{TOKEN}",
+                       max_queued_per_owner=1000, max_upload_bytes=MAX_UPLOAD,
+                       requeue_interval_s=0)
     try:
-        yield SimpleNamespace(base=base, port=port, pid=process.pid, url=postgres_url,
-                              log=tmp / "serve.log")
+        live.wait_ready(timeout=120)
+        yield live
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+        live.stop(grace=30)
         import redis
 
         redis.Redis.from_url(REDIS_SERVER).delete(queue)
 
 
-def test_concurrent_submissions_with_idempotency_keys(server: SimpleNamespace, capsys: Any
-                                                      ) -> None:
+def test_concurrent_submissions_with_idempotency_keys(server: LiveService, postgres_url: str,
+                                                      capsys: Any) -> None:
     """100 requests with unique keys and 5 copies of each of 20 keys, 32 at a time: 120
     jobs, each repeated key answered with one job, no server error."""
     from quanta_jobs.db import make_engine
@@ -117,7 +91,7 @@ def test_concurrent_submissions_with_idempotency_keys(server: SimpleNamespace, c
 
     statuses = Counter(status for _, status, _, _ in results)
     assert errors == [] and not any(status >= 500 or status == 0 for status in statuses), \
-        (statuses, errors[:5], server.log.read_text()[-3000:])
+        (statuses, errors[:5], server.text()[-3000:])
     assert statuses == {201: 120, 200: 80}, statuses
     by_key: dict[str, set[str]] = {}
     for key, status, job_id, replayed in results:
@@ -125,13 +99,13 @@ def test_concurrent_submissions_with_idempotency_keys(server: SimpleNamespace, c
         assert replayed is (status == 200)
     assert all(len(ids) == 1 for ids in by_key.values())
     assert len({next(iter(ids)) for ids in by_key.values()}) == 120
-    engine = make_engine(server.url)
+    engine = make_engine(postgres_url)
     with engine.connect() as conn:
         count = conn.execute(text("SELECT count(*) FROM jobs WHERE owner = 'load' AND "
                                   "idempotency_key LIKE :run"), {"run": f"{run}-%"}).scalar()
     engine.dispose()
     assert count == 120
-    log = server.log.read_text()
+    log = server.text()
     assert "Traceback" not in log
     races = log.count("Idempotency-Key race lost")  # inserts refused by UNIQUE(owner, key)
     with capsys.disabled():
@@ -140,13 +114,6 @@ def test_concurrent_submissions_with_idempotency_keys(server: SimpleNamespace, c
               f"latency median {statistics.median(latencies) * 1000:.0f} ms, "
               f"max {max(latencies) * 1000:.0f} ms; {races} duplicate inserts refused by "
               "the unique constraint")
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def send_until_answered(port: int, head: bytes, chunks: Iterator[bytes]) -> tuple[int, int]:
@@ -191,9 +158,9 @@ def head(path: str, content_type: str, length: int | None = None) -> bytes:
             f"Content-Type: {content_type}\r\n{size}\r\n\r\n").encode()
 
 
-def test_oversized_bodies_are_refused_without_reading_them(server: SimpleNamespace,
+def test_oversized_bodies_are_refused_without_reading_them(server: LiveService,
                                                            capsys: Any) -> None:
-    before = rss_kib(server.pid)
+    before = rss_bytes(server.process.pid)
     huge = 256 * 1024 * 1024
     # a declared length over the limit: 413 at once, nothing read
     status, sent = send_until_answered(server.port, head("/v1/jobs", "application/json", huge),
@@ -213,7 +180,7 @@ def test_oversized_bodies_are_refused_without_reading_them(server: SimpleNamespa
         server.port, head("/v1/uploads", "multipart/form-data; boundary=b"),
         chunked(huge, prefix=part))
     assert status == 413
-    grown = (rss_kib(server.pid) - before) / 1024
+    grown = (rss_bytes(server.process.pid) - before) / MiB
     for sent_bytes in (sent, sent_upload_declared, sent_json, sent_upload):
         assert sent_bytes < 64 * 1024 * 1024  # the server stopped reading long before 256 MiB
     assert grown < 48, f"the server grew by {grown:.0f} MiB"
