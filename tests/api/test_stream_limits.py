@@ -18,6 +18,7 @@ import pytest
 from tests.support import REPO
 from tests.support.hostile import ADMIN_TOKEN, TOKEN, Server
 from tests.support.jobs import TINY_SOURCE
+from tests.support.waiting import wait_until
 
 
 class OpenStream:
@@ -65,35 +66,49 @@ def queued_job(server: Server, token: str = TOKEN) -> str:
     return str(response.json()["id"])
 
 
-def wait_closed_count(server: Server, token: str, job_id: str, want: int) -> Any:
-    """Open streams until one is refused (after a closed one's slot is given back)."""
-    deadline = time.monotonic() + 10
-    while True:
+def open_with_status(server: Server, token: str, job_id: str, want: int = 200,
+                     timeout: float = 30) -> OpenStream:
+    """A stream opened once the server answers `want` (a closed stream's slot comes back
+    only when the server sees it gone: until then a new one is refused with 429)."""
+
+    def opened() -> OpenStream | None:
         stream = OpenStream(server, job_id, token)
-        if stream.status == want or time.monotonic() > deadline:
+        if stream.status == want:
             return stream
         stream.close()
-        time.sleep(0.3)
+        return None
+
+    return wait_until(opened, timeout, f"a stream of job {job_id} answered {want}",
+                      interval=0.3)
 
 
 def test_streams_are_capped_per_token_and_in_all(server: Server) -> None:
     mine, admins = queued_job(server), queued_job(server, ADMIN_TOKEN)
-    first, second = OpenStream(server, mine, TOKEN), OpenStream(server, mine, TOKEN)
-    assert (first.status, second.status) == (200, 200)
-    third = OpenStream(server, mine, TOKEN)
-    assert third.status == 429, third.data
-    assert b"QUANTA_MAX_STREAMS_PER_TOKEN" in third.read_until(b"}", 5)
-    other = OpenStream(server, admins, ADMIN_TOKEN)  # another token: 3 open in all
-    assert other.status == 200
-    over = OpenStream(server, admins, ADMIN_TOKEN)
-    assert over.status == 429 and b"QUANTA_MAX_STREAMS" in over.read_until(b"}", 5)
-    for stream in (third, over):
-        stream.close()
-    first.close()  # its slot comes back once the server sees it gone
-    again = wait_closed_count(server, TOKEN, mine, 200)
-    assert again.status == 200
-    for stream in (second, other, again):
-        stream.close()
+    streams: list[OpenStream] = []  # all closed at the end, even on failure: slots are shared
+
+    def opened(job_id: str, token: str) -> OpenStream:
+        streams.append(OpenStream(server, job_id, token))
+        return streams[-1]
+
+    try:
+        first, second = opened(mine, TOKEN), opened(mine, TOKEN)
+        assert (first.status, second.status) == (200, 200)
+        third = opened(mine, TOKEN)
+        assert third.status == 429, third.data
+        assert b"QUANTA_MAX_STREAMS_PER_TOKEN" in third.read_until(b"}", 5)
+        other = opened(admins, ADMIN_TOKEN)  # another token: 3 open in all
+        assert other.status == 200
+        over = opened(admins, ADMIN_TOKEN)
+        assert over.status == 429 and b"QUANTA_MAX_STREAMS" in over.read_until(b"}", 5)
+        for stream in (third, over):
+            stream.close()
+        first.close()  # its slot comes back once the server sees it gone
+        again = open_with_status(server, TOKEN, mine, 200)
+        streams.append(again)
+        assert again.status == 200
+    finally:
+        for stream in streams:
+            stream.close()
 
 
 def _token(server: Server, *args: str) -> str:
@@ -104,18 +119,15 @@ def _token(server: Server, *args: str) -> str:
 def test_a_revoked_tokens_stream_ends(server: Server) -> None:
     secret = _token(server, "create", "bob")
     job = queued_job(server, secret)
-    deadline = time.monotonic() + 10
-    stream = OpenStream(server, job, secret)
-    while stream.status == 429 and time.monotonic() < deadline:  # the test above's, closing
+    # the test above's streams may still hold slots until the server sees them closed
+    stream = open_with_status(server, secret, job, 200)
+    try:
+        assert b"event: status" in stream.read_until(b"event: status", 30), stream.data
+        _token(server, "revoke", "bob")
+        data = stream.read_until(b"token revoked", 30)
+        assert b"event: end" in data and b"token revoked" in data, data[-500:]
+    finally:
         stream.close()
-        time.sleep(0.3)
-        stream = OpenStream(server, job, secret)
-    assert stream.status == 200, stream.data
-    stream.read_until(b"event: status", 10)
-    _token(server, "revoke", "bob")
-    data = stream.read_until(b"token revoked", 15)
-    assert b"event: end" in data and b"token revoked" in data, data[-500:]
-    stream.close()
 
 
 def test_waiting_streams_hold_no_thread_of_the_pool(settings: Any, db: Any) -> None:
@@ -147,11 +159,14 @@ def test_waiting_streams_hold_no_thread_of_the_pool(settings: Any, db: Any) -> N
 
                 for _ in range(60):
                     group.start_soon(follow)
-                await anyio.sleep(0.2)
+                with anyio.fail_after(60):  # every stream has polled once: all are waiting
+                    while len(polls) < 60:
+                        await anyio.sleep(0.01)
                 began = time.monotonic()
-                # the routes' only thread, busy for 2 s
-                await anyio.to_thread.run_sync(time.sleep, 2.0)
-                busy = [t for t in polls if began <= t <= began + 2.0]
+                # the routes' only thread, busy for a while: the time it is busy IS what
+                # is tested (how many polls run in it), 1 s is ~20 polls of each stream
+                await anyio.to_thread.run_sync(time.sleep, 1.0)
+                busy = [t for t in polls if began <= t <= began + 1.0]
                 group.cancel_scope.cancel()
             # with the polls on the routes' pool, none could run in that window
             assert len(busy) >= 10, f"only {len(busy)} polls while the pool was busy"
