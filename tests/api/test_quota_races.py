@@ -8,7 +8,6 @@ Before the owner's lock (`quanta_jobs.owner_lock`), 30 uploads of 157 KB at once
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.support.databases import empty_tables
 from tests.support.files import npz_bytes
 from tests.support.jobs import TINY_SOURCE
 from tests.support.live_service import LiveService, running_service
+from tests.support.waiting import wait_until
 
 QUOTA = 1_000_000
 QUEUE_CAP = 10
@@ -106,10 +106,8 @@ def test_an_upload_counts_while_it_streams_and_a_killed_api_leaves_nothing(
                       f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:1_500_000])
         uploads = tmp_path / "uploads"
-        deadline = time.monotonic() + 120
-        while not partial_uploads(uploads):
-            assert time.monotonic() < deadline, "the upload's partial file never appeared"
-            time.sleep(0.1)
+        wait_until(lambda: partial_uploads(uploads), 120,
+                   "the half-sent upload's partial file appearing")
         beside = httpx.post(f"{first.url}/v1/uploads",
                             files={"file": ("d.npz", npz_bytes(n=11_000))}, timeout=60)
         assert beside.status_code == 507, beside.text
