@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from tests.support import host_guard
+from tests.support import host_guard, tiers
 from tests.support.databases import PG_SERVER, empty_tables
 from tests.support.files import keras_zip_bytes
 from tests.support.jobs import TINY_SOURCE, scan
@@ -27,6 +27,29 @@ from tests.support.reference_files import reference_weights_bytes
 # In-process test clients (Starlette's TestClient) name their host `testserver`; the
 # services the tests start as processes get the product's default (service_env).
 os.environ["QUANTA_ALLOWED_HOSTS"] = "127.0.0.1,localhost,::1,testserver"
+
+
+# --- the tiers (tests.support.tiers) ------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--tier", choices=tiers.TIERS, default=None,
+                     help="fast: all but the slow tests (the default run); slow: only them; "
+                          "all: both. Default: fast, or all when tests are named.")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(str(config.rootpath))
+    for item in items:
+        if Path(str(item.path)).relative_to(root).as_posix() in tiers.SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+    tier = config.getoption("--tier")
+    if tier is None:  # tests named on the command line, or chosen by -m, run whatever their tier
+        named = [a for a in config.args if Path(a.split("::")[0]).resolve() != root / "tests"]
+        tier = "all" if named or config.option.markexpr else "fast"
+    if tier == "all":
+        return
+    keep = [i for i in items if (i.get_closest_marker("slow") is not None) == (tier == "slow")]
+    config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+    items[:] = keep
 
 
 # --- the host as the suite found it ------------------------------------------------------
