@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 
 from tests.support import REPO
 from tests.support.live_service import running_service
+from tests.support.waiting import wait_until
 
 GENERATOR = shutil.which("openapi-python-client", path=str(Path(sys.executable).parent))
 
@@ -76,10 +76,15 @@ def test_a_generated_client_lists_creates_and_downloads(service: Any, tmp_path: 
         width_multiplier=0.0625))
     job = create_job.sync(client=client, body=body)
     assert isinstance(job, JobOut) and job.kind == "source"
-    deadline = time.monotonic() + 300
-    while job.status in ("queued", "running") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        job = get_job.sync(job.id, client=client)
+    job_id = job.id
+
+    def ended() -> Any:
+        """The job once it has ended, read with the generated client's own get_job."""
+        seen = get_job.sync(job_id, client=client)
+        return seen if seen.status not in ("queued", "running") else None
+
+    job = wait_until(ended, 300, f"job {job_id} ending (seen by the generated client)",
+                     interval=0.5)
     assert job.status == "succeeded", (job.error, service.text()[-3000:])
     assert isinstance(job.result, SourceResult)
     assert job.result.test_metrics["categorical_accuracy"] is not None
