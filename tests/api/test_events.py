@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from api import events
 from quanta_client.api import parse_sse
 from quanta_jobs import job_events
+from tests.support.waiting import wait_until
 
 
 def test_format_and_resume_point() -> None:
@@ -53,6 +55,7 @@ def test_concurrent_writers_get_distinct_consecutive_numbers(db: Any, settings: 
     for thread in threads:
         thread.join(60)
     engine.dispose()
+    assert not any(thread.is_alive() for thread in threads), "a writer still running after 60 s"
     assert not failures, failures
     seqs = [e.seq for e in job_events.fetch(db, root, 0)]
     assert seqs == list(range(1, 61))
@@ -78,14 +81,22 @@ def test_a_stream_follows_a_job_to_its_end(client: Any, db: Any, monkeypatch: An
 
     def read() -> None:
         with client.stream("GET", f"/v1/jobs/{job.id}/events") as response:
-            received.extend(parse_sse(response.iter_lines()))
+            for event in parse_sse(response.iter_lines()):
+                received.append(event)  # one by one: the test waits on each
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    # each epoch recorded once the stream is open and has sent all before it: recorded
+    # while it is open, not read in one go at the end
+    def sent(count: int) -> Callable[[], bool]:
+        return lambda: len(received) >= count
+
+    wait_until(sent(1), 30, "the stream sending the job's status")
     for run in range(2):
         for number in (1, 2):
             job_events.record(db, job, job_events.EPOCH, epoch(job, run, number))
-            time.sleep(0.05)
+            wait_until(sent(len(received) + 1), 30,
+                       f"the stream sending epoch {number} of run {run}")
     transition(db, job, JobStatus.SUCCEEDED, owner="test@host")
     db.commit()
     reader.join(30)
