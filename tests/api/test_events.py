@@ -92,11 +92,12 @@ def test_a_stream_follows_a_job_to_its_end(client: Any, db: Any, monkeypatch: An
         return lambda: len(received) >= count
 
     wait_until(sent(1), 30, "the stream sending the job's status")
+    recorded = 1  # the status event
     for run in range(2):
         for number in (1, 2):
             job_events.record(db, job, job_events.EPOCH, epoch(job, run, number))
-            wait_until(sent(len(received) + 1), 30,
-                       f"the stream sending epoch {number} of run {run}")
+            recorded += 1
+            wait_until(sent(recorded), 30, f"the stream sending epoch {number} of run {run}")
     transition(db, job, JobStatus.SUCCEEDED, owner="test@host")
     db.commit()
     reader.join(30)
