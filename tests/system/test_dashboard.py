@@ -13,21 +13,16 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.support.browser import NEEDS_BROWSER, chromium
-from tests.support.net import free_port
-from tests.support.processes import service_env
+from tests.support.jobs import wait_job
+from tests.support.live_service import LiveService
 
 TOKEN = "dashboard-test-token-0123456789"
 #: Waits on real training: generous, for a loaded machine (a few seconds each when idle).
@@ -36,40 +31,11 @@ WAIT_MS = 900_000
 pytestmark = [pytest.mark.slow, *NEEDS_BROWSER]
 
 
-def start_server(tmp: Path, workers: int, **settings: Any) -> SimpleNamespace:
-    port = free_port()
-    env = service_env(database_url=f"sqlite:///{tmp / 'quanta.db'}",
-                      broker_url=f"sqla+sqlite:///{tmp / 'broker.db'}",
-                      artifacts_dir=tmp / "artifacts", uploads_dir=tmp / "uploads",
-                      cancel_poll_s=0.1, heartbeat_s=1, **settings)
-    log = open(tmp / "serve.log", "wb")  # noqa: SIM115 - closed in stop_server
-    process = subprocess.Popen(
-        [sys.executable, "-m", "api.serve", "--port", str(port), "--workers", str(workers),
-         "--stop-timeout", "20"],
-        env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        assert process.poll() is None, (tmp / "serve.log").read_text()
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "quanta-serve did not start"
-        time.sleep(0.3)
-    return SimpleNamespace(base=base, process=process, log=log, tmp=tmp)
-
-
-def stop_server(server: SimpleNamespace) -> None:
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(40)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.process.pid, signal.SIGKILL)
-            server.process.wait()
-    server.log.close()
+def start_server(tmp: Path, workers: int, **settings: Any) -> LiveService:
+    """A `LiveService` answering, that cancels and beats quickly (a job cancelled from the
+    table ends within the page's wait)."""
+    return LiveService(tmp, workers, stop_timeout=20, cancel_poll_s=0.1, heartbeat_s=1,
+                       **settings).wait_ready(timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +52,13 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    server = start_server(tmp_path_factory.mktemp("dashboard"), workers=1)
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    server = LiveService(tmp_path_factory.mktemp("dashboard"), 1, stop_timeout=20,
+                         cancel_poll_s=0.1, heartbeat_s=1)
     try:
-        yield server
+        yield server.wait_ready(timeout=300)
     finally:
-        stop_server(server)
+        server.stop()
 
 
 @pytest.fixture
@@ -117,7 +84,7 @@ def job_id(page: Any, kind: str) -> str:
     return page.url.rsplit("/", 1)[-1]
 
 
-def test_page_is_served_with_a_strict_policy(server: SimpleNamespace) -> None:
+def test_page_is_served_with_a_strict_policy(server: LiveService) -> None:
     http = httpx.Client(timeout=60)  # a loaded machine answers slowly
     response = http.get(f"{server.base}/")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
@@ -131,7 +98,7 @@ def test_page_is_served_with_a_strict_policy(server: SimpleNamespace) -> None:
 
 
 @pytest.mark.timeout(2400)
-def test_submit_watch_open_compare_cancel(server: SimpleNamespace, page: Any,
+def test_submit_watch_open_compare_cancel(server: LiveService, page: Any,
                                           shots: Path) -> None:
     base = server.base
     # 1. A source job, through the form generated from the schema.
@@ -217,12 +184,9 @@ def test_submit_watch_open_compare_cancel(server: SimpleNamespace, page: Any,
     assert page.locator(".chart-lambda").get_attribute("data-points") == "3"  # start + 2 epochs
 
     # 5. Compared with a second study (submitted through the API, at step 2).
-    deadline = time.monotonic() + WAIT_MS / 1000
-    while (status := httpx.get(f"{base}/v1/jobs/{second}").json()["status"]) in ("queued",
-                                                                                 "running"):
-        assert time.monotonic() < deadline, "the second study did not end"
-        time.sleep(0.5)
-    assert status == "succeeded", (server.tmp / "serve.log").read_text()[-3000:]
+    with httpx.Client(base_url=base, timeout=30) as http:
+        ended = wait_job(http, second, timeout=WAIT_MS / 1000)
+    assert ended["status"] == "succeeded", server.text()[-3000:]
     page.goto(f"{base}/#/compare")
     page.check(f"#study-picker input[value='{study}']")
     page.check(f"#study-picker input[value='{second}']")
@@ -261,8 +225,8 @@ def test_submit_watch_open_compare_cancel(server: SimpleNamespace, page: Any,
 
 def test_a_wrong_token_shows_nothing(browser: Any, tmp_path: Path, shots: Path) -> None:
     server = start_server(tmp_path, workers=0, api_tokens=f"alice:{TOKEN}")
+    context = browser.new_context(viewport={"width": 1200, "height": 700})
     try:
-        context = browser.new_context(viewport={"width": 1200, "height": 700})
         page = context.new_page()
         page.goto(f"{server.base}/#/jobs")
         page.wait_for_selector("#token-dialog[open]")
@@ -286,6 +250,6 @@ def test_a_wrong_token_shows_nothing(browser: Any, tmp_path: Path, shots: Path) 
         other.goto(f"{server.base}/#/jobs")
         other.wait_for_selector("#token-dialog[open]")
         assert other.locator("#view *").count() == 0
-        context.close()
     finally:
-        stop_server(server)
+        context.close()
+        server.stop()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -26,6 +25,8 @@ import httpx
 import pytest
 
 from quanta_spec.networks import widths
+from tests.support.jobs import wait_job
+from tests.support.live_service import stop_process, wait_http
 from tests.support.net import free_port, port_open
 from tests.support.processes import WorkerProcess, service_env
 from tests.support.reference_files import WIDTH, reference_weights_bytes
@@ -33,16 +34,6 @@ from tests.support.reference_files import WIDTH, reference_weights_bytes
 BROKER = "redis://127.0.0.1:6379/7"
 TINY = ["-s", "digits", "-t", "digits", "--width_multiplier", str(WIDTH),
         "--nb_of_target_samples", "32", "--seed", "4"]
-
-
-def wait_job(http: httpx.Client, job_id: str, timeout: float = 300) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = http.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return dict(job)
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s")
 
 
 @pytest.fixture(scope="module")
@@ -70,20 +61,17 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     api_log = open(tmp / "api.log", "wb")  # noqa: SIM115 - closed below
     api = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host",
                             "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                           env=env, cwd=tmp, stdout=api_log, stderr=subprocess.STDOUT)
+                           env=env, cwd=tmp, stdout=api_log, stderr=subprocess.STDOUT,
+                           start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     http = httpx.Client(base_url=url, timeout=30)
     try:
         worker.wait_ready(timeout=400)  # a loaded machine imports TensorFlow slowly
-        deadline = time.monotonic() + 60
-        while not port_open("127.0.0.1", port, timeout=0.2):
-            assert api.poll() is None and time.monotonic() < deadline, (tmp / "api.log").read_text()
-            time.sleep(0.2)
+        wait_http(f"{url}/healthz", api, 120, "the API (uvicorn) answering", tmp / "api.log")
         yield SimpleNamespace(url=url, http=http, tmp=tmp, worker=worker)
     finally:
         http.close()
-        api.terminate()
-        api.wait(30)
+        stop_process(api, 30)
         api_log.close()
         worker.stop()
         broker.flushdb()

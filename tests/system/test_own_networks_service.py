@@ -7,18 +7,17 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import httpx
 import keras
 import pytest
 
+from tests.support.jobs import wait_job
 from tests.support.live_service import running_service
 from tests.support.own_networks import residual, trained
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +43,12 @@ def network(live):
     return response.json()["id"]
 
 
-def _wait(live, job_id, timeout=600):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = live.http.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in TERMINAL:
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s:\n"
-                         f"{live.text()[-3000:]}")
+def _wait(live: Any, job_id: str, timeout: float = 600) -> dict[str, Any]:
+    """`wait_job`, with the service's log tail in the message (what it did instead)."""
+    try:
+        return wait_job(live.http, job_id, timeout=timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{live.text()[-3000:]}") from None
 
 
 def test_the_api_lists_an_uploaded_network_s_layers(live, network):

@@ -19,8 +19,11 @@ import pytest
 import yaml
 
 from tests.support import REPO
+from tests.support.jobs import wait_job
+from tests.support.live_service import LiveService
 from tests.support.net import free_port
 from tests.support.processes import service_env
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -538,65 +541,45 @@ def test_migrations_are_packaged() -> None:
     assert any(p.startswith("migrations/versions/") for p in packaged)
 
 
-def wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "quanta-serve exited"
-        try:
-            return httpx.get(url, timeout=2)
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer in {timeout}s")
-
-
 @pytest.mark.parametrize("workers", [0, 1])
 def test_quanta_serve_starts_and_stops_cleanly(tmp_path: Path, workers: int) -> None:
     """Real uvicorn over HTTP (and a real worker); SIGTERM stops everything in time."""
-    port = free_port()
-    env = service_env(database_url=f"sqlite:///{tmp_path / 'q.db'}",
-                      broker_url=f"sqla+sqlite:///{tmp_path / 'b.db'}",
-                      artifacts_dir=tmp_path / "artifacts")
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "api.serve", "--port", str(port), "--workers", str(workers),
-         "--stop-timeout", "20"],
-        env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    live = LiveService(tmp_path, workers, stop_timeout=20)
     try:
-        base = f"http://127.0.0.1:{port}"
-        assert wait_http(f"{base}/healthz", process).json() == {"status": "ok"}
-        # Ready once the database and broker answer and, when it starts workers, one beats.
-        deadline = time.monotonic() + 180
-        while (ready := httpx.get(f"{base}/readyz", timeout=5)).status_code != 200:
+        live.wait_ready(timeout=120)
+        assert httpx.get(f"{live.url}/healthz", timeout=5).json() == {"status": "ok"}
+
+        def readyz() -> httpx.Response | None:
+            """Ready once the database and broker answer and, when it starts workers, one
+            beats: until then only the workers are missing."""
+            ready = httpx.get(f"{live.url}/readyz", timeout=5)
+            if ready.status_code == 200:
+                return ready
             assert ready.json()["workers"] == 0 and workers, ready.json()
-            assert time.monotonic() < deadline, "no worker became ready"
-            time.sleep(0.3)
+            return None
+
+        ready = wait_until(readyz, 180, "/readyz answering 200 (a worker ready)", interval=0.3)
         assert ready.json()["workers"] == workers
         if workers:
-            response = httpx.post(f"{base}/v1/jobs", json={"kind": "source", "spec": {
+            response = httpx.post(f"{live.url}/v1/jobs", json={"kind": "source", "spec": {
                 "source_task": "digits", "show_only_build": True, "width_multiplier": 0.0625}})
             assert response.status_code == 201
-            job_url = f"{base}{response.json()['links']['self']}"
-            deadline = time.monotonic() + 90
-            while httpx.get(job_url).json()["status"] != "succeeded":
-                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-                time.sleep(0.3)
+            with httpx.Client(base_url=live.url, timeout=30) as http:
+                job = wait_job(http, response.json()["id"], timeout=90)
+            assert job["status"] == "succeeded", f"{job}\n{live.text()[-3000:]}"
         began = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=40) == 0
+        live.process.send_signal(signal.SIGTERM)
+        assert live.process.wait(timeout=40) == 0
         assert time.monotonic() - began < 30
+        if workers:  # the worker subprocess is gone too (before `stop` would kill it)
+            assert subprocess.run(["pgrep", "-g", str(live.process.pid)],
+                                  capture_output=True).returncode != 0
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
-    text = (tmp_path / "serve.log").read_text(errors="replace")
+        live.stop()
+    text = live.text()
     assert "Traceback" not in text, text
     if workers:
         assert "started worker0" in text
-        # the worker subprocess is gone too
-        assert subprocess.run(["pgrep", "-g", str(process.pid)],
-                              capture_output=True).returncode != 0
 
 
 def test_every_setting_is_documented() -> None:

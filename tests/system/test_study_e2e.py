@@ -32,10 +32,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tests.support.jobs import TINY_SOURCE
+from tests.support.jobs import TINY_SOURCE, wait_job
+from tests.support.live_service import stop_process, wait_http
 from tests.support.net import free_port, port_open
 from tests.support.processes import WorkerProcess, service_env
 from tests.support.reference_files import reference_weights_bytes
+from tests.support.waiting import wait_until
 
 #: A Redis database of its own: flushed before the module runs.
 BROKER = "redis://127.0.0.1:6379/6"
@@ -48,19 +50,7 @@ COMMON = {"source_task": "digits", "target_task": "digits", "nb_of_target_epochs
 CLI_OPTIONS = ["-s", "digits", "-t", "digits", "-l", "0", "-r", "2",
                "--nb_of_target_epochs", str(EPOCHS), "--nb_of_target_samples", str(SAMPLES),
                "--width_multiplier", "0.0625", "--seed", str(SEED)]
-TERMINAL = ("succeeded", "failed", "cancelled")
 TIMEOUT_S = 300
-
-
-def wait_job(http: httpx.Client, job_id: str, statuses: tuple[str, ...] = TERMINAL,
-             timeout: float = TIMEOUT_S, ready: Any = None) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = http.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in statuses and (ready is None or ready(job)):
-            return dict(job)
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s")
 
 
 @pytest.fixture(scope="module")
@@ -95,21 +85,18 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     api_log = open(tmp / "api.log", "wb")  # noqa: SIM115 - closed below
     api = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host",
                             "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                           env=env, cwd=tmp, stdout=api_log, stderr=subprocess.STDOUT)
+                           env=env, cwd=tmp, stdout=api_log, stderr=subprocess.STDOUT,
+                           start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     http = httpx.Client(base_url=url, timeout=30)
     try:
         for worker in workers:
             worker.wait_ready()
-        deadline = time.monotonic() + 60
-        while not port_open("127.0.0.1", port, timeout=0.2):
-            assert api.poll() is None and time.monotonic() < deadline, (tmp / "api.log").read_text()
-            time.sleep(0.2)
+        wait_http(f"{url}/healthz", api, 120, "the API (uvicorn) answering", tmp / "api.log")
         yield SimpleNamespace(url=url, http=http, tmp=tmp, settings=settings, workers=workers)
     finally:
         http.close()
-        api.terminate()
-        api.wait(30)
+        stop_process(api, 30)
         api_log.close()
         for worker in workers:
             worker.stop()
@@ -126,7 +113,7 @@ def source(live: SimpleNamespace) -> dict[str, Any]:
     """A trained source job, and its weights as a local file (for the command lines)."""
     response = live.http.post("/v1/jobs", json={"kind": "source", "spec": TINY_SOURCE})
     assert response.status_code == 201, response.text
-    job = wait_job(live.http, response.json()["id"])
+    job = wait_job(live.http, response.json()["id"], timeout=TIMEOUT_S)
     assert job["status"] == "succeeded", logs(live)
     weights = live.tmp / "source.weights.h5"
     weights.write_bytes(live.http.get(
@@ -195,7 +182,7 @@ def local_run(source: dict[str, Any], started: SimpleNamespace,
 @pytest.fixture(scope="module")
 def study(live: SimpleNamespace, started: SimpleNamespace, local_run: Path) -> dict[str, Any]:
     """The study, ended (the local run goes first: it works while the workers do)."""
-    job = wait_job(live.http, started.study_id)
+    job = wait_job(live.http, started.study_id, timeout=TIMEOUT_S)
     assert job["status"] == "succeeded", f"{job}\n{logs(live)}"
     return job
 
@@ -434,8 +421,8 @@ def test_cancelling_a_study_cancels_its_jobs(live: SimpleNamespace, source: dict
     spec = {**COMMON, "source_weights": {"job": source["job"]["id"]}, "layers": [0, 1],
             "nb_of_runs": 2, "nb_of_target_epochs": 500}
     study_id = live.http.post("/v1/jobs", json={"kind": "study", "spec": spec}).json()["id"]
-    wait_job(live.http, study_id, ("running",), timeout=120,
-             ready=lambda job: job["progress"]["running"] == 2)
+    wait_until(lambda: live.http.get(f"/v1/jobs/{study_id}").json()["progress"]
+               .get("running") == 2, 120, f"study {study_id} running two children at once")
     response = live.http.post(f"/v1/jobs/{study_id}/cancel")
     assert response.status_code == 200 and response.json()["cancel_requested"] is True
     began = time.monotonic()
