@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from tests.support.net import port_open
 from tests.support.processes import WorkerProcess, service_env
+from tests.support.waiting import wait_until
 
 REDIS = "redis://127.0.0.1:6379/8"  # a database no other test flushes
 
@@ -79,7 +81,6 @@ def test_flower_shows_the_worker_online_and_its_tasks(tmp_path: Path) -> None:
     import signal
     import subprocess
     import sys
-    import time
 
     import httpx
 
@@ -104,19 +105,21 @@ def test_flower_shows_the_worker_online_and_its_tasks(tmp_path: Path) -> None:
     worker = WorkerProcess(env, tmp_path / "worker.log", "flowered")
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
 
-    def until(what: str, test: Any, timeout: float = 120) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def until(what: str, test: Callable[[], Any], timeout: float = 120) -> Any:
+        """`wait_until` on Flower, failing at once if it exits, with its log's tail."""
+
+        def found() -> Any:
             assert flower.poll() is None, (tmp_path / "flower.log").read_text()[-3000:]
             try:
-                found = test()
+                return test()
             except httpx.TransportError:
-                found = None
-            if found:
-                return found
-            time.sleep(0.5)
-        raise AssertionError(f"{what} within {timeout} s:\n"
-                             f"{(tmp_path / 'flower.log').read_text()[-2000:]}")
+                return None
+
+        try:
+            return wait_until(found, timeout, what, interval=0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n"
+                                 f"{(tmp_path / 'flower.log').read_text()[-2000:]}") from None
 
     try:
         worker.wait_ready()

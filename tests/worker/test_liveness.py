@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 
 from tests.support import REPO
 from tests.support.processes import service_env
+from tests.support.waiting import wait_until
 
 HEARTBEAT_S = 0.5
 NAME = "gpu0@liveness-test"
@@ -82,14 +83,14 @@ def check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-def wait(condition: Any, timeout: float, what: str, log: Path | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not within {timeout}s" +
-                         (f":\n{log.read_text(errors='replace')[-3000:]}" if log else ""))
+def wait(condition: Callable[[], Any], timeout: float, what: str,
+         log: Path | None = None) -> Any:
+    """`wait_until`, with the worker's log tail in the message (what it did instead)."""
+    try:
+        return wait_until(condition, timeout, what)
+    except AssertionError as exc:
+        tail = f":\n{log.read_text(errors='replace')[-3000:]}" if log else ""
+        raise AssertionError(f"{exc}{tail}") from None
 
 
 def job_row(env: dict[str, str], job_id: str) -> Any:

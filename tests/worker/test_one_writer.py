@@ -18,7 +18,7 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,6 +29,7 @@ from tests.support.databases import REDIS_SERVER
 from tests.support.jobs import TINY_SOURCE, wait_job
 from tests.support.net import TcpRelay, port_open
 from tests.support.processes import WorkerProcess, service_env
+from tests.support.waiting import wait_until
 
 #: Two TensorFlow workers start, and three jobs train: slow on a busy machine.
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(1800)]
@@ -125,28 +126,46 @@ def files(service: SimpleNamespace, job_id: str) -> dict[str, bytes]:
             if p.is_file()}
 
 
+def until_job(service: SimpleNamespace, read: Callable[[], Any], there: Callable[[Any], bool],
+              status: Callable[[Any], str], timeout: float, what: str) -> Any:
+    """What `read` returns once `there(it)`; fails at once if the job ended meanwhile, and
+    with the workers' logs either way (they say what happened instead)."""
+
+    def check() -> Any:
+        value = read()
+        if there(value):
+            return value
+        assert status(value) in ("queued", "running"), f"{value}\n{logs(service)}"
+        return None
+
+    try:
+        return wait_until(check, timeout, what, interval=0.05)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{logs(service)}") from None
+
+
 def running_after_epoch_1(service: SimpleNamespace, job_id: str) -> Any:
+    """The job's row once its epoch 1 ended, on a worker."""
     from quanta_jobs.models import Job
 
-    deadline = time.monotonic() + 600
-    while True:
+    def read() -> Any:
         with service.sessions() as session:
-            job = session.get(Job, job_id)
-        if job.status == "running" and (job.progress or {}).get("epoch", 0) >= 1:
-            return job
-        assert job.status in ("queued", "running") and time.monotonic() < deadline, logs(service)
-        time.sleep(0.05)
+            return session.get(Job, job_id)
+
+    return until_job(service, read,
+                     lambda job: job.status == "running" and (job.progress or {}).get(
+                         "epoch", 0) >= 1, lambda job: job.status, 600,
+                     f"job {job_id} running past epoch 1")
 
 
 def wait_taken_over(service: SimpleNamespace, job_id: str, by: str) -> float:
+    """Seconds until the job runs on worker `by` (the takeover's duration is reported)."""
     began = time.monotonic()
-    while True:
-        body = service.client.get(f"/v1/jobs/{job_id}").json()
-        if body["status"] == "running" and (body["worker"] or "").startswith(by):
-            return time.monotonic() - began
-        assert body["status"] in ("queued", "running"), f"{body}\n{logs(service)}"
-        assert time.monotonic() - began < 300, logs(service)
-        time.sleep(0.1)
+    until_job(service, lambda: service.client.get(f"/v1/jobs/{job_id}").json(),
+              lambda body: body["status"] == "running"
+              and (body["worker"] or "").startswith(by),
+              lambda body: body["status"], 300, f"job {job_id} taken over by {by}")
+    return time.monotonic() - began
 
 
 def check_one_writer(service: SimpleNamespace, reference: dict[str, Any], job_id: str,
@@ -201,13 +220,13 @@ def test_a_frozen_worker_wakes_up_and_stops(service: SimpleNamespace,
     taken_after = wait_taken_over(service, job_id, survivor)
     service.workers[victim].process.send_signal(signal.SIGCONT)
     job = check_one_writer(service, reference, job_id, survivor)
-    deadline = time.monotonic() + 120
-    while True:  # once awake, it finds the job is not its own any more and stops
-        woke = service.workers[victim].text()[before:]
-        if "no heartbeat got through" in woke or "'lost'" in woke:
-            break
-        assert time.monotonic() < deadline, logs(service)
-        time.sleep(0.2)
+    # Once awake, it finds the job is not its own any more and stops.
+    try:
+        woke = wait_until(lambda: (t := service.workers[victim].text()[before:]) and (
+            "no heartbeat got through" in t or "'lost'" in t) and t, 120,
+            f"{victim}, woken, saying its attempt was lost", interval=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{logs(service)}") from None
     assert f"job {job_id}: succeeded" not in woke
     assert not Path(service.settings.artifacts_dir, ".attempts", job_id, "1").exists()
     with capsys.disabled():

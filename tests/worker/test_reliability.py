@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 from tests.support.jobs import TINY_SOURCE, after_epoch, new_job, watch_epochs
 from tests.support.net import TcpRelay
+from tests.support.waiting import wait_until
 
 WORKER = "inproc@test"
 
@@ -412,13 +413,19 @@ def test_an_outcome_the_database_never_heard_of_is_recorded_by_the_sweeper(
     saved = runner.settings.artifacts_dir / ".attempts" / job_id / "1.outcome.json"
     assert saved.is_file()
     relay.up()
-    deadline = time.monotonic() + 60
     recovered: list[str] = []
-    while row(runner, job_id).status == "running":  # stale after 2 s, by the database
-        assert time.monotonic() < deadline
+
+    def settled() -> bool:
+        """The sweeper's pass, as the API runs it, until the job is no longer running
+        (stale after 2 s, by the database)."""
+        if row(runner, job_id).status != "running":
+            return True
         with runner.direct() as session:
-            recovered += recover_stale_jobs(session, runner.settings)
-        time.sleep(0.2)
+            recovered.extend(recover_stale_jobs(session, runner.settings))
+        return False
+
+    wait_until(settled, 60, f"job {job_id} no longer running once its heartbeat is stale",
+               interval=0.2)
     job = row(runner, job_id)
     assert (job.status, job.attempts, job.error) == ("succeeded", 1, None)
     assert "categorical_accuracy" in job.result["test_metrics"]

@@ -10,12 +10,15 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from tests.support.hostile import ADMIN_TOKEN, TOKEN, Server
 from tests.support.live_service import running_service
+from tests.support.waiting import wait_until
 
 
 def worker_pids(server: Server) -> list[int]:
@@ -25,13 +28,12 @@ def worker_pids(server: Server) -> list[int]:
     return sorted(int(pid) for pid in found)
 
 
-def wait_for(condition: object, timeout: float, what: str, server: Server) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{what} within {timeout}s\n{server.log()[-4000:]}")
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, server: Server) -> None:
+    """`wait_until`, with the service's log tail in the message (what it did instead)."""
+    try:
+        wait_until(condition, timeout, what, interval=0.3)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{server.log()[-4000:]}") from None
 
 
 def test_workers_do_not_hold_the_api_tokens(tmp_path: Path) -> None:
