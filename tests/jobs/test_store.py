@@ -394,6 +394,9 @@ def test_the_cache_keeps_at_most_its_limit_dropping_the_least_recently_used(
     for name in "abc":
         store.put(f"k/{name}", name.encode() * 100)
     cache = StoreCache(store, tmp_path / "cache", copy_local=True, max_bytes=250)
+    # The cache orders its files by the mtime it sets on each use: the sleeps below are the
+    # time passing that is tested, one file-clock tick (~4-10 ms) apart so that the uses'
+    # mtimes differ, no more.
     a = cache.path("k/a", sha(b"a" * 100))
     time.sleep(0.01)
     b = cache.path("k/b", sha(b"b" * 100))
