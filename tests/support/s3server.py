@@ -10,10 +10,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.support.net import port_open
+from tests.support.waiting import wait_until
 
 #: Credentials moto accepts; boto3 reads them from the environment like real ones.
 #: The bucket the `s3_endpoint` fixture creates (tests keep to prefixes of their own).
@@ -40,16 +42,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def wait_port(host: str, port: int, timeout: float = 30.0,
               process: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Until something listens on host:port; fails at once if `process` (the server) exits
+    first, else after `timeout` saying what did not happen."""
+
+    def listening() -> bool:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the server on {host}:{port} exited ({process.returncode})")
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout} s")
+        return port_open(host, port)
+
+    wait_until(listening, timeout, f"a server listening on {host}:{port}")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
