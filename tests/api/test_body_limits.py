@@ -52,6 +52,7 @@ def test_a_wrong_token_is_refused_before_the_body(server: Server) -> None:
     attack = stream_body(server, "/v1/jobs", {"Authorization": "Bearer not-a-known-token",
                                               "Content-Type": "application/json"}, TOTAL)
     _refused(attack, 401, server)
+    assert b"www-authenticate: bearer" in attack.response.lower()  # refused as a token
 
 
 @pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=XyZ",
@@ -78,6 +79,7 @@ def test_declared_length_over_the_limit_is_refused_at_once(server: Server) -> No
     attack = stream_body(server, "/v1/uploads", {**server.headers(), **MULTIPART}, TOTAL,
                          chunked=False, first=PREAMBLE)
     _refused(attack, 413, server)
+    assert b"QUANTA_MAX_UPLOAD_BYTES" in attack.response  # for its length, not a token
 
 
 def test_a_valid_request_still_works(server: Server) -> None:
