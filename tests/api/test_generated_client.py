@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,16 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield live
 
 
+@pytest.fixture
+def importable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """`tmp_path` on sys.path for this test only, and the generated package's modules
+    forgotten after it: a later test must not import a stale `quanta_api`."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in [n for n in sys.modules if n == "quanta_api" or n.startswith("quanta_api.")]:
+        del sys.modules[name]
+
+
 def _generate(schema: bytes, root: Path) -> Any:
     (root / "openapi.json").write_bytes(schema)
     done = subprocess.run(
@@ -41,15 +52,16 @@ def _generate(schema: bytes, root: Path) -> Any:
     assert done.returncode == 0, done.stdout + done.stderr
     # Every operation and model came out (the generator warns of what it had to leave out).
     assert "Warning" not in done.stdout + done.stderr, done.stdout + done.stderr
-    sys.path.insert(0, str(root))
-    return importlib.import_module("quanta_api")
+    return importlib.import_module("quanta_api")  # `root` is on sys.path: `importable`
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(GENERATOR is None, reason="openapi-python-client is not installed "
                     "(pip install -e '.[test]')")
-def test_a_generated_client_lists_creates_and_downloads(service: Any, tmp_path: Path) -> None:
-    package = _generate(httpx.get(f"{service.url}/openapi.json", timeout=60).content, tmp_path)
+def test_a_generated_client_lists_creates_and_downloads(service: Any, importable: Path
+                                                        ) -> None:
+    package = _generate(httpx.get(f"{service.url}/openapi.json", timeout=60).content,
+                        importable)
     from quanta_api.api.jobs import (  # type: ignore[import-not-found]
         create_job,
         download_archive,
