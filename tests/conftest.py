@@ -59,6 +59,7 @@ _HOST_LEFT = pytest.StashKey[list[str]]()
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if not hasattr(session.config, "workerinput"):  # once, in the process that runs the rest
+        host_guard.start_session()  # before xdist starts its workers: they inherit it
         session.config.stash[_HOST_BEFORE] = host_guard.snapshot()
 
 

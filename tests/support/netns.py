@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.host_guard import session_tag
 from tests.support.s3server import wait_port
 
 #: A tiny TCP relay for when socat is missing: python -c FORWARDER LISTEN_HOST PORT TARGET_HOST PORT
@@ -163,7 +164,8 @@ class Hosts:
     hosts.forward(5432) makes 127.0.0.1:5432 reachable at server_ip:5432."""
 
     def __init__(self, base: str | os.PathLike[str], names: Sequence[str] = ("a", "b")) -> None:
-        self.run_id = uuid.uuid4().hex[:6]
+        # the run's tag first: the suite's host check removes only its own run's leftovers
+        self.run_id = session_tag() + uuid.uuid4().hex[:3]
         self.base = Path(base).resolve() / f"hosts-{self.run_id}"
         self.server_folder = self.base / "server"
         self.bridge = f"qb{self.run_id}"
