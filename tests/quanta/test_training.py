@@ -1,6 +1,7 @@
 """Training behaviour: a frozen source, progress hooks, cancellation, determinism."""
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -159,11 +160,17 @@ def test_witness_is_trained_from_scratch_and_gives_the_transfer_gain(source_weig
 def test_source_is_loaded_and_scored_once_per_weights_file(source_weights, tmp_path,
                                                             monkeypatch):
     import os
+    import shutil
 
     from quanta import sources
+    from quanta_spec.lru import LRU
 
-    sources.SOURCES.clear()
-    sources.SOURCE_METRICS.clear()
+    # Its own copy of the weights and empty caches of its own: rewriting the shared file,
+    # or emptying the process's caches, would make every later test of this module load
+    # a new source and trace every target again.
+    source_weights = Path(shutil.copy(source_weights, tmp_path / "source.weights.h5"))
+    monkeypatch.setattr(sources, "SOURCES", LRU(size=sources.SOURCES.size))
+    monkeypatch.setattr(sources, "SOURCE_METRICS", LRU(size=sources.SOURCE_METRICS.size))
     evaluated = []
     real_evaluate = training.evaluate
 
@@ -298,7 +305,9 @@ def test_runs_of_one_shape_reuse_a_traced_model_and_match_a_new_one(source_weigh
 
     from quanta import traced_models, transfer
 
-    transfer.TRACED_MODELS.clear()
+    # A cache of its own (as empty as a cleared one), so that the later tests still find
+    # the models the earlier ones traced.
+    monkeypatch.setattr(transfer, "TRACED_MODELS", traced_models.TracedModels())
     traced = []
     real_make_function = TensorFlowTrainer._make_function
 
@@ -307,7 +316,10 @@ def test_runs_of_one_shape_reuse_a_traced_model_and_match_a_new_one(source_weigh
         return real_make_function(model, step_function)
 
     monkeypatch.setattr(TensorFlowTrainer, "_make_function", counting)
-    # Earlier runs of the same shape, with other seeds, leave trained models behind.
+    # Earlier runs of the same shape, with other seeds, leave trained models behind (one
+    # epoch is enough: a kept model whose weights, optimizer or random state were not put
+    # back would already differ from a new one after its first step).
+    options = {"nb_of_target_epochs": 1, **options}
     run_transfer(_spec(source_weights, seed=3, nb_of_runs=2, **options), tmp_path / "warm")
     reused = run_transfer(_spec(source_weights, **options), tmp_path / "reused")
     # One train function and one test function per model, for the three runs.
@@ -316,12 +328,8 @@ def test_runs_of_one_shape_reuse_a_traced_model_and_match_a_new_one(source_weigh
     assert transfer.TRACED_MODELS.reused == 2 * (2 if options.get("witness") else 1)
 
     # Kept for none (QUANTA_TRACED_MODELS=0): every run builds and traces its own model.
-    transfer.TRACED_MODELS.clear()
-    transfer.TRACED_MODELS.resize(0)
-    try:
-        new = run_transfer(_spec(source_weights, **options), tmp_path / "new")
-    finally:
-        transfer.TRACED_MODELS.resize(traced_models.DEFAULT_SIZE)
+    monkeypatch.setattr(transfer, "TRACED_MODELS", traced_models.TracedModels(size=0))
+    new = run_transfer(_spec(source_weights, **options), tmp_path / "new")
     assert transfer.TRACED_MODELS.reused == 0 and not transfer.TRACED_MODELS.items
     assert _read(reused.experiment_dir) == _read(new.experiment_dir)
     assert reused.runs[0].target_metrics == new.runs[0].target_metrics
