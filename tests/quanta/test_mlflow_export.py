@@ -16,7 +16,8 @@ import pytest
 
 from quanta import cli
 from tests.support import REPO
-from tests.support.live_service import running_service
+from tests.support.jobs import wait_job
+from tests.support.live_service import running_service, wait_http
 from tests.support.net import free_port
 from tests.support.reference_files import reference_weights_bytes
 
@@ -47,17 +48,9 @@ def server(tmp_path_factory):
          "--port", str(port), "--workers", "1"],
         cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, \
-                (root / "server.log").read_text()[-3000:]
-            time.sleep(0.3)
+        wait_http(f"{url}/health", process, 180, "the MLflow server answering /health",
+                  log=root / "server.log")
         yield url
     finally:
         os.killpg(process.pid, 15)
@@ -143,11 +136,8 @@ def test_a_study_is_a_parent_run_with_its_jobs_nested(server, weights, tmp_path)
             "seed": 1}})
         assert response.status_code == 201, response.text
         study = response.json()["id"]
-        deadline = time.monotonic() + 600
-        while http.get(f"/v1/jobs/{study}").json()["status"] not in ("succeeded", "failed"):
-            assert time.monotonic() < deadline, live.text()[-3000:]
-            time.sleep(0.5)
-        assert http.get(f"/v1/jobs/{study}").json()["status"] == "succeeded", live.text()[-3000:]
+        ended = wait_job(http, study, timeout=600)
+        assert ended["status"] == "succeeded", live.text()[-3000:]
     runs = _runs(server, "service")
     parent = next(r for r in runs if r.data.tags.get("quanta.kind") == "study")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
