@@ -202,6 +202,7 @@ def test_real_quanta_models_are_accepted(upload: Any, tmp_path: Path, network: s
     model.save(tmp_path / "m.keras")
     response = upload("m.keras", (tmp_path / "m.keras").read_bytes())
     assert response.status_code == 201, response.text
+    assert response.json()["kind"] == "model"  # accepted as the model it is
 
 
 def _npy_header(shape: tuple[int, ...], dtype: str) -> bytes:

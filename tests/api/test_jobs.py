@@ -144,7 +144,9 @@ def test_train_from_previous_transfer_run(client: Any, finished_job: Any, source
 
 def test_source_from_previous_source_job(client: Any, source_job: Any) -> None:
     spec = {**TINY_SOURCE, "train_from_previous_training": {"job": source_job.id}}
-    assert client.post("/v1/jobs", json={"kind": "source", "spec": spec}).status_code == 201
+    response = client.post("/v1/jobs", json={"kind": "source", "spec": spec})
+    assert response.status_code == 201, response.text
+    assert response.json()["spec"]["train_from_previous_training"] == {"job": source_job.id}
 
 
 def test_upload_references_must_have_the_right_kind(client: Any, upload: Any) -> None:

@@ -136,9 +136,12 @@ def test_json_body_that_is_not_utf8_is_422(client: Any) -> None:
 
 
 def test_json_bodies_under_the_limit_are_untouched(client: Any) -> None:
-    response = client.post("/v1/jobs", content=json.dumps(job_body()).encode(),
+    body = job_body()
+    response = client.post("/v1/jobs", content=json.dumps(body).encode(),
                            headers={"content-type": "application/json"})
-    assert response.status_code == 201
+    assert response.status_code == 201, response.text
+    spec = response.json()["spec"]  # the body reached the route whole
+    assert {key: spec[key] for key in body["spec"]} == body["spec"]
 
 
 # --- uploads checked by content ------------------------------------------------------------

@@ -72,6 +72,7 @@ def test_object_array_npz_is_refused_without_unpickling(upload: Any) -> None:
     objects[:] = [{"a": 1}, {"b": 2}]
     response = upload("evil.npz", npz_bytes(x_train=objects))
     assert response.status_code == 422
+    assert "dtype object" in response.text  # refused for its object array, not read
 
 
 def test_oversized_upload_is_413(upload: Any, settings: Any) -> None:
