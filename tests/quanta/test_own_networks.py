@@ -185,6 +185,7 @@ def test_all_layers_at_once_and_a_sequential_network(nets, tmp_path):
     assert list(quantas) == ["conv_a", "pool", "conv_b", "flat"]  # graph order
 
 
+@pytest.mark.slow  # MobileNetV3Small traced at three layers: about 2 minutes
 def test_a_keras_applications_network_transfers_at_three_layers(nets, tmp_path):
     graph = read_keras_file(nets["mobilenet"])
     chosen = [graph.transferable[i] for i in (2, 20, 60)]
