@@ -98,7 +98,7 @@ def takeover(hosts: SimpleNamespace) -> SimpleNamespace:
     first.kill()
     killed_epoch = hosts.http.get(f"/v1/jobs/{source_id}").json()["progress"]["epoch"]
     resumed = job_reaches(hosts, source_id, lambda j: j["status"] == "running"
-                          and j["attempts"] == 2, 120,
+                          and j["attempts"] == 2, WAIT_S,
                           "attempt 2 running after the SIGKILL", interval=0.05)
     first.start()  # the killed host's worker comes back (under its name) for the study
     final = job_ends(hosts, source_id)

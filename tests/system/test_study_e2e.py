@@ -19,7 +19,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -425,11 +424,14 @@ def test_cancelling_a_study_cancels_its_jobs(live: SimpleNamespace, source: dict
                .get("running") == 2, 120, f"study {study_id} running two children at once")
     response = live.http.post(f"/v1/jobs/{study_id}/cancel")
     assert response.status_code == 200 and response.json()["cancel_requested"] is True
-    began = time.monotonic()
-    job = wait_job(live.http, study_id, timeout=60)
-    assert job["status"] == "cancelled" and time.monotonic() - began < 20, logs(live)
+    # Ended within the bound, far from its 500 epochs: the running children were stopped
+    # mid-training (how soon is the worker's cancel poll, not this test's to time).
+    job = wait_job(live.http, study_id, timeout=120)
+    assert job["status"] == "cancelled", logs(live)
     children = live.http.get(f"/v1/jobs/{study_id}/children").json()["items"]
     assert {c["status"] for c in children} == {"cancelled"}
+    assert all((c["progress"] or {}).get("epoch", 0) < spec["nb_of_target_epochs"] / 2
+               for c in children), children
     assert any(c["started_at"] is None for c in children)  # queued ones never ran
     assert any(c["started_at"] is not None for c in children)
     assert job["progress"]["cancelled"] == 4
