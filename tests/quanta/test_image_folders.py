@@ -259,15 +259,20 @@ def test_each_limit_is_named(tmp_path: Path, limits: FileLimits, reason: str) ->
     assert reason in str(error.value)
 
 
-def test_a_bomb_png_is_refused_from_its_header(tmp_path: Path) -> None:
+def test_a_bomb_png_is_refused_from_its_header(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageFile
+
+    def decoded(self: object) -> None:
+        raise AssertionError(f"{self} was decoded: the check must read headers only")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decoded)
     for side, reason in ((100_000, "declares more than"), (5000, "5000x5000 = 25000000")):
         members = digit_members(5, classes=2) | {"1/bomb.png": png_declaring(side, side)}
         path = write(tmp_path / "bomb.zip", zip_bytes(members))
-        began = time.monotonic()
         with pytest.raises(ValueError, match=reason) as error:
             check_image_zip(path, FileLimits())
         assert "QUANTA_MAX_IMAGE_PIXELS" in str(error.value)
-        assert time.monotonic() - began < 2  # nothing was decoded
 
 
 def test_200k_members_are_counted_without_reading_the_directory(tmp_path: Path,
