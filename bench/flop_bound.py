@@ -1,0 +1,155 @@
+"""The training step against its FLOP bound, on the path users run.
+
+For the seed's full-size network (kes2021, width 1, CIFAR-shaped 32x32x3, batch 32), each
+transfer (layers 0, 3, 6 and all at once) is timed as the command line and the workers
+run it (`run_transfer`, warm: a second call in the process, so tracing is not counted)
+and as a bare `model.fit` step. The FLOPs of one training step are counted from the
+layers' shapes: the frozen source's layers run forward only, the target's trainable
+layers forward and backward (the gradient with respect to the weights and to the input,
+each as costly as the forward; the first layer needs no input gradient). Dividing by the
+step time gives the FLOP rate reached, shown as a fraction of the machine's own
+matrix-product and convolution rates, measured in the same process just before.
+
+    python bench/flop_bound.py [--samples 1024] [--layers 0 3 6 all] [--json out.json]
+
+Only convolutions and dense layers are counted (BatchNorm, ELU, pooling, the QUANTA
+layer's mixing and the optimizer are memory-bound and small in FLOPs): a fraction well
+below 1 says where the rest of the step's time goes, not that a FLOP was missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench, as a script too
+
+import keras
+
+from bench.train_throughput import matmul_gflops, measure, real_path, write_npz
+from quanta import training
+from quanta.models import build_model, freeze
+
+SHAPE = (32, 32, 3)
+
+
+def _layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every leaf layer of `model`, nested models opened, each once."""
+    seen: dict[int, keras.layers.Layer] = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, keras.Model):
+            seen.setdefault(id(layer), layer)
+    return list(seen.values())
+
+
+def forward_flops(layer: keras.layers.Layer) -> int:
+    """Multiply-adds x 2 of one sample through a convolution or a dense layer (else 0)."""
+    if isinstance(layer, keras.layers.Conv2D):
+        _, height, width, out_channels = layer.output.shape
+        kh, kw = layer.kernel_size
+        in_channels = layer.input.shape[-1]
+        return 2 * height * width * kh * kw * in_channels * out_channels
+    if isinstance(layer, keras.layers.Dense):
+        return 2 * layer.input.shape[-1] * layer.units
+    return 0
+
+
+def step_flops(model: keras.Model, batch: int) -> dict[str, float]:
+    """FLOPs of one training step of `model`: frozen layers forward, trainable ones forward
+    and backward (the first trainable convolution without its input gradient)."""
+    frozen = trainable = 0
+    first = True
+    for layer in _layers(model):
+        flops = forward_flops(layer)
+        if not flops:
+            continue
+        if layer.trainable:
+            trainable += flops * (2 if first and isinstance(layer, keras.layers.Conv2D) else 3)
+            first = False
+        else:
+            frozen += flops
+    return {"frozen_gflop": frozen * batch / 1e9, "trainable_gflop": trainable * batch / 1e9,
+            "gflop": (frozen + trainable) * batch / 1e9}
+
+
+def conv_gflops(repeats: int = 10) -> float:
+    """The machine's float32 convolution rate on a shape of the network's own (its widest
+    3x3 convolution at 8x8, batch 32), forward only."""
+    import tensorflow as tf
+
+    x = tf.random.uniform((32, 8, 8, 512))
+    kernel = tf.random.uniform((3, 3, 512, 512))
+    tf.nn.conv2d(x, kernel, 1, "SAME").numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        tf.nn.conv2d(x, kernel, 1, "SAME").numpy()
+    flops = 2 * 32 * 8 * 8 * 3 * 3 * 512 * 512 * repeats
+    return round(flops / (time.perf_counter() - start) / 1e9, 1)
+
+
+def target_of(layer: int | None) -> keras.Model:
+    source = build_model(SHAPE, 10, name="source")
+    freeze(source)
+    return build_model(SHAPE, 10, source=source,
+                       transfer_layers=list(range(7)) if layer is None else [layer],
+                       name="target")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=1024)
+    parser.add_argument("--layers", nargs="+", default=["0", "3", "6", "all"])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    layers = [None if value == "all" else int(value) for value in args.layers]
+    rates = {"matmul_gflops": matmul_gflops(), "conv_gflops": conv_gflops()}
+    load = os.getloadavg()[0]
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        workdir = Path(folder)
+        data = write_npz(workdir / "data.npz", args.samples)
+        source = real_path("source", None, "cli", workdir, data, None, args.samples, 1, 1.0)
+        weights = Path(source["result"].training_dir) / "source.weights.h5"
+        for layer in layers:
+            flops = step_flops(target_of(layer), training.BATCH_SIZE)
+            bare = measure("transfer", layer, True, args.samples, 1.0)
+            real_path("transfer", layer, "cli", workdir, data, weights, args.samples, 1, 1.0)
+            warm = real_path("transfer", layer, "cli", workdir, data, weights, args.samples,
+                             2, 1.0)
+            step_s = warm["steps_ms_per_step"] / 1000
+            reached = flops["gflop"] / step_s
+            rows.append({
+                "layer": "all" if layer is None else layer, **{k: round(v, 2)
+                                                              for k, v in flops.items()},
+                "real_ms_per_step": warm["steps_ms_per_step"],
+                "bare_ms_per_step": bare["ms_per_step"],
+                "gflops_reached": round(reached, 1),
+                "of_matmul": round(reached / rates["matmul_gflops"], 3),
+                "of_conv": round(reached / rates["conv_gflops"], 3),
+            })
+    report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
+              **rates, "rows": rows}
+    print(f"matmul {rates['matmul_gflops']} GFLOP/s, conv {rates['conv_gflops']} GFLOP/s, "
+          f"load {report['load_before']} -> {report['load_after']}")
+    print("| layer | GFLOP/step (frozen + trainable) | real ms/step | bare ms/step "
+          "| GFLOP/s | of matmul | of conv |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['layer']} | {row['gflop']} ({row['frozen_gflop']} + "
+              f"{row['trainable_gflop']}) | {row['real_ms_per_step']} | "
+              f"{row['bare_ms_per_step']} | {row['gflops_reached']} | {row['of_matmul']} | "
+              f"{row['of_conv']} |")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
