@@ -38,9 +38,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     root = Path(str(config.rootpath))
+    paths = {id(item): Path(str(item.path)).relative_to(root).as_posix() for item in items}
     for item in items:
-        if Path(str(item.path)).relative_to(root).as_posix() in tiers.SLOW_FILES:
+        if paths[id(item)] in tiers.SLOW_FILES:
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: tiers.run_order(paths[id(item)]))  # stable: files stay whole
     tier = config.getoption("--tier")
     if tier is None:  # tests named on the command line, or chosen by -m, run whatever their tier
         named = [a for a in config.args if Path(a.split("::")[0]).resolve() != root / "tests"]
@@ -48,7 +50,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if tier == "all":
         return
     keep = [i for i in items if (i.get_closest_marker("slow") is not None) == (tier == "slow")]
-    config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+    kept = {id(item) for item in keep}
+    config.hook.pytest_deselected(items=[i for i in items if id(i) not in kept])
     items[:] = keep
 
 

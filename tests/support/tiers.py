@@ -28,3 +28,16 @@ SLOW_FILES: dict[str, str] = {
 }
 
 TIERS = ("fast", "slow", "all")
+
+#: Folders whose files take longest, collected first: the two processes take whole files
+#: in collection order, so long files started last would leave one process idle at the end
+#: while the many short files of the other folders fill the gaps best when they come last.
+LONG_FOLDERS = ("tests/quanta", "tests/worker", "tests/system")
+
+
+def run_order(path: str) -> int:
+    """Where a test file's folder comes in the run (`path` relative to the repository)."""
+    for rank, folder in enumerate(LONG_FOLDERS):
+        if path.startswith(folder + "/"):
+            return rank
+    return len(LONG_FOLDERS)

@@ -263,6 +263,7 @@ def test_a_shutdown_stops_at_its_wait_when_the_epoch_is_long(make_runner: Callab
     assert row(runner, job_id).progress in (None, {})  # no epoch ended: cut within epoch 1
 
 
+@pytest.mark.slow  # three stops and a fourth run of a real job: about a minute
 def test_workers_stopped_on_purpose_spend_no_attempts(make_runner: Callable[..., Any],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Three deliberate stops (restarts, deploys) of a job allowed one attempt: each hands it
