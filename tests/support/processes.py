@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from tests.support import REPO
+from tests.support.waiting import wait_until
 
 
 def service_env(**values: Any) -> dict[str, str]:
@@ -34,15 +34,15 @@ class WorkerProcess:
             env=env, cwd=REPO, stdout=self._handle, stderr=subprocess.STDOUT,
         )
 
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if " ready." in self.log.read_text(errors="replace"):
-                return
+    def wait_ready(self, timeout: float = 300) -> None:
+        """Until Celery says the worker is ready; at once, with its log, if it exits first."""
+
+        def ready() -> bool:
             if self.process.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise RuntimeError(f"worker did not start:\n{self.text()[-4000:]}")
+                raise RuntimeError(f"worker exited before it was ready:\n{self.text()[-4000:]}")
+            return " ready." in self.text()
+
+        wait_until(ready, timeout, f"worker ready (its log: {self.log})", interval=0.2)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
