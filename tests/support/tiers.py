@@ -26,6 +26,7 @@ SLOW_FILES: dict[str, str] = {
     "tests/worker/test_liveness.py": "a worker's takeover after kill -9 (50 s)",
     "tests/worker/test_memory.py": "a worker's dataset cache over three jobs (30 s)",
     "tests/quanta/test_builtin_unchanged.py": "the earlier library's files and today's (50 s)",
+    "tests/quanta/test_mlflow_export.py": "a real MLflow server and a live service (1.5 min)",
 }
 
 TIERS = ("fast", "slow", "all")
