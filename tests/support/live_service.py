@@ -119,3 +119,22 @@ def running_service(root: Path, workers: int = 1, **settings: Any) -> Iterator[L
         yield live
     finally:
         live.stop()
+
+
+@contextmanager
+def running_api(env: dict[str, str], folder: Path) -> Iterator[str]:
+    """The API alone (uvicorn on a free port, no workers: the test starts its own), in a
+    session of its own, its log `folder/api.log`; its URL once it answers /healthz."""
+    port = free_port()
+    with open(folder / "api.log", "wb") as log:
+        api = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host",
+                                "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                               env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(f"{url}/healthz", api, 120, "the API (uvicorn) answering",
+                      folder / "api.log")
+            yield url
+        finally:
+            stop_process(api, 30)

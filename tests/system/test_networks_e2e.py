@@ -12,8 +12,6 @@ client command line, weights files in the reference's layout written by the test
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -26,8 +24,8 @@ import pytest
 
 from quanta_spec.networks import widths
 from tests.support.jobs import wait_job
-from tests.support.live_service import stop_process, wait_http
-from tests.support.net import free_port, port_open
+from tests.support.live_service import running_api
+from tests.support.net import port_open
 from tests.support.processes import WorkerProcess, service_env
 from tests.support.reference_files import WIDTH, reference_weights_bytes
 
@@ -57,22 +55,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     broker.flushdb()
     env = service_env(**values)
     worker = WorkerProcess(env, tmp / "w.log", "networks-w")
-    port = free_port()
-    api_log = open(tmp / "api.log", "wb")  # noqa: SIM115 - closed below
-    api = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host",
-                            "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                           env=env, cwd=tmp, stdout=api_log, stderr=subprocess.STDOUT,
-                           start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    http = httpx.Client(base_url=url, timeout=30)
     try:
-        worker.wait_ready(timeout=400)  # a loaded machine imports TensorFlow slowly
-        wait_http(f"{url}/healthz", api, 120, "the API (uvicorn) answering", tmp / "api.log")
-        yield SimpleNamespace(url=url, http=http, tmp=tmp, worker=worker)
+        with running_api(env, tmp) as url, httpx.Client(base_url=url, timeout=30) as http:
+            worker.wait_ready(timeout=400)  # a loaded machine imports TensorFlow slowly
+            yield SimpleNamespace(url=url, http=http, tmp=tmp, worker=worker)
     finally:
-        http.close()
-        stop_process(api, 30)
-        api_log.close()
         worker.stop()
         broker.flushdb()
         broker.close()

@@ -32,7 +32,7 @@ import pytest
 from scipy import stats
 
 from tests.support.jobs import TINY_SOURCE, wait_job
-from tests.support.live_service import stop_process, wait_http
+from tests.support.live_service import running_api
 from tests.support.net import free_port, port_open
 from tests.support.processes import WorkerProcess, service_env
 from tests.support.reference_files import reference_weights_bytes
@@ -80,23 +80,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     broker.flushdb()
     env = service_env(**values)
     workers = [WorkerProcess(env, tmp / f"w{i}.log", f"study-w{i}") for i in (1, 2)]
-    port = free_port()
-    api_log = open(tmp / "api.log", "wb")  # noqa: SIM115 - closed below
-    api = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host",
-                            "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                           env=env, cwd=tmp, stdout=api_log, stderr=subprocess.STDOUT,
-                           start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    http = httpx.Client(base_url=url, timeout=30)
     try:
-        for worker in workers:
-            worker.wait_ready()
-        wait_http(f"{url}/healthz", api, 120, "the API (uvicorn) answering", tmp / "api.log")
-        yield SimpleNamespace(url=url, http=http, tmp=tmp, settings=settings, workers=workers)
+        with running_api(env, tmp) as url, httpx.Client(base_url=url, timeout=30) as http:
+            for worker in workers:
+                worker.wait_ready()
+            yield SimpleNamespace(url=url, http=http, tmp=tmp, settings=settings,
+                                  workers=workers)
     finally:
-        http.close()
-        stop_process(api, 30)
-        api_log.close()
         for worker in workers:
             worker.stop()
         broker.flushdb()
