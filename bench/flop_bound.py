@@ -12,9 +12,7 @@ matrix-product and convolution rates, measured in the same process just before.
 
     python bench/flop_bound.py [--samples 1024] [--layers 0 3 6 all] [--json out.json]
 
-Only convolutions and dense layers are counted (BatchNorm, ELU, pooling, the QUANTA
-layer's mixing and the optimizer are memory-bound and small in FLOPs): a fraction well
-below 1 says where the rest of the step's time goes, not that a FLOP was missed.
+The count is `bench/flops.py`'s (convolutions and dense layers only).
 """
 
 from __future__ import annotations
@@ -33,50 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench, as a scri
 
 import keras
 
+from bench.flops import step_flops
 from bench.train_throughput import matmul_gflops, measure, real_path, write_npz
 from quanta import training
 from quanta.models import build_model, freeze
 
 SHAPE = (32, 32, 3)
-
-
-def _layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """Every leaf layer of `model`, nested models opened, each once."""
-    seen: dict[int, keras.layers.Layer] = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if not isinstance(layer, keras.Model):
-            seen.setdefault(id(layer), layer)
-    return list(seen.values())
-
-
-def forward_flops(layer: keras.layers.Layer) -> int:
-    """Multiply-adds x 2 of one sample through a convolution or a dense layer (else 0)."""
-    if isinstance(layer, keras.layers.Conv2D):
-        _, height, width, out_channels = layer.output.shape
-        kh, kw = layer.kernel_size
-        in_channels = layer.input.shape[-1]
-        return 2 * height * width * kh * kw * in_channels * out_channels
-    if isinstance(layer, keras.layers.Dense):
-        return 2 * layer.input.shape[-1] * layer.units
-    return 0
-
-
-def step_flops(model: keras.Model, batch: int) -> dict[str, float]:
-    """FLOPs of one training step of `model`: frozen layers forward, trainable ones forward
-    and backward (the first trainable convolution without its input gradient)."""
-    frozen = trainable = 0
-    first = True
-    for layer in _layers(model):
-        flops = forward_flops(layer)
-        if not flops:
-            continue
-        if layer.trainable:
-            trainable += flops * (2 if first and isinstance(layer, keras.layers.Conv2D) else 3)
-            first = False
-        else:
-            frozen += flops
-    return {"frozen_gflop": frozen * batch / 1e9, "trainable_gflop": trainable * batch / 1e9,
-            "gflop": (frozen + trainable) * batch / 1e9}
 
 
 def conv_gflops(repeats: int = 10) -> float:

@@ -9,6 +9,12 @@
 #      and GPU memory per worker (bench/gpu_workers.py).
 # Results: bench/results/gpu_*.json, and the tables on stdout.
 #   bash bench/gpu_check.sh            (GPU_CHECK_WINDOW=15 seconds per worker count)
+# Where TensorFlow cannot be installed but JAX sees the GPU (a lent machine without a
+# package registry; TensorFlow's GPU wheels are about 2 GB), QUANTA_GPU_BACKEND=jax runs
+# the same network's step through Keras's JAX backend instead (bench/gpu_jax.py: the
+# GPU's rates, float32 and both mixed precisions, 1-8 workers sharing the GPU, the
+# paper's protocol estimated), with PYTHON naming a Python that has JAX and Keras:
+#   QUANTA_GPU_BACKEND=jax PYTHON=python3 bash bench/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -25,6 +31,17 @@ import sys, tensorflow as tf
 sys.exit(0 if tf.config.list_physical_devices("GPU") else 1)
 PY
 }
+
+if [ "${QUANTA_GPU_BACKEND:-tensorflow}" = jax ]; then
+  PY=${PYTHON:-python3}
+  echo "== Keras on JAX (bench/gpu_jax.py)"
+  # shellcheck disable=SC2086  # GPU_JAX_ARGS: extra options, split on purpose
+  PYTHONUNBUFFERED=1 timeout "$(left)" "$PY" bench/gpu_jax.py --budget $(( $(left) - 30 )) \
+    --window "${GPU_CHECK_WINDOW:-15}" --json "$OUT/gpu_jax.json" ${GPU_JAX_ARGS:-} \
+    || echo "the JAX part stopped: over its time or failed"
+  echo "total: $(( $(date +%s) - START )) s"
+  exit 0
+fi
 
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then

@@ -53,7 +53,10 @@ def metrics() -> list[keras.metrics.Metric]:
 
 def _jit_compile() -> bool | str:
     """XLA only where it pays: Keras's "auto" turns it on for CPUs too, where it made
-    these training steps slower, not faster."""
+    these training steps slower, not faster. Other backends (JAX, for a GPU benchmark)
+    compile their steps as they always do."""
+    if keras.backend.backend() != "tensorflow":
+        return "auto"
     import tensorflow as tf
 
     return "auto" if tf.config.list_physical_devices("GPU") else False
