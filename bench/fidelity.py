@@ -4,6 +4,12 @@ per layer over several seeds, both tools on the same real data and the same sour
     .venv/bin/python bench/fidelity.py --reference-dir GIT_DIR [--seeds 1 2 3 4 5] \
         [--layers 0 3 6 -1] [--samples 512] [--epochs 3] [--source-epochs 5] [--json out.json]
     .venv/bin/python bench/fidelity.py --table out.json    # the table of a (partial) run
+    .venv/bin/python bench/fidelity.py --against-precision mixed_bfloat16 [--seeds ...]
+
+The last form measures a precision instead of the reference: this project in float32
+against itself in `mixed_bfloat16` (or `mixed_float16`), the same seeds, alternated, each
+run's whole process timed; the difference of means is also given as a multiple of the
+run-to-run standard deviation.
 
 A seeded result of this project is not the reference's bit for bit: each purpose (target
 weights, masks, batch order) draws from a stream of its own (`quanta_spec.streams`), and
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -74,45 +81,52 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def summarise(results: dict[str, dict[int, list[tuple[float, float]]]]) -> list[dict]:
-    """One row per layer and quantity: both tools' mean and SD, Welch's p, and the
-    difference of means relative to the spread of λ_s (or accuracy) between layers."""
+def summarise(results: dict[str, dict[int, list[tuple[float, float]]]],
+              first: str = "ours", second: str = "reference") -> list[dict]:
+    """One row per layer and quantity: both sides' mean and SD, Welch's p, and the
+    difference of means relative to the spread of λ_s (or accuracy) between layers, and
+    to the run-to-run spread (the SD of the two sides pooled)."""
     rows = []
     for index, quantity in enumerate(("lambda_s", "target_accuracy")):
-        means = {tool: {layer: statistics.fmean(v[index] for v in values)
+        means = {side: {layer: statistics.fmean(v[index] for v in values)
                         for layer, values in by_layer.items()}
-                 for tool, by_layer in results.items()}
+                 for side, by_layer in results.items()}
         pooled = [m for by_layer in means.values() for m in by_layer.values()]
         spread = max(pooled) - min(pooled)
-        for layer in results["ours"]:
-            ours = [v[index] for v in results["ours"][layer]]
+        for layer in results[first]:
+            ours = [v[index] for v in results[first][layer]]
             row = {"quantity": quantity, "layer": layer, "n": len(ours),
-                   "ours_mean": statistics.fmean(ours),
-                   "ours_sd": statistics.stdev(ours) if len(ours) > 1 else 0.0}
-            theirs = [v[index] for v in results.get("reference", {}).get(layer, [])]
+                   f"{first}_mean": statistics.fmean(ours),
+                   f"{first}_sd": statistics.stdev(ours) if len(ours) > 1 else 0.0}
+            theirs = [v[index] for v in results.get(second, {}).get(layer, [])]
             if theirs:
-                difference = row["ours_mean"] - statistics.fmean(theirs)
-                row |= {"reference_mean": statistics.fmean(theirs),
-                        "reference_sd": statistics.stdev(theirs) if len(theirs) > 1 else 0.0,
+                difference = row[f"{first}_mean"] - statistics.fmean(theirs)
+                sd = statistics.stdev(theirs) if len(theirs) > 1 else 0.0
+                run_to_run = math.sqrt((row[f"{first}_sd"] ** 2 + sd ** 2) / 2)
+                row |= {f"{second}_mean": statistics.fmean(theirs), f"{second}_sd": sd,
                         "welch_p": welch_p(ours, theirs),
                         "difference_over_layer_spread": (difference / spread if spread
-                                                         else None)}
+                                                         else None),
+                        "difference_over_run_sd": (difference / run_to_run if run_to_run
+                                                   else None)}
             rows.append(row)
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], first: str = "ours", second: str = "reference") -> str:
     def f(value: float | None, digits: int = 4) -> str:
         return "n/a" if value is None else f"{value:.{digits}f}"
 
-    lines = ["| quantity | layer | n | ours mean ± SD | reference mean ± SD | Welch p "
-             "| difference / spread between layers |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| quantity | layer | n | {first} mean ± SD | {second} mean ± SD | Welch p "
+             "| difference / spread between layers | difference / run-to-run SD |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         layer = "all" if r["layer"] < 0 else str(r["layer"])
-        lines.append(f"| {r['quantity']} | {layer} | {r['n']} | {f(r['ours_mean'])} ± "
-                     f"{f(r['ours_sd'])} | {f(r.get('reference_mean'))} ± "
-                     f"{f(r.get('reference_sd'))} | {f(r.get('welch_p'), 3)} | "
-                     f"{f(r.get('difference_over_layer_spread'), 3)} |")
+        lines.append(f"| {r['quantity']} | {layer} | {r['n']} | {f(r[first + '_mean'])} ± "
+                     f"{f(r[first + '_sd'])} | {f(r.get(second + '_mean'))} ± "
+                     f"{f(r.get(second + '_sd'))} | {f(r.get('welch_p'), 3)} | "
+                     f"{f(r.get('difference_over_layer_spread'), 3)} | "
+                     f"{f(r.get('difference_over_run_sd'), 2)} |")
     return "\n".join(lines)
 
 
@@ -126,6 +140,10 @@ def main() -> None:
     parser.add_argument("--source-seed", type=int, default=0)
     parser.add_argument("--reference-dir", default=os.environ.get(REFERENCE_ENV),
                         help=f"git directory of RomainOr/Quanta (default: ${REFERENCE_ENV})")
+    parser.add_argument("--against-precision", choices=("mixed_bfloat16", "mixed_float16"),
+                        help="instead of the reference: this project in float32 against "
+                        "itself in this precision, the same seeds alternated (the λ_s "
+                        "difference, and each run's whole process timed)")
     parser.add_argument("--json")
     parser.add_argument("--table", metavar="JSON",
                         help="only print the table of a JSON this script wrote (a partial "
@@ -133,9 +151,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.table:
         raw = json.loads(Path(args.table).read_text())["raw"]
+        sides = list(raw) + ["reference"] * (len(raw) < 2)
         print(markdown(summarise({tool: {int(layer): [tuple(v) for v in values]
                                          for layer, values in by_layer.items()}
-                                  for tool, by_layer in raw.items()})))
+                                  for tool, by_layer in raw.items()}, *sides[:2]),
+                       *sides[:2]))
         return
     if args.source_seed in args.seeds:
         parser.error("the transfer seeds must differ from the source's training seed")
@@ -154,26 +174,38 @@ def main() -> None:
         source_accuracy = json.loads(source_metrics.read_text())["categorical_accuracy"]
         print(f"source: {args.source_epochs} epochs, test accuracy {source_accuracy:.3f}",
               flush=True)
+        against = args.against_precision
         reference = (extract_reference(Path(args.reference_dir), tmp / "reference")
-                     if args.reference_dir else None)
-        if reference is None:
+                     if args.reference_dir and not against else None)
+        if reference is None and not against:
             print(f"reference skipped: give --reference-dir or ${REFERENCE_ENV}")
         runner = tmp / "run_reference.py"
         runner.write_text(RUNNER)
         ref_env = dict(env, BENCH_NPZ=str(data), BENCH_REFERENCE=str(reference))
-        results: dict[str, dict[int, list[tuple[float, float]]]] = {"ours": {}}
-        if reference is not None:
-            results["reference"] = {}
+        first, second = ("float32", against) if against else ("ours", "reference")
+        results: dict[str, dict[int, list[tuple[float, float]]]] = {first: {}}
+        if reference is not None or against:
+            results[second] = {}
+        seconds: dict[str, list[float]] = {first: [], second: []}
         for layer in args.layers:
             for seed in args.seeds:
                 common = ["-l", str(layer), "-r", "1", "--nb_of_target_epochs",
                           str(args.epochs), "--nb_of_target_samples", str(args.samples),
                           "--seed", str(seed), "-sw", str(weights)]
+                ours = [sys.executable, "-m", "quanta", "-s", f"npz:{data}", "-t",
+                        f"npz:{data}", *common]
                 out = tmp / f"ours_l{layer}_s{seed}"
-                timed([sys.executable, "-m", "quanta", "-s", f"npz:{data}", "-t",
-                       f"npz:{data}", "-o", str(out), *common], env, log)
-                results["ours"].setdefault(layer, []).append(final_values(out))
-                line = f"layer {layer} seed {seed}: ours λ_s {results['ours'][layer][-1][0]:.4f}"
+                seconds[first].append(timed([*ours, "-o", str(out)], env, log))
+                results[first].setdefault(layer, []).append(final_values(out))
+                line = (f"layer {layer} seed {seed}: {first} λ_s "
+                        f"{results[first][layer][-1][0]:.4f}")
+                if against:
+                    out = tmp / f"{against}_l{layer}_s{seed}"
+                    seconds[second].append(timed([*ours, "-o", str(out), "--precision",
+                                                  against], env, log))
+                    results[second].setdefault(layer, []).append(final_values(out))
+                    line += (f", {second} {results[second][layer][-1][0]:.4f} "
+                             f"({seconds[second][-1] / seconds[first][-1]:.2f} of the time)")
                 if reference is not None:
                     out = tmp / f"reference_l{layer}_s{seed}"
                     timed([sys.executable, str(runner), "-s", "cifar10", "-t", "cifar10",
@@ -184,13 +216,19 @@ def main() -> None:
                 if args.json:  # what is measured so far survives an interrupted run
                     Path(args.json).write_text(json.dumps(
                         {"run": vars(args) | {"source_test_accuracy": source_accuracy},
-                         "raw": results, "partial": True}, default=str))
+                         "raw": results, "seconds": seconds, "partial": True}, default=str))
 
-    rows = summarise(results)
+    rows = summarise(results, first, second)
     report = {"run": vars(args) | {"source_test_accuracy": source_accuracy},
               "wall_s": round(time.perf_counter() - started, 1),
-              "load_average": os.getloadavg(), "raw": results, "rows": rows}
-    print(markdown(rows))
+              "load_average": os.getloadavg(), "raw": results, "rows": rows,
+              "seconds": seconds}
+    print(markdown(rows, first, second))
+    if seconds[second]:
+        ratios = [b / a for a, b in zip(seconds[first], seconds[second], strict=False)]
+        report["time_ratio_median"] = statistics.median(ratios)
+        print(f"whole process, {second} against {first}: median ratio "
+              f"{report['time_ratio_median']:.3f} over {len(ratios)} pairs")
     print(json.dumps({k: v for k, v in report.items() if k not in ("raw", "rows")}, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))

@@ -43,7 +43,8 @@ SOURCE_CACHE_BYTES = 2 * 1024**3
 
 @contextmanager
 def precision(policy: str) -> Iterator[None]:
-    """Builds the models of a run under `policy` (the source stays in float32)."""
+    """Builds the models of a run under `policy` (`load_source` builds its source under
+    the same policy)."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
@@ -94,27 +95,31 @@ def source_architecture(weights: str | Path, architecture: str | None,
 
 def load_source(
     weights: str | Path, data: Dataset, width_multiplier: float = 1.0,
-    architecture: str | None = DEFAULT_ARCHITECTURE,
+    architecture: str | None = DEFAULT_ARCHITECTURE, policy: str = "float32",
 ) -> keras.Model:
     """The frozen, compiled source: the shared network with the weights of `weights`, in
     the reference's layout or this project's earlier one (`architecture` None: the
-    network the file's shapes have).
+    network the file's shapes have), computing under the dtype `policy` of the runs
+    (its weights stay float32): under a mixed policy the frozen source's forward pass is
+    a fifth of a layer-6 step, and in float32 it cost bfloat16 a sixth of its gain.
 
-    Loaded once per weights file (and network shape) in a process: every run and every
-    layer of a study shares the same frozen model.
+    Loaded once per weights file (and network shape, and policy) in a process: every run
+    and every layer of a study shares the same frozen model.
     """
     architecture = source_architecture(weights, architecture, width_multiplier, data)
     weights = Path(weights)
     key = (file_key(weights), data.input_shape, data.nb_classes, width_multiplier,
-           architecture)
+           architecture, policy)
     return SOURCES.get(key, lambda: _load_source(weights, data, width_multiplier,
-                                                 architecture))
+                                                 architecture, policy))
 
 
 def _load_source(weights: Path, data: Dataset, width_multiplier: float,
-                 architecture: str) -> keras.Model:
-    model = build_model(data.input_shape, data.nb_classes, width_multiplier=width_multiplier,
-                        architecture=architecture, name="source")
+                 architecture: str, policy: str) -> keras.Model:
+    with precision(policy):
+        model = build_model(data.input_shape, data.nb_classes,
+                            width_multiplier=width_multiplier, architecture=architecture,
+                            name="source")
     load_source_weights(model, weights)
     freeze(model)
     return training.compile_model(model)
@@ -133,7 +138,8 @@ def source_test_metrics(spec: TransferSpec, source: keras.Model, data: Dataset,
     network = spec.source_weights or spec.source_model
     network_key = network if network.startswith("keras.") else file_key(Path(network))
     key = (network_key, spec.width_multiplier, spec.architecture, task_key,
-           str(data_dir), spec.nb_of_target_samples, spec.preprocess, spec.resize_method)
+           str(data_dir), spec.nb_of_target_samples, spec.preprocess, spec.resize_method,
+           spec.precision)
     return dict(SOURCE_METRICS.get(key, lambda: training.evaluate(
         source, data.x_test, training.one_hot(data.y_test, data.nb_classes))))
 

@@ -118,7 +118,7 @@ def run_transfer(
             spec = spec.model_copy(update={"architecture": source_architecture(
                 spec.source_weights, spec.architecture, spec.width_multiplier, source_data)})
             source = load_source(spec.source_weights, source_data, spec.width_multiplier,
-                                 spec.architecture)
+                                 spec.architecture, spec.precision)
         layers = spec.transferred_layers
     target_y_train = training.one_hot(target_data.y_train, target_data.nb_classes)
     target_y_test = training.one_hot(target_data.y_test, target_data.nb_classes)

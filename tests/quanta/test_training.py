@@ -295,6 +295,14 @@ def test_mixed_precision_keeps_the_quantas_in_float32(source_weights, tmp_path):
     line = json.loads((result.experiment_dir / "quantas_r_0_l_2.jsonl").read_text())
     assert line["2"]["quanta_weights"][0] == [np.float32(1.1).item(), np.float32(-1.1).item()]
     assert keras.config.dtype_policy().name == "float32"  # the policy is put back
+    # The frozen source computes in the run's policy too, its weights in float32; a
+    # float32 run after it in the same process gets a float32 source, not the cached one.
+    source = keras.saving.load_model(result.experiment_dir / "source_r_0_l_2.keras")
+    assert source.get_layer("conv_0").compute_dtype == "bfloat16"
+    assert source.get_layer("conv_0").kernel.dtype == "float32"
+    plain = run_transfer(_spec(source_weights, nb_of_target_epochs=1), tmp_path / "plain")
+    source = keras.saving.load_model(plain.experiment_dir / "source_r_0_l_2.keras")
+    assert source.get_layer("conv_0").compute_dtype == "float32"
 
 
 @pytest.mark.parametrize("options", [dict(witness=True, augment_data=True),
