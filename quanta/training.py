@@ -106,8 +106,35 @@ def set_determinism(seed: int | None, stream: Stream) -> None:
     os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(value)
     np.random.seed(value)
-    keras.utils.set_random_seed(value)
+    _seed_keras(value)
     tf.config.experimental.enable_op_determinism()
+
+
+def _seed_keras(value: int) -> None:
+    """`keras.utils.set_random_seed(value)`, but TensorFlow's global seed only once per
+    process.
+
+    Setting TensorFlow's global seed clears its kernel cache, so every run's first step
+    set its kernels up again (about half a second on the seed's network in a warm
+    worker). No op of these graphs reads that seed: Keras 3's random ops (initialisers,
+    Dropout, augmentation) are stateless and take their seeds from `SeedGenerator`s and
+    Python's `random`, seeded here for every run. It is still set once, from the first
+    seeded run, so that a TensorFlow op that did read it would be seeded all the same.
+    """
+    global _TENSORFLOW_SEEDED
+    if not _TENSORFLOW_SEEDED:
+        keras.utils.set_random_seed(value)
+        _TENSORFLOW_SEEDED = True
+        return
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, value)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+
+
+_TENSORFLOW_SEEDED = False
 
 
 def seed_generators(model: keras.Model) -> list[keras.random.SeedGenerator]:

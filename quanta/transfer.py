@@ -7,6 +7,7 @@ run resumable; compiled models are reused between runs of the same shape.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,6 @@ def run_transfer(
         layers = spec.transferred_layers
     target_y_train = training.one_hot(target_data.y_train, target_data.nb_classes)
     target_y_test = training.one_hot(target_data.y_test, target_data.nb_classes)
-    saved_source = _SavedSource()
     features = None
     if spec.source_inference_mode and not spec.show_only_build and own is None:
         with clock.phase("source"):
@@ -189,7 +189,7 @@ def run_transfer(
             if ckpt is not None:
                 ckpt.rollback_export()  # an earlier attempt may have died while exporting
                 ckpt.begin_export(_jsonl_files(result.experiment_dir, spec, run))
-            run_result = _export_run(result.experiment_dir, spec, run, saved_source.save(source),
+            run_result = _export_run(result.experiment_dir, spec, run, SAVED_SOURCE.save(source),
                                      target.model, outcome)
             if ckpt is not None:
                 ckpt.finish_export(run_result.as_dict())
@@ -200,22 +200,42 @@ def run_transfer(
 
 
 class _SavedSource:
-    """The frozen source is the same model in every run: saved once per call, and the
-    other runs' files are that file (see `export.same_file`)."""
+    """The frozen source is the same model in every run, and in every job of a worker
+    that reuses it: saved once, and the other runs' files are that file (see
+    `export.same_file`), as long as that file is still there as it was written (the
+    same inode, size and modification time: files are replaced, never rewritten, so a
+    file removed, moved or replaced since is saved again). Its random generators' states,
+    which runs reseed, are not part of a `.keras` file."""
 
     def __init__(self) -> None:
-        self.model: keras.Model | None = None
+        self.model: weakref.ref[keras.Model] | None = None
         self.path: Path | None = None
+        self.stamp: tuple[int, int, int] | None = None
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int, int] | None:
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
     def save(self, source: keras.Model) -> Callable[[Path], Path]:
         def write(path: Path) -> Path:
-            if self.model is source and self.path is not None and self.path.is_file():
+            earlier = self.model() if self.model is not None else None
+            if (earlier is source and self.path is not None and self.stamp is not None
+                    and self._stamp(self.path) == self.stamp):
                 return export.same_file(self.path, path)
             export.save_model(source, path)
-            self.model, self.path = source, path
+            self.model, self.path = weakref.ref(source), path
+            self.stamp = self._stamp(path)
             return path
 
         return write
+
+
+#: One per process: a worker's next job with the same source links its file too.
+SAVED_SOURCE = _SavedSource()
 
 
 @dataclass

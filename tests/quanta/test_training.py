@@ -101,11 +101,13 @@ def test_cancel_stops_within_one_batch_and_writes_nothing(source_weights, tmp_pa
     assert len(asked) == 1
 
 
-def test_the_frozen_source_is_saved_once_per_call(source_weights, tmp_path, monkeypatch):
+def test_the_frozen_source_is_saved_once_while_its_file_lasts(source_weights, tmp_path,
+                                                              monkeypatch):
     import zipfile
 
-    from quanta import export
+    from quanta import export, transfer
 
+    monkeypatch.setattr(transfer, "SAVED_SOURCE", transfer._SavedSource())
     saved = []
     real_save = export.save_model
 
@@ -114,9 +116,22 @@ def test_the_frozen_source_is_saved_once_per_call(source_weights, tmp_path, monk
         return real_save(model, path)
 
     monkeypatch.setattr(export, "save_model", save)
-    result = run_transfer(_spec(source_weights, nb_of_runs=3, nb_of_target_epochs=1), tmp_path)
+    first = run_transfer(_spec(source_weights, nb_of_runs=3, nb_of_target_epochs=1),
+                         tmp_path / "a")
     assert saved.count("source") == 1 and saved.count("target") == 3
-    files = [zipfile.ZipFile(result.experiment_dir / f"source_r_{r}_l_2.keras") for r in range(3)]
+    # A worker's next job with the same source links the file the first one wrote...
+    second = run_transfer(_spec(source_weights, nb_of_target_epochs=1), tmp_path / "b")
+    assert saved.count("source") == 1
+    written = first.experiment_dir / "source_r_0_l_2.keras"
+    assert (second.experiment_dir / "source_r_0_l_2.keras").stat().st_ino == written.stat().st_ino
+    # ...until that file is gone (a job deleted, its files moved to a bucket).
+    kept = tmp_path / "kept.keras"
+    written.rename(kept)
+    third = run_transfer(_spec(source_weights, nb_of_target_epochs=1), tmp_path / "c")
+    assert saved.count("source") == 2
+    files = [zipfile.ZipFile(first.experiment_dir / f"source_r_{r}_l_2.keras")
+             for r in (1, 2)] + [zipfile.ZipFile(kept), zipfile.ZipFile(
+                 third.experiment_dir / "source_r_0_l_2.keras")]
     for name in ("config.json", "model.weights.h5"):
         assert len({f.read(name) for f in files}) == 1
 
