@@ -144,6 +144,9 @@ def main() -> None:
                         help="instead of the reference: this project in float32 against "
                         "itself in this precision, the same seeds alternated (the λ_s "
                         "difference, and each run's whole process timed)")
+    parser.add_argument("--quanta-lr-multiplier", type=float, default=1.0,
+                        help="--quanta_lr_multiplier of every run (1: the reference's rate; "
+                        "the reference itself has no such option)")
     parser.add_argument("--json")
     parser.add_argument("--table", metavar="JSON",
                         help="only print the table of a JSON this script wrote (a partial "
@@ -192,6 +195,10 @@ def main() -> None:
                 common = ["-l", str(layer), "-r", "1", "--nb_of_target_epochs",
                           str(args.epochs), "--nb_of_target_samples", str(args.samples),
                           "--seed", str(seed), "-sw", str(weights)]
+                if args.quanta_lr_multiplier != 1.0:
+                    if reference is not None:
+                        parser.error("the reference has no --quanta_lr_multiplier")
+                    common += ["--quanta_lr_multiplier", str(args.quanta_lr_multiplier)]
                 ours = [sys.executable, "-m", "quanta", "-s", f"npz:{data}", "-t",
                         f"npz:{data}", *common]
                 out = tmp / f"ours_l{layer}_s{seed}"

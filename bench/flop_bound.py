@@ -10,7 +10,8 @@ each as costly as the forward; the first layer needs no input gradient). Dividin
 step time gives the FLOP rate reached, shown as a fraction of the machine's own
 matrix-product and convolution rates, measured in the same process just before.
 
-    python bench/flop_bound.py [--samples 1024] [--layers 0 3 6 all] [--json out.json]
+    python bench/flop_bound.py [--samples 1024] [--layers 0 3 6 all] [--json out.json] \
+        [--precisions float32 mixed_bfloat16]
 
 The count is `bench/flops.py`'s (convolutions and dense layers only).
 """
@@ -66,10 +67,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=1024)
     parser.add_argument("--layers", nargs="+", default=["0", "3", "6", "all"])
+    parser.add_argument("--precisions", nargs="+", default=["float32"],
+                        choices=["float32", "mixed_bfloat16", "mixed_float16"],
+                        help="each layer's steps in each of these, alternated; a mixed "
+                        "one is compared with the 16-bit matrix product's rate")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     layers = [None if value == "all" else int(value) for value in args.layers]
     rates = {"matmul_gflops": matmul_gflops(), "conv_gflops": conv_gflops()}
+    half = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+    for precision in args.precisions:
+        if precision in half:
+            rates[f"matmul_{half[precision]}_gflops"] = matmul_gflops(dtype=half[precision])
     load = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -79,31 +88,35 @@ def main() -> None:
         weights = Path(source["result"].training_dir) / "source.weights.h5"
         for layer in layers:
             flops = step_flops(target_of(layer), training.BATCH_SIZE)
-            bare = measure("transfer", layer, True, args.samples, 1.0)
-            real_path("transfer", layer, "cli", workdir, data, weights, args.samples, 1, 1.0)
-            warm = real_path("transfer", layer, "cli", workdir, data, weights, args.samples,
-                             2, 1.0)
-            step_s = warm["steps_ms_per_step"] / 1000
-            reached = flops["gflop"] / step_s
-            rows.append({
-                "layer": "all" if layer is None else layer, **{k: round(v, 2)
-                                                              for k, v in flops.items()},
-                "real_ms_per_step": warm["steps_ms_per_step"],
-                "bare_ms_per_step": bare["ms_per_step"],
-                "gflops_reached": round(reached, 1),
-                "of_matmul": round(reached / rates["matmul_gflops"], 3),
-                "of_conv": round(reached / rates["conv_gflops"], 3),
-            })
+            for precision in args.precisions:
+                bare = measure("transfer", layer, True, args.samples, 1.0, precision)
+                real_path("transfer", layer, "cli", workdir, data, weights, args.samples, 1,
+                          1.0, precision)
+                warm = real_path("transfer", layer, "cli", workdir, data, weights,
+                                 args.samples, 2, 1.0, precision)
+                step_s = warm["steps_ms_per_step"] / 1000
+                reached = flops["gflop"] / step_s
+                matmul = rates[f"matmul_{half[precision]}_gflops" if precision in half
+                               else "matmul_gflops"]
+                rows.append({
+                    "layer": "all" if layer is None else layer, "precision": precision,
+                    **{k: round(v, 2) for k, v in flops.items()},
+                    "real_ms_per_step": warm["steps_ms_per_step"],
+                    "bare_ms_per_step": bare["ms_per_step"],
+                    "gflops_reached": round(reached, 1),
+                    "of_matmul": round(reached / matmul, 3),
+                    "of_conv": round(reached / rates["conv_gflops"], 3),
+                })
     report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
               **rates, "rows": rows}
-    print(f"matmul {rates['matmul_gflops']} GFLOP/s, conv {rates['conv_gflops']} GFLOP/s, "
-          f"load {report['load_before']} -> {report['load_after']}")
-    print("| layer | GFLOP/step (frozen + trainable) | real ms/step | bare ms/step "
-          "| GFLOP/s | of matmul | of conv |")
-    print("|---|---|---|---|---|---|---|")
+    print(", ".join(f"{name} {value}" for name, value in rates.items())
+          + f"; load {report['load_before']} -> {report['load_after']}")
+    print("| layer | precision | GFLOP/step (frozen + trainable) | real ms/step | bare ms/step "
+          "| GFLOP/s | of matmul (same precision) | of float32 conv |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['layer']} | {row['gflop']} ({row['frozen_gflop']} + "
+        print(f"| {row['layer']} | {row['precision']} | {row['gflop']} ({row['frozen_gflop']} + "
               f"{row['trainable_gflop']}) | {row['real_ms_per_step']} | "
               f"{row['bare_ms_per_step']} | {row['gflops_reached']} | {row['of_matmul']} | "
               f"{row['of_conv']} |")

@@ -74,9 +74,9 @@ def measure(kind: str, layer: int | None, seeded: bool, samples: int, width: flo
     training.set_determinism(0 if seeded else None, Stream.TARGET_INIT)
     x, labels = synthetic(samples)
     y = training.one_hot(labels, 10)
+    keras.config.set_dtype_policy(precision)  # the frozen source too, as the library does
     source = build_model((32, 32, 3), 10, width_multiplier=width, name="source")
     inputs: list[np.ndarray] | np.ndarray = x
-    keras.config.set_dtype_policy(precision)
     if kind == "source":
         model = source
     else:
@@ -202,11 +202,12 @@ def write_npz(path: Path, samples: int) -> Path:
     return path
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """The machine's float32 matrix-product speed, to compare figures across machines."""
+def matmul_gflops(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
+    """The machine's matrix-product speed in `dtype` (float32 by default), to compare
+    figures across machines."""
     import tensorflow as tf
 
-    a = tf.random.uniform((n, n))
+    a = tf.cast(tf.random.uniform((n, n)), dtype)
     tf.matmul(a, a).numpy()
     start = time.perf_counter()
     for _ in range(repeats):

@@ -2,12 +2,15 @@
 reference's own `quanta.py`, alternated in one sitting.
 
     .venv/bin/python bench/whole_process.py [--layer 6] [--epochs 2] [--samples 512] \
-        [--pairs 3] [--width_multiplier 1.0] [--reference-dir GIT_DIR] [--json out.json]
+        [--pairs 3] [--width_multiplier 1.0] [--reference-dir GIT_DIR] [--json out.json] \
+        [--precisions float32 mixed_bfloat16]
 
 Both sides get the same synthetic CIFAR-shaped arrays, the same source weights file (one
 written by `quanta-train-source`, which writes the reference's layout), seed, layer,
 epochs and samples, and each run is a fresh process: start-up, TensorFlow import, data,
-source, building, training, testing and export, as a user would run it.
+source, building, training, testing and export, as a user would run it. Each side runs
+through a small runner that also breaks its process down the same way (start-up and
+imports, then the seconds in Keras's fit, evaluate, predict and save, and the rest).
 
 The reference is RomainOr/Quanta at commit eb90b1b. None of its code is kept in this
 repository: its Python files are read at run time from a git directory
@@ -37,8 +40,50 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE_COMMIT = "eb90b1b"
 REFERENCE_ENV = "QUANTA_REFERENCE_GIT_DIR"
 
-RUNNER = textwrap.dedent('''
-    """Runs the reference's quanta.py on arrays instead of the keras.datasets download."""
+#: Put first in both sides' runners: the time to import TensorFlow and Keras, then the
+#: seconds spent in Keras's fit, evaluate, predict and save, written when the process
+#: ends, so that both processes are broken down the same way.
+BREAKDOWN = textwrap.dedent('''
+    import atexit
+    import json
+    import os
+    import time
+
+    import keras
+    import tensorflow
+
+    _SPENT = {"imported_at": time.time()}
+    from keras.src.models.model import Model
+
+
+    def _timed(name, method):
+        def wrapper(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                _SPENT[name] = _SPENT.get(name, 0.0) + time.perf_counter() - start
+        return wrapper
+
+
+    for _name in ("fit", "evaluate", "predict", "save"):
+        setattr(Model, _name, _timed(_name, getattr(Model, _name)))
+    if os.environ.get("BENCH_BREAKDOWN"):
+        atexit.register(lambda: open(os.environ["BENCH_BREAKDOWN"], "w").write(
+            json.dumps(_SPENT)))
+''')
+
+#: Runs this project's command line (`python -m quanta`) after BREAKDOWN.
+OURS_RUNNER = BREAKDOWN + textwrap.dedent('''
+    import runpy
+    import sys
+
+    sys.argv = ["quanta", *sys.argv[1:]]
+    runpy.run_module("quanta", run_name="__main__", alter_sys=True)
+''')
+
+RUNNER = BREAKDOWN + textwrap.dedent('''
+    # Runs the reference's quanta.py on arrays instead of the keras.datasets download.
     import os
     import runpy
     import sys
@@ -91,12 +136,24 @@ def extract_reference(git_dir: Path, into: Path) -> Path | None:
     return into
 
 
-def timed(cmd: list[str], env: dict[str, str], log: Path) -> float:
+def timed(cmd: list[str], env: dict[str, str], log: Path,
+          parts: list[dict[str, float]] | None = None) -> float:
+    """Seconds `cmd` took; with `parts`, a runner's BREAKDOWN of it is appended there:
+    start-up and imports, Keras's fit, evaluate, predict and save, and the rest."""
+    breakdown = log.parent / "breakdown.json"
+    breakdown.unlink(missing_ok=True)
+    launched = time.time()
     start = time.perf_counter()
     with open(log, "ab") as out:
-        subprocess.run(cmd, env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT,
-                       check=True)
-    return time.perf_counter() - start
+        subprocess.run(cmd, env=dict(env, BENCH_BREAKDOWN=str(breakdown)), cwd=log.parent,
+                       stdout=out, stderr=subprocess.STDOUT, check=True)
+    seconds = time.perf_counter() - start
+    if parts is not None and breakdown.is_file():
+        spent = json.loads(breakdown.read_text())
+        row = {"start-up and imports": spent.pop("imported_at") - launched, **spent}
+        row["rest"] = seconds - sum(row.values())
+        parts.append({name: round(value, 2) for name, value in row.items()})
+    return seconds
 
 
 def main() -> None:
@@ -111,6 +168,10 @@ def main() -> None:
                         "below 1 the reference side is skipped")
     parser.add_argument("--reference-dir", default=os.environ.get(REFERENCE_ENV),
                         help=f"git directory of RomainOr/Quanta (default: ${REFERENCE_ENV})")
+    parser.add_argument("--precisions", nargs="+", default=["float32"],
+                        choices=["float32", "mixed_float16", "mixed_bfloat16"],
+                        help="ours in each of these, alternated within every pair (the "
+                        "first is the one compared with the reference)")
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -133,22 +194,33 @@ def main() -> None:
             reference = extract_reference(Path(args.reference_dir), tmp / "reference")
         runner = tmp / "run_reference.py"
         runner.write_text(RUNNER)
+        ours_runner = tmp / "run_ours.py"
+        ours_runner.write_text(OURS_RUNNER)
         common = ["-l", str(args.layer), "-r", "1", "--nb_of_target_epochs", str(args.epochs),
                   "--nb_of_target_samples", str(args.samples), "--seed", str(args.seed)]
-        ours_cmd = [sys.executable, "-m", "quanta", "-s", f"npz:{data}", "-sw", str(weights),
-                    "-t", f"npz:{data}", "-o", str(tmp / "ours"),
-                    "--width_multiplier", str(args.width_multiplier), *common]
+        ours_cmds = {precision: [
+            sys.executable, str(ours_runner), "-s", f"npz:{data}", "-sw", str(weights), "-t",
+            f"npz:{data}", "-o", str(tmp / f"ours_{precision}"), "--width_multiplier",
+            str(args.width_multiplier), "--precision", precision, *common]
+            for precision in args.precisions}
         ref_cmd = [sys.executable, str(runner), "-s", "cifar10", "-sw", str(weights),
                    "-t", "cifar10", "-o", str(tmp / "theirs"), *common]
         ref_env = dict(env, BENCH_NPZ=str(data), BENCH_REFERENCE=str(reference))
         # The floor both pay: a process that only imports TensorFlow.
         import_s = timed([sys.executable, "-c", "import tensorflow"], env, log)
-        ours, theirs = [], []
+        by_precision: dict[str, list[float]] = {precision: [] for precision in args.precisions}
+        ours, theirs = by_precision[args.precisions[0]], []
+        parts: dict[str, list[dict[str, float]]] = {"ours": [], "reference": []}
         for pair in range(args.pairs):
-            ours.append(timed(ours_cmd, env, log))
+            for precision, command in ours_cmds.items():
+                by_precision[precision].append(timed(
+                    command, env, log, parts["ours"] if precision == args.precisions[0]
+                    else None))
             if reference is not None:
-                theirs.append(timed(ref_cmd, ref_env, log))
-            print(f"pair {pair + 1}: ours {ours[-1]:.1f} s"
+                theirs.append(timed(ref_cmd, ref_env, log, parts["reference"]))
+            print(f"pair {pair + 1}: ours "
+                  + ", ".join(f"{precision} {seconds[-1]:.1f} s"
+                              for precision, seconds in by_precision.items())
                   + (f", reference {theirs[-1]:.1f} s, ratio {ours[-1] / theirs[-1]:.3f}"
                      if theirs else ""), flush=True)
         if reference is not None:
@@ -165,7 +237,15 @@ def main() -> None:
         "ours_s": [round(s, 2) for s in ours],
         "reference_s": [round(s, 2) for s in theirs],
         "ours_median_s": round(statistics.median(ours), 2),
+        "ours_s_by_precision": {precision: [round(s, 2) for s in seconds]
+                                for precision, seconds in by_precision.items()},
     }
+    report["breakdown_median_s"] = {
+        side: {name: round(statistics.median(row.get(name, 0.0) for row in rows), 2)
+               for name in rows[0]} for side, rows in parts.items() if rows}
+    for precision, seconds in list(by_precision.items())[1:]:
+        report[f"{precision}_to_{args.precisions[0]}_median"] = round(statistics.median(
+            b / a for a, b in zip(ours, seconds, strict=True)), 3)
     if theirs:
         ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
         report |= {"reference_median_s": round(statistics.median(theirs), 2),
