@@ -156,6 +156,15 @@ def timed(cmd: list[str], env: dict[str, str], log: Path,
     return seconds
 
 
+def machine_gflops(env: dict[str, str]) -> float:
+    """The machine's float32 matrix-product rate now (`train_throughput.matmul_gflops`), in
+    a process of its own so that this one never imports TensorFlow."""
+    out = subprocess.run([sys.executable, "-c", "from bench.train_throughput import "
+                          "matmul_gflops; print(matmul_gflops())"], env=env, cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    return float(out.split()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer", type=int, default=6)
@@ -208,6 +217,7 @@ def main() -> None:
         ref_env = dict(env, BENCH_NPZ=str(data), BENCH_REFERENCE=str(reference))
         # The floor both pay: a process that only imports TensorFlow.
         import_s = timed([sys.executable, "-c", "import tensorflow"], env, log)
+        matmul = [machine_gflops(env)]
         by_precision: dict[str, list[float]] = {precision: [] for precision in args.precisions}
         ours, theirs = by_precision[args.precisions[0]], []
         parts: dict[str, list[dict[str, float]]] = {"ours": [], "reference": []}
@@ -223,6 +233,7 @@ def main() -> None:
                               for precision, seconds in by_precision.items())
                   + (f", reference {theirs[-1]:.1f} s, ratio {ours[-1] / theirs[-1]:.3f}"
                      if theirs else ""), flush=True)
+        matmul.append(machine_gflops(env))
         if reference is not None:
             found = sorted(p.name for p in (tmp / "theirs").rglob("*.jsonl"))
             if not any(name.startswith("testing_metrics_of_target") for name in found):
@@ -233,6 +244,7 @@ def main() -> None:
         "run": {"layer": args.layer, "epochs": args.epochs, "samples": args.samples,
                 "seed": args.seed, "width_multiplier": args.width_multiplier},
         "load_average": os.getloadavg(),
+        "matmul_gflops_before_after": matmul,
         "import_tensorflow_s": round(import_s, 2),
         "ours_s": [round(s, 2) for s in ours],
         "reference_s": [round(s, 2) for s in theirs],
