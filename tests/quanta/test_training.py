@@ -136,6 +136,29 @@ def test_the_frozen_source_is_saved_once_while_its_file_lasts(source_weights, tm
         assert len({f.read(name) for f in files}) == 1
 
 
+def test_tensorflow_is_seeded_once_per_process_and_every_run_still_repeats(monkeypatch):
+    """Setting TensorFlow's global seed empties its kernel cache, so that every run's
+    first step would set its kernels up again: it is set once per process, while
+    Python's, NumPy's and Keras's generators are seeded for every run."""
+    import random
+
+    import tensorflow as tf
+
+    from quanta_spec.streams import Stream
+
+    calls = []
+    monkeypatch.setattr(training, "_TENSORFLOW_SEEDED", False)
+    monkeypatch.setattr(tf.random, "set_seed", calls.append)
+    training.set_determinism(1, Stream.TARGET_INIT)
+    first = (random.random(), np.random.random(), keras.random.uniform(()).numpy())
+    training.set_determinism(2, Stream.TARGET_INIT)
+    other = random.random()
+    training.set_determinism(1, Stream.TARGET_INIT)
+    again = (random.random(), np.random.random(), keras.random.uniform(()).numpy())
+    assert len(calls) == 1
+    assert first == again and other != first[0]
+
+
 def test_seeded_runs_are_identical_and_use_every_core(source_weights, tmp_path):
     import tensorflow as tf
 
