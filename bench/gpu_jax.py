@@ -170,23 +170,9 @@ def child(args: argparse.Namespace) -> None:
         time.sleep(0.01)
 
 
-def smi_mib_by_pid() -> dict[int, int]:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
-                              "--format=csv,noheader,nounits"], capture_output=True,
-                             text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    found = {}
-    for line in out.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
-            found[int(parts[0])] = int(parts[1])
-    return found
-
-
 def workers(n: int, args: argparse.Namespace, deadline: float) -> dict:
     """N worker processes sharing the GPU, each with 0.9/N of its memory."""
+    from bench.gpu_workers import gpu_memory_by_pid
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="true",
                XLA_PYTHON_CLIENT_MEM_FRACTION=f"{0.9 / n:.3f}")
     with tempfile.TemporaryDirectory() as name:
@@ -210,7 +196,7 @@ def workers(n: int, args: argparse.Namespace, deadline: float) -> dict:
                                                           for p in procs):
                     return {"workers": n, "error": "a worker failed or ran out of time"}
                 time.sleep(0.05)
-            smi = smi_mib_by_pid()
+            smi = gpu_memory_by_pid()
             (folder / "exit").touch()
             rows = [json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1])
                     for p in procs]
